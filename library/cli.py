@@ -1,0 +1,56 @@
+"""Shared command-line plumbing: logging levels, precision names, and the error-to-one-line wrapper."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+import torch
+
+from library.errors import ToolkitError
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {
+    "float": torch.float32, "fp32": torch.float32, "float32": torch.float32,
+    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+}
+
+
+def str_to_dtype(name: str | None, default: torch.dtype | None = None) -> torch.dtype | None:
+    """`float`/`fp16`/`bf16` (sd-scripts' precision names) to a torch dtype; None gives `default`."""
+    if name is None or name == "none":
+        return default
+    try:
+        return _DTYPES[name.lower()]
+    except KeyError:
+        raise ToolkitError(f"unknown precision {name!r}: use float, fp16 or bf16") from None
+
+
+def add_verbosity(parser: argparse.ArgumentParser) -> None:
+    """`-v` raises the log detail (INFO is the default; -v gives DEBUG)."""
+    parser.add_argument("-v", "--verbose_log", dest="verbosity", action="count", default=0,
+                        help="more log detail (-v: debug)")
+
+
+def setup_logging(verbosity: int = 0) -> None:
+    level = logging.DEBUG if verbosity >= 1 else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s: %(message)s", force=True)
+    for noisy in ("diffusers", "transformers", "accelerate", "PIL", "bitsandbytes", "httpx", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if verbosity < 2 else logging.DEBUG)
+
+
+def run_main(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
+    """Run a script's main; a ToolkitError becomes `error: <message>` on stderr and exit code 2."""
+    try:
+        main(argv)
+    except ToolkitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

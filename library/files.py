@@ -1,0 +1,153 @@
+"""Reading and writing state-dict files safely.
+
+safetensors is read lazily and checked; `.ckpt`/`.pt` go through `torch.load(weights_only=True)` so a pickle
+payload is refused; every write goes to a temporary file renamed into place, so a failed run never leaves
+a half-written file or clobbers an existing one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pickle
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as st_save
+
+from library.errors import ToolkitError
+
+SAFETENSORS_EXT = ".safetensors"
+
+
+def _check_exists(path: Path) -> None:
+    if not path.exists():
+        raise ToolkitError(f"{path}: file not found")
+    if path.is_dir():
+        raise ToolkitError(f"{path}: is a folder, expected a .safetensors or .ckpt file")
+
+
+def _safetensors_header(path: Path) -> dict:
+    """Parse and validate the header so a truncated file fails here with a clear message."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise ToolkitError(f"{path}: truncated safetensors file (no header)")
+        n = int.from_bytes(raw, "little")
+        if n > size - 8 or n > 100 * 2**20:
+            raise ToolkitError(f"{path}: truncated or corrupt safetensors file (header of {n} bytes)")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ToolkitError(f"{path}: corrupt safetensors header") from None
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end > size:
+        raise ToolkitError(f"{path}: truncated safetensors file ({size} bytes, header promises {8 + n + end})")
+    return header
+
+
+class LazySafetensors(Mapping):
+    """Read-only mapping over a safetensors file that loads one tensor at a time (streaming merges)."""
+
+    def __init__(self, path: str | os.PathLike, device: str = "cpu") -> None:
+        self.path = Path(path)
+        _check_exists(self.path)
+        header = _safetensors_header(self.path)
+        self.metadata: dict[str, str] = header.get("__metadata__") or {}
+        self._info = {k: v for k, v in header.items() if k != "__metadata__"}
+        self._file = safe_open(str(self.path), framework="pt", device=device)
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self._info:
+            raise KeyError(key)
+        return self._file.get_tensor(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._info)
+
+    def __len__(self) -> int:
+        return len(self._info)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._info[key]["shape"])
+
+
+def _load_torch(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe pickle"
+        raise ToolkitError(f"{path}: refused to load: the file holds more than plain tensors ({first[:160]})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise ToolkitError(f"{path}: not a readable .ckpt/.pt file ({str(e).splitlines()[0][:160]})") from None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise ToolkitError(f"{path}: expected a state dict, found {type(obj).__name__}")
+    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def load_state_dict(path: str | os.PathLike, lazy: bool = False) -> tuple[Mapping[str, torch.Tensor], dict[str, str]]:
+    """Load a `.safetensors` (lazily if asked) or `.ckpt`/`.pt`/`.pth` state dict; returns (tensors, metadata)."""
+    path = Path(path)
+    _check_exists(path)
+    if path.suffix.lower() == SAFETENSORS_EXT:
+        lazy_sd = LazySafetensors(path)
+        if lazy:
+            return lazy_sd, lazy_sd.metadata
+        try:
+            return {k: lazy_sd[k] for k in lazy_sd}, lazy_sd.metadata
+        except Exception as e:  # safetensors raises its own error types on corrupt data
+            raise ToolkitError(f"{path}: corrupt safetensors file ({e})") from None
+    return _load_torch(path), {}
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The `__metadata__` of a safetensors file ({} for other formats)."""
+    path = Path(path)
+    _check_exists(path)
+    if path.suffix.lower() != SAFETENSORS_EXT:
+        return {}
+    return _safetensors_header(path).get("__metadata__") or {}
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it into place only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def serialize_safetensors(sd: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    """safetensors bytes of a state dict (tensors made contiguous, metadata values as strings)."""
+    tensors = {k: v.detach().contiguous() for k, v in sd.items()}
+    meta = {k: str(v) for k, v in (metadata or {}).items()} or None
+    return st_save(tensors, metadata=meta)
+
+
+def save_state_dict(sd: Mapping[str, torch.Tensor], path: str | os.PathLike,
+                    metadata: dict[str, str] | None = None, extra: dict | None = None) -> None:
+    """Write atomically: safetensors (with metadata) by extension, else `torch.save` (with `extra` keys)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        if path.suffix.lower() == SAFETENSORS_EXT:
+            tmp.write_bytes(serialize_safetensors(sd, metadata))
+        else:
+            obj = {k: v.detach().contiguous() for k, v in sd.items()}
+            if extra:
+                obj = {**extra, "state_dict": obj}
+            torch.save(obj, tmp)

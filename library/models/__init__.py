@@ -1,0 +1,45 @@
+"""Checkpoint I/O: SD1.x, SD2.x and SDXL from single files (original layout) or Diffusers folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from library.errors import ToolkitError
+from library.models.bundle import ModelBundle
+from library.models.diffusers_dir import is_diffusers_dir, load_diffusers_dir, save_diffusers_dir
+from library.models.single_file import load_single_file, save_single_file, to_original_state_dict
+
+
+def family_from_flags(v2: bool = False, sdxl: bool = False) -> str | None:
+    """`--v2`/`--sdxl` as a family override (None: detect from the keys)."""
+    if v2 and sdxl:
+        raise ToolkitError("--v2 and --sdxl cannot be given together")
+    return "sdxl" if sdxl else ("sd2" if v2 else None)
+
+
+def load_models(path: str | Path, family: str | None = None, v_parameterization: bool = False,
+                dtype: torch.dtype | None = torch.float32) -> ModelBundle:
+    """Load a single-file checkpoint or a Diffusers folder; the family is detected unless given."""
+    path = Path(path)
+    if path.is_dir():
+        return load_diffusers_dir(path, family, v_parameterization, dtype)
+    if not path.exists():
+        raise ToolkitError(f"{path}: model not found (give a .safetensors/.ckpt file or a Diffusers folder; "
+                           "nothing is downloaded)")
+    return load_single_file(path, family, v_parameterization, dtype)
+
+
+def save_models(bundle: ModelBundle, path: str | Path, dtype: torch.dtype | None = None,
+                metadata: dict[str, str] | None = None) -> None:
+    """Save as a single file (`.safetensors`/`.ckpt`) or, for a path without extension, a Diffusers folder."""
+    path = Path(path)
+    if path.suffix.lower() in (".safetensors", ".ckpt", ".pt", ".pth"):
+        save_single_file(bundle, path, dtype, metadata)
+    else:
+        save_diffusers_dir(bundle, path, dtype)
+
+
+__all__ = ["ModelBundle", "family_from_flags", "is_diffusers_dir", "load_models", "save_models",
+           "to_original_state_dict"]

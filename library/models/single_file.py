@@ -1,0 +1,192 @@
+"""Original-layout single-file checkpoints (.safetensors/.ckpt) <-> Diffusers/transformers models.
+
+One code path for every size of SD1, SD2 and SDXL: configs come from `arch`, names from `library.keys`.
+Models are built on the meta device and filled with the file's tensors, so a 7 GB SDXL file loads without
+random initialisation.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from accelerate import init_empty_weights
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+from library.errors import ToolkitError
+from library.files import load_state_dict, save_state_dict
+from library.keys import UNET_PREFIX, VAE_PREFIX, clip, detect_family, te_specs
+from library.keys import unet as unet_keys
+from library.keys import vae as vae_keys
+from library.models import arch
+from library.models.bundle import ModelBundle
+
+log = logging.getLogger(__name__)
+
+
+def _fill(model: torch.nn.Module, sd: dict[str, torch.Tensor], what: str, path: Path) -> torch.nn.Module:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    wrong = [k for k in sd if k in expected and tuple(sd[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or wrong:
+        detail = "; ".join(
+            f"{name} {len(ks)} (e.g. {ks[0]})" for name, ks in (("missing", missing), ("unexpected", unexpected),
+                                                               ("wrong shape", wrong)) if ks
+        )
+        raise ToolkitError(f"{path}: {what} weights do not fit the architecture read from the file: {detail}")
+    model.load_state_dict(sd, strict=True, assign=True)
+    return model.eval()
+
+
+def _strip(sd: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def _shapes(sd: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in sd.items()}
+
+
+def _build_unet(sd: dict[str, torch.Tensor], family: str, v_param: bool, path: Path) -> UNet2DConditionModel:
+    try:
+        config = arch.unet_config(_shapes(sd), family, v_param)
+        layout = unet_keys.layout_from_original_keys(sd)
+        converted = {unet_keys.original_to_diffusers(k, layout): v for k, v in sd.items()}
+    except (KeyError, ValueError, StopIteration) as e:
+        raise ToolkitError(f"{path}: U-Net layout not recognised ({e})") from None
+    with init_empty_weights():
+        model = UNet2DConditionModel(**config)
+    return _fill(model, converted, "U-Net", path)
+
+
+def _build_vae(sd: dict[str, torch.Tensor], family: str, path: Path) -> AutoencoderKL:
+    try:
+        config = arch.vae_config(_shapes(sd), family)
+    except (KeyError, ValueError) as e:
+        raise ToolkitError(f"{path}: VAE layout not recognised ({e})") from None
+    levels = vae_keys.vae_levels(sd)
+    converted = {}
+    for k, v in sd.items():
+        if vae_keys.needs_reshape(k) and v.ndim == 4:
+            v = v[:, :, 0, 0]
+        converted[vae_keys.original_to_diffusers(k, levels)] = v
+    with init_empty_weights():
+        model = AutoencoderKL(**config)
+    return _fill(model, converted, "VAE", path)
+
+
+def _build_te(sd: dict[str, torch.Tensor], spec, family: str, path: Path):  # noqa: ANN001 - TESpec
+    """Returns (model, unused original keys relative to the TE prefix)."""
+    unused: dict[str, torch.Tensor] = {}
+    if spec.layout == "hf":
+        hf = {}
+        for k, v in sd.items():
+            if k.endswith("position_ids") or k.startswith("logit_scale"):
+                unused[k] = v
+            elif k.startswith(("text_model.", "text_projection")):
+                hf[k] = v
+            else:  # old SD1 files lack the text_model level
+                hf["text_model." + k] = v
+        pad = arch.EOS
+    else:
+        try:
+            n = clip.openclip_layers(sd)
+        except ValueError:
+            raise ToolkitError(f"{path}: text encoder has no transformer blocks") from None
+        # SD2 runs the penultimate block's output: the last block is kept aside, as sd-scripts and Diffusers do
+        hf, unused = clip.openclip_to_hf(sd, n - 1 if family == "sd2" else None)
+        pad = 0
+    with_proj = family == "sdxl" and spec.layout == "openclip"
+    try:
+        config = CLIPTextConfig(**arch.clip_config(_shapes(hf), spec.layout == "openclip", pad, with_proj))
+    except (KeyError, ValueError) as e:
+        raise ToolkitError(f"{path}: text encoder layout not recognised ({e})") from None
+    cls = CLIPTextModelWithProjection if with_proj else CLIPTextModel
+    with init_empty_weights():
+        model = cls(config)
+    model = _fill(model, clip.for_model(hf, model), "text encoder", path)
+    return model, unused
+
+
+def split_checkpoint(sd: Mapping[str, torch.Tensor], path: Path, family: str | None = None) -> tuple[str, dict]:
+    """Detect (or take) the family and split the flat dict into parts; unknown layouts fail clearly."""
+    detected = detect_family(sd.keys())
+    family = family or detected
+    if family is None or not any(k.startswith(UNET_PREFIX) for k in sd):
+        raise ToolkitError(f"{path}: unknown checkpoint layout: no SD1/SD2/SDXL U-Net and text-encoder keys found")
+    if detected and detected != family:
+        log.warning("%s: keys look like %s but %s was asked for; using %s", path, detected, family, family)
+    return family, dict(sd)
+
+
+def load_single_file(path: str | Path, family: str | None = None, v_parameterization: bool = False,
+                     dtype: torch.dtype | None = torch.float32) -> ModelBundle:
+    """Load an original-layout checkpoint; `family` ("sd1"/"sd2"/"sdxl") overrides detection."""
+    path = Path(path)
+    sd, _ = load_state_dict(path)
+    family, sd = split_checkpoint(sd, path, family)
+    if dtype is not None:
+        sd = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in sd.items()}
+    used = {UNET_PREFIX, VAE_PREFIX, *(s.ckpt_prefix for s in te_specs(family))}
+    extra = {k: v for k, v in sd.items() if not any(k.startswith(p) for p in used)}
+    unet = _build_unet(_strip(sd, UNET_PREFIX), family, v_parameterization, path)
+    if not any(k.startswith(VAE_PREFIX) for k in sd):
+        raise ToolkitError(f"{path}: no VAE weights (first_stage_model.*) in the checkpoint")
+    vae = _build_vae(_strip(sd, VAE_PREFIX), family, path)
+    tes = []
+    for spec in te_specs(family):
+        part = _strip(sd, spec.ckpt_prefix)
+        if not part:
+            raise ToolkitError(f"{path}: no text-encoder weights under {spec.ckpt_prefix!r} for a {family} model")
+        te, unused = _build_te(part, spec, family, path)
+        tes.append(te)
+        extra.update({spec.ckpt_prefix + k: v for k, v in unused.items()})
+    from library.tokenizer import load_tokenizers
+
+    return ModelBundle(family, unet, vae, tes, load_tokenizers(family), extra, path, v_parameterization)
+
+
+def to_original_state_dict(bundle: ModelBundle) -> dict[str, torch.Tensor]:
+    """The bundle as one flat original-layout state dict (extra keys included)."""
+    out: dict[str, torch.Tensor] = {}
+    layout = unet_keys.layout_from_config(bundle.unet.config)
+    for k, v in bundle.unet.state_dict().items():
+        out[UNET_PREFIX + unet_keys.diffusers_to_original(k, layout)] = v
+    levels = len(bundle.vae.config.block_out_channels)
+    for k, v in bundle.vae.state_dict().items():
+        ok = vae_keys.diffusers_to_original(k, levels)
+        out[VAE_PREFIX + ok] = v[:, :, None, None] if vae_keys.needs_reshape(ok) and v.ndim == 2 else v
+    for spec, te in zip(te_specs(bundle.family), bundle.text_encoders):
+        hf = {clip.canonical(k): v for k, v in te.state_dict().items() if not k.endswith("position_ids")}
+        if spec.layout == "hf":
+            out.update({spec.ckpt_prefix + k: v for k, v in hf.items()})
+        else:
+            out.update({spec.ckpt_prefix + k: v for k, v in clip.hf_to_openclip(hf).items()})
+    out.update(bundle.extra)
+    if bundle.family == "sd2":
+        _fill_sd2_extras(out, bundle.text_encoders[0].config.num_hidden_layers)
+    return out
+
+
+def _fill_sd2_extras(out: dict[str, torch.Tensor], n: int) -> None:
+    """A Diffusers-born SD2 lacks the unused last OpenCLIP block; repeat the previous one, as sd-scripts does."""
+    prefix = te_specs("sd2")[0].ckpt_prefix + "transformer.resblocks."
+    if any(k.startswith(f"{prefix}{n}.") for k in out):
+        return
+    for k in [k for k in out if k.startswith(f"{prefix}{n - 1}.")]:
+        out[f"{prefix}{n}." + k[len(f"{prefix}{n - 1}."):]] = out[k].clone()
+    hidden = out[f"{prefix}0.ln_1.weight"].shape[0]
+    out.setdefault(te_specs("sd2")[0].ckpt_prefix + "text_projection", torch.eye(hidden))
+    out.setdefault(te_specs("sd2")[0].ckpt_prefix + "logit_scale", torch.tensor(4.6052))
+
+
+def save_single_file(bundle: ModelBundle, path: str | Path, dtype: torch.dtype | None = None,
+                     metadata: dict[str, str] | None = None) -> None:
+    """Write the bundle in the original layout (safetensors or .ckpt by extension), atomically."""
+    sd = to_original_state_dict(bundle)
+    if dtype is not None:
+        sd = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in sd.items()}
+    save_state_dict(sd, path, metadata, extra={"epoch": 0, "global_step": 0})
