@@ -1,0 +1,51 @@
+"""Write the tiny procedural "sks circle" dataset used by the quickstart (sd-scripts DreamBooth layout).
+
+Usage:
+    python tools/make_sample_dataset.py OUT_DIR [--num_images 12] [--resolution 64] [--seed 0] [--no_aspect_ratios]
+
+The images land in OUT_DIR/img/10_sks circle/; pass OUT_DIR/img as train_data_dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from library.sample_data import make_sample_dataset  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments and build the dataset."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out_dir", type=Path, help="output folder; images go to OUT_DIR/img")
+    parser.add_argument("--num_images", type=int, default=12, help="number of images (default: %(default)s)")
+    parser.add_argument("--resolution", type=int, default=64, help="short side in pixels (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    parser.add_argument(
+        "--aspect_ratios",
+        dest="aspect_ratios",
+        action="store_true",
+        default=True,
+        help="mix in 3:2 landscape and 2:3 portrait images (default)",
+    )
+    parser.add_argument("--no_aspect_ratios", dest="aspect_ratios", action="store_false", help="square images only")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR/img")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    try:
+        train_dir = make_sample_dataset(
+            args.out_dir, args.num_images, args.resolution, args.seed, args.aspect_ratios, args.overwrite
+        )
+    except (ValueError, FileExistsError) as exc:
+        parser.error(str(exc))
+    logging.getLogger(__name__).info("train_data_dir: %s", train_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
