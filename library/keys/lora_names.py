@@ -21,6 +21,17 @@ class Target:
 
     key: str
     rows: tuple[int, int] | None = None
+    group: str | None = None  # "lierla" (trained by default), "c3lier" (only with conv_dim) or None
+
+
+def unet_group(diffusers_path: str, ndim: int, kernel: int) -> str | None:
+    """Which LoRA kind trains this U-Net module (sd-scripts' class rules, applied to the Diffusers path)."""
+    if ".attentions." in diffusers_path and (ndim == 2 or kernel == 1) and ".norm" not in diffusers_path:
+        return "lierla"
+    if ".resnets." in diffusers_path or diffusers_path.endswith(("samplers.0.conv",)):
+        if ndim >= 2 and ".norm" not in diffusers_path:
+            return "c3lier"
+    return None
 
 
 def underscore(path: str) -> str:
@@ -55,7 +66,14 @@ def checkpoint_targets(shapes: dict[str, tuple[int, ...]], family: str) -> dict[
                 dpath = unet.original_to_diffusers(path, layout)
             except KeyError:
                 continue
-            targets[unet_lora_name(dpath, layout)] = Target(UNET_PREFIX + k)
+            shape = shapes[UNET_PREFIX + k]
+            group = unet_group(dpath, len(shape), shape[-1] if len(shape) == 4 else 1)
+            targets[unet_lora_name(dpath, layout)] = Target(UNET_PREFIX + k, None, group)
+    last_block = {}
+    for spec in te_specs(family):
+        blocks = [int(m.group(1)) for k in shapes
+                  if (m := re.match(re.escape(spec.ckpt_prefix) + r"transformer\.resblocks\.(\d+)\.", k))]
+        last_block[spec.ckpt_prefix] = max(blocks, default=-1)
     for spec in te_specs(family):
         for key, shape in shapes.items():
             if not key.startswith(spec.ckpt_prefix) or len(shape) < 2:
@@ -63,21 +81,22 @@ def checkpoint_targets(shapes: dict[str, tuple[int, ...]], family: str) -> dict[
             rest = key[len(spec.ckpt_prefix):]
             if spec.layout == "hf":
                 if rest.startswith("text_model.encoder.layers.") and rest.endswith(".weight"):
-                    targets[te_lora_name(spec.lora_prefix, rest[: -len(".weight")])] = Target(key)
+                    if re.search(r"\.(self_attn\.(q|k|v|out)_proj|mlp\.fc[12])\.weight$", rest):
+                        targets[te_lora_name(spec.lora_prefix, rest[: -len(".weight")])] = Target(key, None, "lierla")
                 continue
             m = re.match(r"transformer\.resblocks\.(\d+)\.(.+)$", rest)
-            if not m:
-                continue
+            if not m or (family == "sd2" and int(m.group(1)) == last_block.get(spec.ckpt_prefix)):
+                continue  # SD2 runs 23 of 24 OpenCLIP blocks: the last one never has a LoRA
             base = f"text_model.encoder.layers.{m.group(1)}."
             if m.group(2) == "attn.in_proj_weight":
                 d = shape[0] // 3
                 for i, name in enumerate(clip.QKV):
-                    targets[te_lora_name(spec.lora_prefix, base + "self_attn." + name)] = Target(key, (i * d, (i + 1) * d))
+                    targets[te_lora_name(spec.lora_prefix, base + "self_attn." + name)] = Target(key, (i * d, (i + 1) * d), "lierla")
             elif m.group(2).endswith(".weight"):
                 head = m.group(2)[: -len(".weight")]
                 hf = {"attn.out_proj": "self_attn.out_proj", "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}.get(head)
                 if hf:
-                    targets[te_lora_name(spec.lora_prefix, base + hf)] = Target(key)
+                    targets[te_lora_name(spec.lora_prefix, base + hf)] = Target(key, None, "lierla")
     return targets
 
 
