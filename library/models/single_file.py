@@ -190,3 +190,17 @@ def save_single_file(bundle: ModelBundle, path: str | Path, dtype: torch.dtype |
     if dtype is not None:
         sd = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in sd.items()}
     save_state_dict(sd, path, metadata, extra={"epoch": 0, "global_step": 0})
+
+
+def load_vae_file(path: str | Path, family: str = "sd1", dtype: torch.dtype | None = torch.float32) -> AutoencoderKL:
+    """A VAE on its own: a VAE-only file (original names, with or without `first_stage_model.`) or the VAE of a
+    full single-file checkpoint (`--vae`)."""
+    path = Path(path)
+    sd, _ = load_state_dict(path)
+    if any(k.startswith(VAE_PREFIX) for k in sd):
+        sd = _strip(sd, VAE_PREFIX)
+    if not any(k.startswith("encoder.down.") for k in sd):
+        raise ToolkitError(f"{path}: not a VAE file in the original layout (no encoder.down.* keys)")
+    sd = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v) for k, v in sd.items()
+          if k.startswith(("encoder.", "decoder.", "quant_conv.", "post_quant_conv."))}
+    return _build_vae(sd, family, path)
