@@ -238,6 +238,7 @@ class TrainDataset(torch.utils.data.Dataset):
             "captions": captions,
             "loss_weights": torch.tensor(weights, dtype=torch.float32),
             "network_multiplier": multiplier,
+            "position": req.position,
         }
 
     # ---- metadata -------------------------------------------------------------------------------------------
@@ -284,6 +285,11 @@ class EpochSampler(torch.utils.data.Sampler):
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         """Select the epoch to yield, skipping its first `skip` batches of this rank (resume mid-epoch)."""
         self.epoch, self.skip = epoch, skip
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Batches this rank trains per epoch."""
+        return self._len
 
     def steps_per_epoch(self) -> int:
         return math.ceil(self._len / self.grad_accum)

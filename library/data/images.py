@@ -37,7 +37,7 @@ def load_rgb(path: Path) -> np.ndarray:
     """Decode an image to an RGB uint8 array (alpha dropped); a broken file raises ToolkitError naming it."""
     try:
         with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
+            return np.array(img.convert("RGB"))
     except _DECODE_ERRORS as e:
         raise ToolkitError(f"{path}: image does not decode ({str(e).splitlines()[0][:120]})") from None
 

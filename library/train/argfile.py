@@ -32,7 +32,7 @@ def _coerce(action: argparse.Action, value: object, key: str, path: Path) -> obj
     """Give a TOML value the type the option's parser would (a string "1e-4" for a float option, etc.)."""
     if value is None:
         return None
-    many = action.nargs in ("*", "+") or isinstance(action.nargs, int)
+    many = action.nargs in ("*", "+") or (isinstance(action.nargs, int) and action.nargs > 0)
     if many:
         items = value if isinstance(value, list) else [value]
         return [_coerce_one(action, v, key, path) for v in items]
@@ -48,7 +48,7 @@ def _coerce_one(action: argparse.Action, value: object, key: str, path: Path) ->
         return value
     if action.type is not None and isinstance(value, (str, int, float)) and not isinstance(value, bool):
         try:
-            value = action.type(value) if isinstance(value, str) or action.type is not str else str(value)
+            value = action.type(str(value))  # the same conversion the command line applies
         except (ValueError, TypeError, argparse.ArgumentTypeError) as e:
             raise ToolkitError(f"{path}: {key} = {value!r}: {e}") from None
     if action.choices is not None and value not in action.choices:

@@ -16,7 +16,8 @@ class Distributed:
     def __init__(self, cpu: bool = False) -> None:
         from accelerate import PartialState
 
-        state = PartialState(cpu=cpu)
+        # without a GPU, accelerate only forms a multi-process CPU group (gloo) when told it runs on CPU
+        state = PartialState(cpu=cpu or not torch.cuda.is_available())
         self.rank = state.process_index
         self.world = state.num_processes
         self.device = state.device

@@ -249,7 +249,8 @@ class Trainer:
         a = self.args
         loader = torch.utils.data.DataLoader(
             self.dataset, batch_size=None, sampler=self.sampler, num_workers=self._workers(),
-            persistent_workers=bool(a.persistent_data_loader_workers and self._workers()))
+            persistent_workers=bool(a.persistent_data_loader_workers and self._workers()),
+            generator=torch.Generator().manual_seed(self.seed))  # keeps the global RNG (noise) untouched
         self.writer = self._writer()
         bar = tqdm(total=a.max_train_steps, initial=self.global_step, desc="steps", disable=not self.dist.is_main,
                    dynamic_ncols=True)
@@ -268,8 +269,10 @@ class Trainer:
                 self.network.on_epoch_start(self.bundle.text_encoders[0], self.bundle.unet)
                 self._train_mode(True)
                 epoch_losses: list[float] = []
-                n_batches = self.sampler._len
+                n_batches = self.sampler.batches_per_epoch
+                positions: list[int] = []
                 for k, batch in enumerate(loader, start=skip):
+                    positions.append(batch["position"])
                     loss = self._forward_loss(batch)
                     self.scaler.scaled(loss / a.gradient_accumulation_steps).backward()
                     epoch_losses.append(float(loss.detach()))
@@ -286,6 +289,7 @@ class Trainer:
                     self._after_step(epoch)
                     if stopped or self.global_step >= a.max_train_steps:
                         break
+                log.debug("rank %d epoch %d: batches %s", self.dist.rank, epoch + 1, positions)
                 if stopped:
                     break
                 if self.writer and epoch_losses:
@@ -293,6 +297,7 @@ class Trainer:
                 self._after_epoch(epoch)
         bar.close()
         self.losses = losses
+        log.debug("rank %d: LoRA checksum %s", self.dist.rank, self._checksum())
         if stopped:
             self._on_interrupt()
             raise KeyboardInterrupt
@@ -300,6 +305,16 @@ class Trainer:
         if self.writer:
             self.writer.close()
         return final
+
+    def _checksum(self) -> str:
+        """SHA-256 of this rank's LoRA tensors (ranks must agree after every step)."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for k, v in sorted(self.network.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().float().cpu().numpy().tobytes())
+        return h.hexdigest()
 
     def _workers(self) -> int:
         import os

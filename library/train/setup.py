@@ -68,6 +68,7 @@ def load_training_models(args: Namespace, precision: Precision) -> ModelBundle:
         log.warning("the model is SD2.x; --v2 was not given (training it as SD2.x anyway)")
     if args.v2 and args.clip_skip:
         log.warning("--clip_skip with --v2: SD2 already uses the penultimate text-encoder layer")
+    merge_base_weights(args, bundle)
     if args.vae:
         vae_path = Path(args.vae)
         if vae_path.is_dir():
@@ -80,12 +81,20 @@ def load_training_models(args: Namespace, precision: Precision) -> ModelBundle:
     for model in (bundle.unet, bundle.vae, *bundle.text_encoders):
         model.requires_grad_(False)
         model.eval()
-    bundle.unet.to(precision.device, precision.weight_dtype)
-    for te in bundle.text_encoders:
-        te.to(precision.device, precision.weight_dtype)
-    bundle.vae.to(precision.device, precision.vae_dtype)
+    for model, dtype in ((bundle.unet, precision.weight_dtype), (bundle.vae, precision.vae_dtype),
+                         *((te, precision.weight_dtype) for te in bundle.text_encoders)):
+        _move(model, precision.device, dtype)
     _attention(args, bundle.unet)
     return bundle
+
+
+def _move(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    """Move/cast only when needed (Diffusers warns on every dtype cast, even a no-op one)."""
+    param = next(model.parameters())
+    if param.device != device:
+        model.to(device)
+    if param.dtype != dtype:
+        model.to(dtype)
 
 
 def _attention(args: Namespace, unet: torch.nn.Module) -> None:
@@ -109,6 +118,20 @@ def parse_network_args(items: list[str] | None) -> dict[str, str]:
             raise ToolkitError(f"--network_args {item!r}: expected key=value")
         out[key.strip()] = value.strip()
     return out
+
+
+def merge_base_weights(args: Namespace, bundle: ModelBundle) -> None:
+    """`--base_weights`: bake LoRAs into the model before training (each with its multiplier)."""
+    if not args.base_weights:
+        return
+    multipliers = list(args.base_weights_multiplier or [])
+    module = importlib.import_module(args.network_module or "networks.lora")
+    te = bundle.text_encoders[0] if len(bundle.text_encoders) == 1 else bundle.text_encoders
+    for i, path in enumerate(args.base_weights):
+        m = multipliers[i] if i < len(multipliers) else 1.0
+        network, weights = module.create_network_from_weights(m, path, bundle.vae, te, bundle.unet, for_inference=True)
+        network.merge_to(te, bundle.unet, weights, None, None)
+        log.info("merged %s into the model (multiplier %g)", path, m)
 
 
 def build_network(args: Namespace, bundle: ModelBundle):  # noqa: ANN201
