@@ -242,18 +242,21 @@ class TrainDataset(torch.utils.data.Dataset):
         }
 
     # ---- metadata -------------------------------------------------------------------------------------------
-    def tag_frequency(self) -> dict[str, dict[str, int]]:
+    def tag_frequency(self, dataset_index: int | None = None) -> dict[str, dict[str, int]]:
         """`ss_tag_frequency`: per image folder, how often each comma-separated tag occurs (lower case)."""
         out: dict[str, Counter] = {}
         for r in self.records:
+            if dataset_index is not None and r.dataset_index != dataset_index:
+                continue
             counter = out.setdefault(r.subset.image_dir.name, Counter())
             for line in r.caption.split("\n"):
                 counter.update({t.strip().lower() for t in line.split(",") if t.strip()})
         return {k: dict(v) for k, v in out.items()}
 
-    def bucket_info(self) -> dict:
-        counts = Counter(r.bucket for r in self.records for _ in range(r.repeats))
-        errors = [r.ar_error for r in self.records]
+    def bucket_info(self, dataset_index: int | None = None) -> dict:
+        records = [r for r in self.records if dataset_index is None or r.dataset_index == dataset_index]
+        counts = Counter(r.bucket for r in records for _ in range(r.repeats))
+        errors = [r.ar_error for r in records]
         return bucket_info(dict(counts), float(np.mean(errors)) if errors else 0.0)
 
     def dataset_dirs(self, reg: bool = False) -> dict[str, dict[str, int]]:

@@ -236,10 +236,10 @@ class Trainer:
             if a.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(self.params, a.max_grad_norm)
             self.opt.optimizer.step()
+            for _ in range(self.dist.world):  # sd-scripts' scheduler counts steps of all processes
+                self.lr_scheduler.step()
         else:
             log.debug("fp16 overflow: step skipped, loss scale %g", self.scaler.scale)
-        for _ in range(self.dist.world):
-            self.lr_scheduler.step()
         self.opt.optimizer.zero_grad(set_to_none=True)
         if a.scale_weight_norms:
             self.last_norms = self.network.apply_max_norm_regularization(a.scale_weight_norms, self.precision.device)
@@ -256,6 +256,8 @@ class Trainer:
                    dynamic_ncols=True)
         losses: list[float] = []
         self.last_norms = None
+        if self.opt.schedule_free:
+            self.opt.optimizer.train()
         if a.sample_at_first:
             self._sample(epoch=None)
         self._train_mode(True)

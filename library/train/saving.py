@@ -148,7 +148,7 @@ class MetadataBuilder:
                     "num_reg_images": sum(r.repeats for r in records if r.subset.is_reg),
                     "resolution": list(cfg.resolution), "enable_bucket": cfg.enable_bucket,
                     "min_bucket_reso": cfg.min_bucket_reso, "max_bucket_reso": cfg.max_bucket_reso,
-                    "tag_frequency": dataset.tag_frequency(), "bucket_info": dataset.bucket_info(),
+                    "tag_frequency": dataset.tag_frequency(i), "bucket_info": dataset.bucket_info(i),
                     "resize_interpolation": None, "subsets": subsets,
                 })
             return {"ss_datasets": json.dumps(datasets), "ss_tag_frequency": tags, "ss_dataset_dirs": dirs}
