@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from library.cli import str_to_dtype
 from library.errors import ToolkitError
@@ -114,6 +115,13 @@ class Trainer:
         self.objective = Objective(ObjectiveConfig(**{k: getattr(args, k) for k in
                                                       ObjectiveConfig.__dataclass_fields__}))
         self.prompts = load_prompts(args.sample_prompts) if args.sample_prompts else []
+        model = args.pretrained_model_name_or_path
+        if not model:
+            raise ToolkitError("--pretrained_model_name_or_path is required (a .safetensors/.ckpt file or a "
+                               "Diffusers folder)")
+        if not Path(model).exists():
+            raise ToolkitError(f"--pretrained_model_name_or_path {model}: not found (nothing is downloaded: give a "
+                               "local .safetensors/.ckpt file or Diffusers folder)")
 
     @staticmethod
     def _seed_everything(seed: int) -> None:
@@ -262,7 +270,7 @@ class Trainer:
             self._sample(epoch=None)
         self._train_mode(True)
         stopped = False
-        with _StopFlag() as stop:
+        with _StopFlag() as stop, logging_redirect_tqdm():
             for epoch in range(self.start_epoch, self.num_epochs):
                 if self.global_step >= a.max_train_steps:
                     break
