@@ -43,7 +43,7 @@ def _fill(model: torch.nn.Module, sd: dict[str, torch.Tensor], what: str, path: 
 
 
 def _strip(sd: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    return {k[len(prefix):]: sd[k] for k in sd.keys() if k.startswith(prefix)}
 
 
 def _shapes(sd: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
