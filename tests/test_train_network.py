@@ -118,7 +118,8 @@ def test_text_encoder_only_and_samples(env, tmp_path):
     prompts.write_text("# comment\nsks circle --n blurry --w 64 --h 64 --s 2 --d 7 --l 5\n", encoding="utf-8")
     path = train_network.main(base_args(env, tmp_path / "out", 2, "--network_train_text_encoder_only",
                                         "--cache_latents", "--sample_prompts", str(prompts),
-                                        "--sample_every_n_steps", "2", "--sample_sampler", "euler_a"))
+                                        "--sample_every_n_steps", "2", "--sample_sampler", "euler_a",
+                                        "--vae", str(env["ckpt"])))  # --vae: a full checkpoint's VAE
     assert all(n.startswith("lora_te_") for n in module_names(path))
     samples = list((tmp_path / "out" / "sample").glob("lora_000002_00_*_7.png"))
     assert len(samples) == 1
@@ -317,7 +318,7 @@ def test_two_processes_identical_weights(env, tmp_path):
 
 
 # ---- interoperability -------------------------------------------------------------------------------------------
-def test_diffusers_loads_the_lora(env, tmp_path):
+def test_diffusers_loads_the_lora(env, tmp_path, capsys):
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     from library.models import load_models
@@ -344,6 +345,11 @@ def test_diffusers_loads_the_lora(env, tmp_path):
         ours = fresh.unet(x, t, ctx).sample
     assert (after - before).abs().max() > 1e-4
     assert torch.allclose(after, ours, atol=1e-5), (after - ours).abs().max()
+
+    # the same file as --base_weights: merged into the model before a new LoRA trains on top
+    again = train_network.main(base_args(env, tmp_path / "based", 1, "--cache_latents", "--base_weights", str(path),
+                                         "--base_weights_multiplier", "0.5"))
+    assert "merged" in capsys.readouterr().err and again.exists()
 
 
 # ---- bad input --------------------------------------------------------------------------------------------------
