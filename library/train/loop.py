@@ -149,7 +149,9 @@ class Trainer:
         if a.gradient_checkpointing:
             self.bundle.unet.enable_gradient_checkpointing()
             if self.train_te:
-                self.bundle.text_encoders[0].gradient_checkpointing_enable()
+                # non-reentrant: frozen embeddings give inputs without grad, which reentrant checkpoints would cut
+                self.bundle.text_encoders[0].gradient_checkpointing_enable(
+                    gradient_checkpointing_kwargs={"use_reentrant": False})
             self.network.enable_gradient_checkpointing()
         self.network.prepare_grad_etc(self.bundle.text_encoders[0], self.bundle.unet)
         self.params = [q for q in self.network.parameters() if q.requires_grad]
