@@ -73,10 +73,11 @@ class MetadataBuilder:
         a = self.args
         if not a.network_args:
             return None
-        out = {}
+        out: dict[str, object] = {}
         for item in a.network_args:
             key, _, value = item.partition("=")
             out[key.strip()] = value.strip()
+        out.setdefault("dropout", a.network_dropout)  # sd-scripts passes --network_dropout along (null if unset)
         return out
 
     def _base(self, a: Namespace, family: str, dataset, num_batches: int, num_epochs: int,  # noqa: ANN001
