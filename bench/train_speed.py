@@ -82,10 +82,12 @@ def child_ours(argv: list[str]) -> dict:
     from library.train import loop
 
     stamps: list[float] = []
+    cpu: list[float] = []
     original = loop.Trainer._after_step
 
     def timed(self, epoch):  # noqa: ANN001, ANN202
         stamps.append(time.perf_counter())
+        cpu.append(time.process_time())
         return original(self, epoch)
 
     loop.Trainer._after_step = timed
@@ -99,7 +101,8 @@ def child_ours(argv: list[str]) -> dict:
 
     loop.Trainer.run = run
     train_network.main(argv)
-    return {"step_times": [b - a for a, b in zip(stamps, stamps[1:])], "train_peak_mib": peak_rss_mib(), **marks}
+    return {"step_times": [b - a for a, b in zip(stamps, stamps[1:])], "cpu_times": [b - a for a, b in zip(cpu, cpu[1:])],
+            "train_peak_mib": peak_rss_mib(), **marks}
 
 
 def child_reference(argv: list[str]) -> dict:
@@ -132,7 +135,7 @@ def child_reference(argv: list[str]) -> dict:
         with torch.no_grad():
             latents_cache = [vae.encode(x[None]).latent_dist.sample() for x in pixels]
     ab = alphas_cumprod()
-    stamps = []
+    stamps, cpu = [], []
     setup_peak = peak_rss_mib()
     reset_peak_rss()
     for step in range(int(a["--max_train_steps"])):
@@ -157,8 +160,9 @@ def child_reference(argv: list[str]) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
         stamps.append(time.perf_counter())
-    return {"step_times": [b - a for a, b in zip(stamps, stamps[1:])], "train_peak_mib": peak_rss_mib(),
-            "setup_peak": setup_peak}
+        cpu.append(time.process_time())
+    return {"step_times": [b - a for a, b in zip(stamps, stamps[1:])], "cpu_times": [b - a for a, b in zip(cpu, cpu[1:])],
+            "train_peak_mib": peak_rss_mib(), "setup_peak": setup_peak}
 
 
 def run_child(kind: str, argv: list[str], threads: int | None) -> dict:
@@ -193,8 +197,10 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, threads {args.threads or torch.get_num_threads()}, "
           f"load average {os.getloadavg()[0]:.1f}")
-    print(f"{'model':5} {'cached':6} {'ckpt':5} {'loop':10} {'s/step':>8} {'min':>8} {'setup peak':>11} "
-          f"{'train peak':>11} {'process peak':>13}  (RSS in MiB)")
+    print("s/step: median wall time per step; cpu s/step: median CPU time per step (all threads), which a busy\n"
+          "machine disturbs less; RSS peaks in MiB: setup (load, network, cache), training, whole process")
+    print(f"{'model':5} {'cached':6} {'ckpt':5} {'loop':10} {'s/step':>8} {'cpu s/step':>10} {'setup peak':>11} "
+          f"{'train peak':>11} {'process peak':>13}")
     for model in args.models.split(","):
         ckpt, img = prepare(model)
         steps = args.steps or (30 if model == "tiny" else 6)
@@ -206,8 +212,9 @@ def main() -> None:
                     r = run_child(kind, argv, args.threads)
                     times = r["step_times"][1:] or r["step_times"]  # the first step warms caches
                     label = "ours" if kind == "ours" else "reference"
+                    cpu = r["cpu_times"][1:] or r["cpu_times"]
                     print(f"{model:5} {str(cached):6} {str(ckpting):5} {label:10} {statistics.median(times):8.3f} "
-                          f"{min(times):8.3f} {r['setup_peak']:11.0f} {r['train_peak_mib']:11.0f} "
+                          f"{statistics.median(cpu):10.3f} {r['setup_peak']:11.0f} {r['train_peak_mib']:11.0f} "
                           f"{r['peak_rss_mib']:13.0f}", flush=True)
 
 
