@@ -146,6 +146,18 @@ def test_quickstart_config_runs(env, tmp_path):
     assert metadata(path)["ss_shuffle_caption"] == "True" and metadata(path)["ss_lr_scheduler"] == "cosine"
 
 
+def test_network_weights_and_dim_from_weights(env, tmp_path):
+    first = train_network.main(base_args(env, tmp_path / "a", 1, "--cache_latents", "--network_dim", "6"))
+    # rank from the file, weights loaded before training: zero learning rate keeps them exactly
+    again = train_network.main(base_args(env, tmp_path / "b", 1, "--cache_latents", "--network_dim", "2",
+                                         "--network_weights", str(first), "--dim_from_weights",
+                                         "--learning_rate", "0", "--unet_lr", "1e-30", "--text_encoder_lr", "1e-30"))
+    sa, sb = load_file(first), load_file(again)
+    assert sa.keys() == sb.keys()
+    assert all(v.shape[0] == 6 for k, v in sb.items() if k.endswith("lora_down.weight"))
+    assert all(torch.allclose(sa[k], sb[k]) for k in sa)
+
+
 # ---- datasets -------------------------------------------------------------------------------------------------
 def test_bucketing_three_aspect_ratios(env, tmp_path):
     from PIL import Image
