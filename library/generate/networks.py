@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from library.errors import ToolkitError
-from library.files import load_state_dict
 from library.keys import family_of_lora, module_name
+from library.lora_io import load_lora
 from library.models import ModelBundle
 
 log = logging.getLogger(__name__)
@@ -87,8 +87,7 @@ def load_networks(bundle: ModelBundle, modules: Sequence[str], weights: Sequence
         path = Path(file)
         mul = 1.0 if not multipliers or i >= len(multipliers) else float(multipliers[i])
         kwargs = parse_network_args(network_args[i] if network_args and i < len(network_args) else None, i)
-        sd, meta = load_state_dict(path)
-        sd = dict(sd)
+        sd, meta = load_lora(path)
         if show_meta:
             log.info("metadata of %s: %s", path, meta or "(none)")
         _check_family(path, sd, bundle)
