@@ -125,8 +125,9 @@ def test_img2img_sizes_and_strength(tiny_checkpoints, tmp_path) -> None:  # noqa
 @pytest.mark.parametrize("family", ["sd2", "sdxl"])
 def test_other_families_with_lora(family, tiny_checkpoints, tmp_path) -> None:  # noqa: ANN001
     lora_file = make_lora(tmp_path / "lora.safetensors", family)
-    common = ["--prompt", "a red circle --d 5", "--W", "64", "--H", "64", "--steps", "2", "--sampler", "dpmsolver++",
-              "--clip_skip", "2"]
+    long_prompt = " ".join(["a red circle"] * 30)  # 90 tokens: two 75-token windows
+    common = ["--prompt", f"{long_prompt} --d 5", "--W", "64", "--H", "64", "--steps", "2", "--sampler", "dpmsolver++",
+              "--clip_skip", "2", "--max_embeddings_multiples", "2"]
     [plain] = run(tmp_path / "a", tiny_checkpoints[family], *common)
     [with_lora] = run(tmp_path / "b", tiny_checkpoints[family], *common, "--network_module", "networks.lora",
                       "--network_weights", str(lora_file), "--network_mul", "1.0")

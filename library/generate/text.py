@@ -31,7 +31,7 @@ class Conditioning:
 
 def content_ids(tokenizer, text: str) -> list[int]:  # noqa: ANN001 - CLIPTokenizer
     """Token ids of `text` without BOS/EOS and without truncation."""
-    return tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"]
+    return tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
 
 
 def chunk_ids(ids: list[int], n_chunks: int, bos: int, eos: int, pad: int) -> torch.Tensor:
