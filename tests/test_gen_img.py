@@ -12,29 +12,14 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from lora_helpers import make_lora  # noqa: E402
 
 from gen_img_diffusers import main  # noqa: E402
 from library.errors import ToolkitError  # noqa: E402
-from library.models.factory import random_bundle  # noqa: E402
 
 SMALL = ["--W", "64", "--H", "64", "--steps", "3", "--sequential_file_name"]
-
-
-def make_lora(path: Path, family: str, strength: float = 0.1, seed: int = 0) -> Path:
-    """A LoRA for the tiny `family` models with random (non-zero) up weights, so it changes the output."""
-    from networks import lora
-
-    bundle = random_bundle(family)
-    te = bundle.text_encoders if bundle.is_sdxl else bundle.text_encoders[0]
-    network = lora.create_network(1.0, 4, 4, bundle.vae, te, bundle.unet)
-    network.apply_to(te, bundle.unet)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in network.named_parameters():
-            if "lora_up" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * strength)
-    network.save_weights(path)
-    return path
 
 
 @pytest.fixture(scope="module", autouse=True)
