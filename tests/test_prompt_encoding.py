@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from library.generate.pipeline import build_pipeline  # noqa: E402
-from library.generate.text import PromptEncoder, chunk_ids  # noqa: E402
+from library.generate.text import PromptEncoder, chunk_ids, parse_emphasis  # noqa: E402
 from library.models.factory import random_bundle  # noqa: E402
 
 BOS, EOS = 49406, 49407
@@ -86,3 +86,24 @@ def test_chunk_ids_windows() -> None:
     empty = chunk_ids(ids[:10], 2, BOS, EOS, 0)[1].tolist()  # a window past the text: <BOS> <EOS> <PAD>...
     assert empty[:3] == [BOS, EOS, 0]
     assert chunk_ids(list(range(200)), 2, BOS, EOS, EOS)[1, -1] == EOS  # truncated text still ends with EOS
+
+
+def test_emphasis_parsing() -> None:
+    assert parse_emphasis("a cat") == [("a cat", 1.0)]
+    assert parse_emphasis("a (cat)") == [("a ", 1.0), ("cat", pytest.approx(1.1))]
+    assert parse_emphasis("((cat))")[0][1] == pytest.approx(1.21)
+    assert parse_emphasis("[dog] x") == [("dog", pytest.approx(1 / 1.1)), (" x", 1.0)]
+    assert parse_emphasis("(cat:1.5) and (dog:.5)") == [("cat", 1.5), (" and ", 1.0), ("dog", 0.5)]
+    assert parse_emphasis(r"\(literal\) at 12:30") == [("(literal) at 12:30", 1.0)]
+    assert parse_emphasis("(unclosed") == [("unclosed", pytest.approx(1.1))]
+    assert parse_emphasis("a (b [c] d)") == [("a ", 1.0), ("b ", pytest.approx(1.1)), ("c", pytest.approx(1.0)),
+                                              (" d", pytest.approx(1.1))]
+
+
+def test_emphasis_embeddings(bundles) -> None:  # noqa: ANN001
+    enc = PromptEncoder(bundles["sd1"])
+    (plain, _), (neutral, _), (strong, _) = (enc.encode([p], [""]) for p in
+                                             ("a red cat", "a (red:1.0) cat", "a (red:1.5) cat"))
+    torch.testing.assert_close(neutral.embeds, plain.embeds, rtol=0, atol=0)  # weight 1 is the plain prompt
+    assert (strong.embeds - plain.embeds).abs().max() > 1e-3
+    torch.testing.assert_close(strong.embeds.mean(), plain.embeds.mean(), rtol=1e-4, atol=1e-6)  # mean restored
