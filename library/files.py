@@ -79,7 +79,12 @@ class LazySafetensors(Mapping):
 
 def _load_torch(path: Path) -> dict[str, torch.Tensor]:
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:  # mmap keeps a large zip-format .ckpt out of memory until each tensor is used
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe pickle"
         raise ToolkitError(f"{path}: refused to load: the file holds more than plain tensors ({first[:160]})") from None
