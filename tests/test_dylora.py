@@ -266,6 +266,33 @@ def test_one_rank_per_step_for_text_encoder_and_unet_and_none_in_eval():
     net.remove_from()
 
 
+def test_gradient_checkpointing_recomputes_with_the_same_rank():
+    bundle = random_bundle("sd1")
+    unet = bundle.unet
+    net = dylora.create_network(1.0, 8, 8, None, None, unet, unit="2")
+    net.apply_to(None, unet)
+    with torch.no_grad():
+        for m in net.unet_loras:
+            for p in m.lora_up:
+                p.normal_(0, 0.1)
+    net.train()
+    unet.train()
+    x, t, ctx = torch.randn(2, 4, 8, 8), torch.tensor([10, 700]), torch.randn(2, 77, 32)
+
+    def grads():
+        random.seed(7)
+        unet(x, t, ctx).sample.square().mean().backward()
+        out = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+        net.zero_grad(set_to_none=True)
+        return out
+
+    plain = grads()
+    unet.enable_gradient_checkpointing()
+    checkpointed = grads()
+    assert plain.keys() == checkpointed.keys() and len({n.split(".")[-1] for n in plain}) == 1  # one unit trained
+    assert all(torch.allclose(plain[n], checkpointed[n], atol=1e-6) for n in plain)
+
+
 def test_file_is_an_ordinary_lora_and_round_trips(tmp_path):
     bundle = random_bundle("sd1")
     te, unet = bundle.text_encoders[0], bundle.unet
