@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import pickle
 import tempfile
@@ -75,6 +76,9 @@ class LazySafetensors(Mapping):
 
     def shape(self, key: str) -> tuple[int, ...]:
         return tuple(self._info[key]["shape"])
+
+    def dtype(self, key: str) -> torch.dtype:
+        return {v: k for k, v in _ST_DTYPES.items()}[self._info[key]["dtype"]]
 
 
 def _load_torch(path: Path) -> dict[str, torch.Tensor]:
@@ -151,3 +155,33 @@ def save_state_dict(sd: Mapping[str, torch.Tensor], path: str | os.PathLike,
             if extra:
                 obj = {**extra, "state_dict": obj}
             torch.save(obj, tmp)
+
+
+_ST_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
+}
+
+
+def stream_safetensors(path: str | os.PathLike, layout: list[tuple[str, torch.dtype, tuple[int, ...]]],
+                       tensors: Iterator[torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file one tensor at a time, atomically; `tensors` yields in `layout` order.
+
+    The header is known up front from `layout` (key, dtype, shape), so peak memory is one tensor, not a model.
+    """
+    header: dict = {"__metadata__": {k: str(v) for k, v in metadata.items()}} if metadata else {}
+    offset = 0
+    for key, dtype, shape in layout:
+        size = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        header[key] = {"dtype": _ST_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the format aligns the data start to 8 bytes
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little"))
+        f.write(raw)
+        for (key, dtype, shape), t in zip(layout, tensors, strict=True):
+            if t.dtype != dtype or tuple(t.shape) != tuple(shape):
+                raise ValueError(f"stream_safetensors: {key} is {t.dtype} {tuple(t.shape)}, header says {dtype} {shape}")
+            f.write(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
