@@ -1,0 +1,23 @@
+"""Shared fixtures: tiny seeded models of each family, written once per session."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:  # noqa: ANN001
+    """Original-layout tiny checkpoints for sd1, sd2 and sdxl (seeded, a few MB each)."""
+    from library.models.factory import write_random_checkpoint
+
+    folder = tmp_path_factory.mktemp("tiny")
+    return {fam: write_random_checkpoint(folder / f"tiny-{fam}.safetensors", fam) for fam in ("sd1", "sd2", "sdxl")}
