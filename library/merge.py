@@ -21,7 +21,7 @@ from library.files import SAFETENSORS_EXT, LazySafetensors, load_state_dict, sav
 from library.keys import checkpoint_targets, detect_family
 from library.lora_io import compose
 from library.lora_sources import LoRASource, as_2d_shape
-from library.metadata import modelspec
+from library.metadata import family_from_metadata, modelspec
 
 log = logging.getLogger(__name__)
 FAMILY_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL"}
@@ -59,6 +59,10 @@ def _check_family(source: LoRASource, family: str, model: Path) -> None:
                            f"{model}")
     if source.family == "sd" and family == "sdxl":
         raise ToolkitError(f"{source.path}: an SD1/SD2 LoRA cannot be merged into the SDXL model {model}")
+    meta_family = family_from_metadata(source.metadata)
+    if meta_family and meta_family != family:
+        raise ToolkitError(f"{source.path}: its metadata says it is for {FAMILY_NAMES[meta_family]}, but {model} is "
+                           f"{FAMILY_NAMES[family]}; is the LoRA made for another base model?")
 
 
 def plan_merge(shapes: Mapping[str, tuple[int, ...]], family: str, sources: Sequence[LoRASource],
