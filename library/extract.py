@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from library.errors import ToolkitError
-from library.files import load_state_dict
+from library.files import open_streaming
 from library.keys import Target, checkpoint_targets
 from library.lora_io import LoRAFactors
 from library.lowrank import lowrank_of_matrix, quantile_abs_clamp, split_factors
@@ -97,8 +97,8 @@ def extract_lora(model_org: str | os.PathLike, model_tuned: str | os.PathLike, d
     for p in (org_path, tuned_path):
         if p.is_dir():
             raise ToolkitError(f"{p}: is a folder; extraction needs single-file .safetensors/.ckpt checkpoints")
-    org, _ = load_state_dict(org_path, lazy=True)
-    tuned, _ = load_state_dict(tuned_path, lazy=True)
+    org, _ = open_streaming(org_path)
+    tuned, _ = open_streaming(tuned_path)
     org_shapes, tuned_shapes = tensor_shapes(org), tensor_shapes(tuned)
     family = resolve_family(org_shapes, org_path, family)
     tuned_family = resolve_family(tuned_shapes, tuned_path, family)

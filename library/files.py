@@ -55,18 +55,32 @@ def _safetensors_header(path: Path) -> dict:
 class LazySafetensors(Mapping):
     """Read-only mapping over a safetensors file that loads one tensor at a time (streaming merges)."""
 
-    def __init__(self, path: str | os.PathLike, device: str = "cpu") -> None:
+    def __init__(self, path: str | os.PathLike, device: str = "cpu", mmap: bool = True) -> None:
+        """`mmap=False` reads each tensor with plain file reads: the pages of tensors already read do not stay
+        mapped, so a pass over a whole checkpoint keeps the resident memory at about one tensor."""
         self.path = Path(path)
         _check_exists(self.path)
         header = _safetensors_header(self.path)
         self.metadata: dict[str, str] = header.get("__metadata__") or {}
         self._info = {k: v for k, v in header.items() if k != "__metadata__"}
-        self._file = safe_open(str(self.path), framework="pt", device=device)
+        if mmap:
+            self._file = safe_open(str(self.path), framework="pt", device=device)
+        else:
+            self._file = None
+            self._raw = open(self.path, "rb")  # kept open for the mapping's lifetime
+            self._data_start = 8 + int.from_bytes(self._raw.read(8), "little")
 
     def __getitem__(self, key: str) -> torch.Tensor:
         if key not in self._info:
             raise KeyError(key)
-        return self._file.get_tensor(key)
+        if self._file is not None:
+            return self._file.get_tensor(key)
+        start, end = self._info[key]["data_offsets"]
+        buf = torch.empty(end - start, dtype=torch.uint8)
+        self._raw.seek(self._data_start + start)
+        if self._raw.readinto(buf.numpy()) != end - start:
+            raise ToolkitError(f"{self.path}: truncated while reading {key}")
+        return buf.view(self.dtype(key)).reshape(self.shape(key))
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._info)
@@ -108,6 +122,17 @@ def load_state_dict(path: str | os.PathLike, lazy: bool = False) -> tuple[Mappin
             return {k: lazy_sd[k] for k in lazy_sd}, lazy_sd.metadata
         except Exception as e:  # safetensors raises its own error types on corrupt data
             raise ToolkitError(f"{path}: corrupt safetensors file ({e})") from None
+    return _load_torch(path), {}
+
+
+def open_streaming(path: str | os.PathLike) -> tuple[Mapping[str, torch.Tensor], dict[str, str]]:
+    """A state dict for one pass, tensor by tensor: safetensors read without mmap (resident memory stays at about
+    one tensor), `.ckpt`/`.pt` loaded whole. Returns (tensors, metadata)."""
+    path = Path(path)
+    _check_exists(path)
+    if path.suffix.lower() == SAFETENSORS_EXT:
+        tensors = LazySafetensors(path, mmap=False)
+        return tensors, tensors.metadata
     return _load_torch(path), {}
 
 

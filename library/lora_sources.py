@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from library.errors import ToolkitError
-from library.files import LazySafetensors, load_state_dict
+from library.files import LazySafetensors, open_streaming
 from library.keys import family_of_lora
 from library.lbw import block_weight, parse_lbws
 from library.lora_io import ALPHA, DOWN, UP, LoRAFactors
@@ -73,7 +73,7 @@ def _shape(tensors: object, key: str) -> tuple[int, ...]:
 def open_source(path: str | os.PathLike, ratio: float = 1.0) -> LoRASource:
     """Open one LoRA file lazily and check that its modules are complete."""
     path = Path(path)
-    tensors, metadata = load_state_dict(path, lazy=True)
+    tensors, metadata = open_streaming(path)
     keys = list(tensors)
     if any("oft_blocks" in k for k in keys):
         raise ToolkitError(f"{path}: OFT files are not supported by the LoRA merge tools")

@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from library.errors import ToolkitError
-from library.files import SAFETENSORS_EXT, LazySafetensors, load_state_dict, save_state_dict, stream_safetensors
+from library.files import SAFETENSORS_EXT, LazySafetensors, open_streaming, save_state_dict, stream_safetensors
 from library.keys import checkpoint_targets, detect_family
 from library.lora_io import compose
 from library.lora_sources import LoRASource, as_2d_shape
@@ -131,7 +131,7 @@ def merge_into_checkpoint(model: str | os.PathLike, sources: Sequence[LoRASource
     model, save_to = Path(model), Path(save_to)
     if model.is_dir():
         raise ToolkitError(f"{model}: is a folder; merging needs a single-file .safetensors/.ckpt checkpoint")
-    base, base_meta = load_state_dict(model, lazy=True)
+    base, base_meta = open_streaming(model)
     shapes = tensor_shapes(base)
     family = resolve_family(shapes, model, family)
     plan = plan_merge(shapes, family, sources, model)

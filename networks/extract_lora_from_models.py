@@ -17,9 +17,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from library.cli import add_verbosity, run_main, setup_logging, str_to_dtype  # noqa: E402
+from library.errors import ToolkitError  # noqa: E402
 from library.extract import extract_lora, extract_metadata  # noqa: E402
 from library.lora_io import modules_to_state_dict, save_lora  # noqa: E402
-from library.models import family_from_flags  # noqa: E402
 
 log = logging.getLogger("extract_lora_from_models")
 PRECISIONS = ["float", "fp16", "bf16"]
@@ -53,7 +53,9 @@ def main(argv: list[str] | None = None) -> None:
     add_verbosity(parser)
     args = parser.parse_args(argv)
     setup_logging(args.verbosity)
-    family = family_from_flags(args.v2, args.sdxl)
+    if args.v2 and args.sdxl:  # (library.models.family_from_flags would import diffusers: seconds for nothing)
+        raise ToolkitError("--v2 and --sdxl cannot be given together")
+    family = "sdxl" if args.sdxl else ("sd2" if args.v2 else None)
     save_dtype = str_to_dtype(args.save_precision, None)
     modules, family = extract_lora(args.model_org, args.model_tuned, args.dim, args.conv_dim, family, args.device,
                                    str_to_dtype(args.load_precision), args.clamp_quantile, args.min_diff)
