@@ -207,19 +207,18 @@ def svd_merge_error(loras: list[str], ratios: list[float], merged: str) -> float
 
 
 def extract_error(org: str, tuned: str, lora: str) -> float:
-    from library.extract import DeltaReader, select_targets
-    from library.files import load_state_dict
+    from library.extract import iter_deltas, select_targets
+    from library.files import open_streaming
     from library.lora_io import load_lora, split_modules
     from library.merge import tensor_shapes
 
-    o, _ = load_state_dict(org, lazy=True)
-    t, _ = load_state_dict(tuned, lazy=True)
-    reader = DeltaReader(o, t, None)
+    o, _ = open_streaming(org)
+    t, _ = open_streaming(tuned)
     targets = select_targets(tensor_shapes(o), "sd1", int(CONV_DIM) if CONV_DIM else None)
     mods = split_modules(load_lora(lora)[0])
     num = den = 0.0
-    for name, f in mods.items():
-        d = reader.delta(targets[name])
+    for name, d in iter_deltas(o, t, {n: targets[n] for n in mods}):
+        f = mods[name]
         num += float((f.delta().reshape(d.shape) - d).norm() ** 2)
         den += float(d.norm() ** 2)
     return (num / den) ** 0.5

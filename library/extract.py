@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from library.errors import ToolkitError
-from library.files import open_streaming
+from library.files import open_streaming, read_ahead
 from library.keys import Target, checkpoint_targets
 from library.lora_io import LoRAFactors
 from library.lowrank import lowrank_of_matrix, quantile_abs_clamp, split_factors
@@ -25,27 +25,23 @@ from library.metadata import minimum_metadata, modelspec
 log = logging.getLogger(__name__)
 
 
-class DeltaReader:
-    """Reads W_tuned − W_org for a target in float32 (after an optional load-precision cast)."""
+def iter_deltas(org: Mapping[str, torch.Tensor], tuned: Mapping[str, torch.Tensor], targets: Mapping[str, Target],
+                load_dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, W_tuned − W_org in float32) per target, reading both files ahead in background threads.
 
-    def __init__(self, org: Mapping[str, torch.Tensor], tuned: Mapping[str, torch.Tensor],
-                 load_dtype: torch.dtype | None) -> None:
-        self.org, self.tuned, self.load_dtype = org, tuned, load_dtype
-        self._key: str | None = None
-        self._delta: torch.Tensor | None = None
+    Each weight is read once even when several targets share it (OpenCLIP's packed q/k/v rows).
+    """
+    by_key: dict[str, list[tuple[str, Target]]] = {}
+    for name, t in targets.items():
+        by_key.setdefault(t.key, []).append((name, t))
 
-    def _read(self, tensors: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
-        t = tensors[key]
-        if self.load_dtype is not None:
-            t = t.to(self.load_dtype)
-        return t.float()
+    def cast(t: torch.Tensor) -> torch.Tensor:
+        return (t.to(load_dtype) if load_dtype is not None else t).float()
 
-    def delta(self, target: Target) -> torch.Tensor:
-        if target.key != self._key:  # q, k and v of OpenCLIP share one packed tensor: read it once
-            self._key = target.key
-            self._delta = self._read(self.tuned, target.key) - self._read(self.org, target.key)
-        d = self._delta
-        return d[target.rows[0]:target.rows[1]] if target.rows else d
+    for (key, w_org), (_, w_tuned) in zip(read_ahead(org, by_key), read_ahead(tuned, by_key)):
+        delta = cast(w_tuned) - cast(w_org)
+        for name, t in by_key[key]:
+            yield name, (delta[t.rows[0]:t.rows[1]] if t.rows else delta)
 
 
 def select_targets(shapes: Mapping[str, tuple[int, ...]], family: str, conv_dim: int | None) -> dict[str, Target]:
@@ -63,12 +59,11 @@ def _check_pair(org: dict, tuned: dict, targets: Mapping[str, Target], org_path:
                                "both models must be the same architecture")
 
 
-def text_encoder_differs(reader: DeltaReader, targets: Mapping[str, Target], min_diff: float) -> bool:
+def text_encoder_differs(org: Mapping[str, torch.Tensor], tuned: Mapping[str, torch.Tensor],
+                         targets: Mapping[str, Target], load_dtype: torch.dtype | None, min_diff: float) -> bool:
     """True as soon as one text-encoder weight changes by more than `min_diff` (sd-scripts' rule)."""
-    for name, t in targets.items():
-        if name.startswith("lora_te") and reader.delta(t).abs().max() > min_diff:
-            return True
-    return False
+    te = {n: t for n, t in targets.items() if n.startswith("lora_te")}
+    return any(float(d.abs().max()) > min_diff for _, d in iter_deltas(org, tuned, te, load_dtype))
 
 
 def decompose(delta: torch.Tensor, rank: int, device: torch.device, clamp_quantile: float | None,
@@ -106,15 +101,14 @@ def extract_lora(model_org: str | os.PathLike, model_tuned: str | os.PathLike, d
         raise ToolkitError(f"{org_path} is {FAMILY_NAMES[family]} but {tuned_path} is {FAMILY_NAMES[tuned_family]}")
     targets = select_targets(org_shapes, family, conv_dim)
     _check_pair(org_shapes, tuned_shapes, targets, org_path, tuned_path)
-    reader = DeltaReader(org, tuned, load_dtype)
-    if not text_encoder_differs(reader, targets, min_diff):
+    if not text_encoder_differs(org, tuned, targets, load_dtype, min_diff):
         log.info("Text encoder is same. Extract U-Net only. (no change above --min_diff %g)", min_diff)
         targets = {n: t for n, t in targets.items() if not n.startswith("lora_te")}
     dev = torch.device(device) if device else torch.device("cpu")
     generator = torch.Generator(device=dev).manual_seed(seed)
     modules = {}
-    for name, t in tqdm(targets.items(), desc="extracting", unit="module"):
-        delta = reader.delta(t)
+    for name, delta in tqdm(iter_deltas(org, tuned, targets, load_dtype), total=len(targets), desc="extracting",
+                            unit="module"):
         kxk = delta.ndim == 4 and tuple(delta.shape[2:]) != (1, 1)
         modules[name] = decompose(delta, conv_dim if kxk else dim, dev, clamp_quantile, generator)
     return modules, family

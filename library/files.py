@@ -7,13 +7,16 @@ a half-written file or clobbers an existing one.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import itertools
 import json
 import math
 import os
 import pickle
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -203,10 +206,31 @@ def stream_safetensors(path: str | os.PathLike, layout: list[tuple[str, torch.dt
         offset += size
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # the format aligns the data start to 8 bytes
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f, ThreadPoolExecutor(max_workers=1) as writer:
         f.write(len(raw).to_bytes(8, "little"))
         f.write(raw)
+        pending = None  # the previous tensor's write runs in the background while the next one is made
         for (key, dtype, shape), t in zip(layout, tensors, strict=True):
             if t.dtype != dtype or tuple(t.shape) != tuple(shape):
                 raise ValueError(f"stream_safetensors: {key} is {t.dtype} {tuple(t.shape)}, header says {dtype} {shape}")
-            f.write(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
+            data = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+            if pending is not None:
+                pending.result()
+            pending = writer.submit(f.write, data)
+        if pending is not None:
+            pending.result()
+
+
+def read_ahead(tensors: Mapping[str, torch.Tensor], keys: Iterable[str], depth: int = 2
+               ) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (key, tensor) in order while a background thread already reads the next `depth` tensors
+    (file reads release the GIL, so reading overlaps the caller's work)."""
+    keys = iter(keys)
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        pending = collections.deque((k, reader.submit(tensors.__getitem__, k)) for k in itertools.islice(keys, depth))
+        while pending:
+            key, future = pending.popleft()
+            nxt = next(keys, None)
+            if nxt is not None:
+                pending.append((nxt, reader.submit(tensors.__getitem__, nxt)))
+            yield key, future.result()

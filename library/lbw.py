@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 
+from library.block_weights import block_index
 from library.errors import ToolkitError
 
 N_SLOTS = 26
@@ -84,17 +85,8 @@ def block_slot(lora_name: str, sdxl: bool) -> int | None:
         if lora_name.startswith("lora_unet_out_"):
             return 23
         return None
-    if m := re.match(r"lora_unet_down_blocks_(\d+)_(resnets|attentions)_(\d+)_", lora_name):
-        return 2 + 3 * int(m.group(1)) + int(m.group(3))
-    if m := re.match(r"lora_unet_down_blocks_(\d+)_downsamplers_", lora_name):
-        return 1 + 3 * (int(m.group(1)) + 1)
-    if lora_name.startswith("lora_unet_mid_block_"):
-        return MID
-    if m := re.match(r"lora_unet_up_blocks_(\d+)_(resnets|attentions)_(\d+)_", lora_name):
-        return 14 + 3 * int(m.group(1)) + int(m.group(3))
-    if m := re.match(r"lora_unet_up_blocks_(\d+)_upsamplers_", lora_name):
-        return 14 + 3 * int(m.group(1)) + 2
-    return None
+    index = block_index(lora_name, sdxl=False)  # SD slots are the training block index + 1 (slot 0 = BASE)
+    return None if index < 0 else index + 1
 
 
 def block_weight(weights: list[float] | None, lora_name: str, sdxl: bool) -> float:

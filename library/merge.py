@@ -17,9 +17,15 @@ import torch
 from tqdm import tqdm
 
 from library.errors import ToolkitError
-from library.files import SAFETENSORS_EXT, LazySafetensors, open_streaming, save_state_dict, stream_safetensors
+from library.files import (
+    SAFETENSORS_EXT,
+    LazySafetensors,
+    open_streaming,
+    read_ahead,
+    save_state_dict,
+    stream_safetensors,
+)
 from library.keys import checkpoint_targets, detect_family
-from library.lora_io import compose
 from library.lora_sources import LoRASource, as_2d_shape
 from library.metadata import family_from_metadata, modelspec
 
@@ -102,7 +108,8 @@ def apply_hits(w: torch.Tensor, hits: Sequence[Hit], dtype: torch.dtype) -> torc
     for h in hits:
         f = h.source.factors(h.name, dtype)
         part = w[h.rows[0]:h.rows[1]] if h.rows else w
-        part += (compose(f.up, f.down) * h.source.coef(h.name)).reshape(part.shape)
+        # one fused W += coef·up@down on the 2-D view (rows of a contiguous weight stay contiguous)
+        part.view(part.shape[0], -1).addmm_(f.up2d(), f.down2d(), alpha=h.source.coef(h.name))
     return w
 
 
@@ -140,8 +147,7 @@ def merge_into_checkpoint(model: str | os.PathLike, sources: Sequence[LoRASource
     meta = checkpoint_metadata(base_meta, family, model, sources, save_to, no_metadata)
 
     def produce() -> Iterator[torch.Tensor]:
-        for key in tqdm(list(shapes), desc="merging", unit="tensor"):
-            t = base[key]
+        for key, t in tqdm(read_ahead(base, shapes), total=len(shapes), desc="merging", unit="tensor"):
             if key in plan:
                 t = apply_hits(t, plan[key], dtype)
             yield t.to(out_dtype[key])

@@ -100,3 +100,20 @@ def test_bad_options_fail_without_output(loras, tmp_path, capsys):  # noqa: ANN0
                                           "--lbws", json.dumps([1.0] * 12)]) == 2
     assert "are for SDXL" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("name, sdxl, slot", [
+    ("lora_te_text_model_encoder_layers_0_mlp_fc1", False, 0),
+    ("lora_unet_down_blocks_1_downsamplers_0_conv", False, 7),  # IN06
+    ("lora_unet_up_blocks_2_upsamplers_0_conv", False, 22),  # OUT08
+    ("lora_unet_up_blocks_3_attentions_2_proj_in", False, 25),  # OUT11
+    ("lora_unet_conv_in", False, None),
+    ("lora_te2_text_model_encoder_layers_3_mlp_fc1", True, 0),
+    ("lora_unet_input_blocks_4_1_proj_in", True, 5),  # IN04
+    ("lora_unet_middle_block_1_proj_out", True, 13),
+    ("lora_unet_output_blocks_8_0_skip_connection", True, 22),  # OUT08
+])
+def test_block_slots(name, sdxl, slot):  # noqa: ANN001
+    from library.lbw import block_slot
+
+    assert block_slot(name, sdxl) == slot
