@@ -127,7 +127,7 @@ def svd_merge(sources: Sequence[LoRASource], new_rank: int, new_conv_rank: int |
         if not terms:
             log.debug("%s: every ratio is 0, module left out", n)
             continue
-        k = min(conv_rank if kernel else new_rank, n_out, n_in)
+        k = min(conv_rank if kernel else new_rank, n_out, hs[0].delta_shape(n)[1])  # capped as sd-scripts: in channels
         up, down, _ = lowrank_of_sum(terms, k)
         if clamp_quantile is not None and clamp_quantile < 1:
             up, down = quantile_abs_clamp(up, down, clamp_quantile)
