@@ -87,7 +87,9 @@ def main() -> None:
                        scale=7.5, sampler=args.sampler)
         t0 = time.perf_counter()
         [img] = runner.run([job])
-        return time.perf_counter() - t0, np.asarray(img).astype(np.int32)
+        dt = time.perf_counter() - t0
+        print(f"  image seed {seed}: {dt:.1f} s", flush=True)
+        return dt, np.asarray(img).astype(np.int32)
 
     image(100)  # warm-up: first-call allocations and oneDNN primitive creation
     [net] = load_networks(bundle, ["networks.lora"], [str(lora_path)], [1.0])
@@ -96,8 +98,10 @@ def main() -> None:
     unmerged_images = []
     for seed in range(args.images):
         net.network.remove_from()
+        print("no LoRA", flush=True)
         times["no LoRA"].append(image(seed)[0])
         net.network.apply_to(te, bundle.unet)
+        print("LoRA unmerged", flush=True)
         dt, img = image(seed)
         times["LoRA unmerged"].append(dt)
         unmerged_images.append(img)
@@ -105,6 +109,7 @@ def main() -> None:
     load_networks(bundle, ["networks.lora"], [str(lora_path)], [1.0], merge_count=1)
     diffs = []
     for seed in range(args.images):
+        print("LoRA merged", flush=True)
         dt, img = image(seed)
         times["LoRA merged"].append(dt)
         diffs.append(int(np.abs(img - unmerged_images[seed]).max()))
