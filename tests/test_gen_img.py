@@ -137,3 +137,16 @@ def test_user_errors_are_one_line(tiny_checkpoints, sd1_lora, tmp_path) -> None:
         with pytest.raises(ToolkitError, match=needle.replace(".", r"\.").replace("-", r"\-")):
             main([*argv, "--outdir", str(tmp_path / "o"), *SMALL])
     assert not list((tmp_path / "o").glob("*.png")) if (tmp_path / "o").exists() else True
+
+
+def test_sdxl_img2img_bf16_merged_lora(tiny_checkpoints, tmp_path) -> None:  # noqa: ANN001
+    src = tmp_path / "src.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 80, 3), dtype=np.uint8)).save(src)
+    lora_file = make_lora(tmp_path / "xl.safetensors", "sdxl")
+    out = tmp_path / "out"
+    main(["--ckpt", str(tiny_checkpoints["sdxl"]), "--outdir", str(out), "--prompt", "a (red:1.3) circle --d 3",
+          "--image_path", str(src), "--steps", "3", "--strength", "0.7", "--bf16", "--network_module", "networks.lora",
+          "--network_weights", str(lora_file), "--network_merge"])
+    [img] = [Image.open(p) for p in out.glob("*.png")]
+    assert img.size == (80, 64) and img.text["networks"] == "xl.safetensors:1 (merged)"
+    assert np.asarray(img).std() > 0

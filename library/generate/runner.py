@@ -13,7 +13,7 @@ from tqdm import tqdm
 from library.errors import ToolkitError
 from library.generate.networks import LoadedNetwork, load_networks, set_multipliers
 from library.generate.output import output_name, png_info, save_png
-from library.generate.pipeline import BatchRunner
+from library.generate.pipeline import BatchRunner, silence_cast_notice
 from library.generate.plan import Defaults, ImageJob, batches, plan_jobs
 from library.generate.text import PromptEncoder
 from library.models import ModelBundle, family_from_flags, load_models
@@ -121,14 +121,9 @@ def prepare_model(config: GenerationConfig, device: torch.device, dtype: torch.d
     bundle.v_parameterization = bundle.v_parameterization or config.v_parameterization
     if config.v_parameterization and bundle.family == "sd1":
         log.warning("--v_parameterization with an SD1 model is unusual")
-    diffusers_log = logging.getLogger("diffusers")
-    level = diffusers_log.level
-    diffusers_log.setLevel(logging.ERROR)  # Diffusers warns on any dtype cast, even with nothing to keep in fp32
-    try:
-        for model in (bundle.unet, bundle.vae, *bundle.text_encoders):
-            model.to(device=device, dtype=dtype).eval().requires_grad_(False)
-    finally:
-        diffusers_log.setLevel(level)
+    silence_cast_notice()
+    for model in (bundle.unet, bundle.vae, *bundle.text_encoders):
+        model.to(device=device, dtype=dtype).eval().requires_grad_(False)
     log.info("model: %s (%s, %s%s)", config.ckpt, bundle.family, str(dtype).replace("torch.", ""),
              ", v-prediction" if bundle.v_parameterization else "")
     return bundle
