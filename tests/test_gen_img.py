@@ -105,6 +105,10 @@ def test_img2img_sizes_and_strength(tiny_checkpoints, tmp_path) -> None:  # noqa
           "--steps", "4", "--seed", "3", "--W", "32", "--H", "48", "--use_original_file_name"])
     img2 = Image.open(out2 / "a.png")
     assert img2.size == (32, 48) and img2.text["strength"] == "1.0"
+    out3 = tmp_path / "out3"  # no prompt: each source's own PNG metadata gives it, as in sd-scripts
+    main(["--ckpt", ckpt, "--outdir", str(out3), "--image_path", str(out), "--steps", "2", "--seed", "1"])
+    [img3] = [Image.open(p) for p in out3.glob("*.png")]
+    assert img3.text["prompt"] == "a painting" and img3.size == (72, 56)
 
 
 @pytest.mark.parametrize("family", ["sd2", "sdxl"])
