@@ -136,7 +136,21 @@ def serialize_safetensors(sd: Mapping[str, torch.Tensor], metadata: dict[str, st
     """safetensors bytes of a state dict (tensors made contiguous, metadata values as strings)."""
     tensors = {k: v.detach().contiguous() for k, v in sd.items()}
     meta = {k: str(v) for k, v in (metadata or {}).items()} or None
-    return st_save(tensors, metadata=meta)
+    return _sorted_metadata(st_save(tensors, metadata=meta))
+
+
+def _sorted_metadata(data: bytes) -> bytes:
+    """Metadata keys in sorted order: safetensors writes them in hash order, which changes from run to run,
+    so the same tensors and metadata would not give the same bytes."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    if not header.get("__metadata__"):
+        return data
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    if len(text) > n:  # cannot happen for the same content; keep the original rather than break the file
+        return data
+    return data[:8] + text + b" " * (n - len(text)) + data[8 + n:]
 
 
 def save_state_dict(sd: Mapping[str, torch.Tensor], path: str | os.PathLike,
