@@ -124,6 +124,9 @@ def prepare(lora: LoRAInput, base: BaseCheckpoint, recipes: list[Recipe], device
         prep.layers.append(layer)
         prep.refs.append(LayerRefs())
         targets.append(target)
+    if not prep.layers and prep.unmapped:
+        raise ToolkitError(f"{source}: none of its {len(prep.unmapped)} modules matches a weight of {base.path} "
+                           f"(a {base.family} checkpoint); is it the model this LoRA was trained on?")
     if need_norms or need_subspace:
         _gather_refs(prep, targets, base, need_norms, need_subspace, device)
     zero = [n for n in prep.zero if not n.startswith(_EXPECTED_ZERO)]
@@ -134,9 +137,6 @@ def prepare(lora: LoRAInput, base: BaseCheckpoint, recipes: list[Recipe], device
     if prep.unmapped:
         log.warning("%s: %d LoRA modules have no matching weight in %s and are kept unresized: %s", lora.name,
                     len(prep.unmapped), base.path.name, _list(sorted(prep.unmapped)))
-    if not prep.layers and prep.unmapped:
-        raise ToolkitError(f"{source}: none of its {len(prep.unmapped)} modules matches a weight of {base.path} "
-                           f"(a {base.family} checkpoint); is it the model this LoRA was trained on?")
     return prep
 
 
@@ -182,7 +182,7 @@ def _log_layers(prep: Prepared, keep: list[torch.Tensor], rescale: float) -> Non
 
 
 def apply_recipe(prep: Prepared, recipe: Recipe, out_dir: Path, dtype: torch.dtype,
-                 report: Path | None = None) -> Path:
+                 report: Path | None = None) -> Path | None:
     """Score, select, write `<name>_<recipe>_th<threshold>.safetensors` (and the PNG report if asked)."""
     elem = torch.finfo(dtype).bits // 8
     scores = [score_layer(layer, refs, recipe) for layer, refs in zip(prep.layers, prep.refs)]
@@ -202,8 +202,11 @@ def apply_recipe(prep: Prepared, recipe: Recipe, out_dir: Path, dtype: torch.dty
     if details.isEnabledFor(logging.DEBUG):
         _log_layers(prep, sel.keep, recipe.rescale)
     sd = build_state_dict(prep, sel.keep, recipe.rescale)
-    tag = recipe.tag()
-    path = out_dir / f"{prep.lora.name}_{tag}_th{format_number(sel.threshold)}.safetensors"
+    path = out_dir / f"{prep.lora.name}_{recipe.tag()}_th{format_number(sel.threshold)}.safetensors"
+    if not any(k.any() for k in sel.keep) and not prep.unmapped:
+        log.warning("%s: recipe %r keeps no direction at all (threshold %.2f); %s not written: lower thr= or "
+                    "raise size=", prep.lora.name, recipe.text, sel.threshold, path.name)
+        return None
     save_lora(path, sd, _metadata(prep.lora, recipe, sel.threshold), dtype)
     log.info("saved %s (%.3f MiB)", path, os.path.getsize(path) / 2**20)
     if report is not None:
@@ -215,7 +218,7 @@ def apply_recipe(prep: Prepared, recipe: Recipe, out_dir: Path, dtype: torch.dty
     return path
 
 
-def _report_path(report: Path | None, count: int, index: int, lora: LoRAInput, recipe: Recipe) -> Path | None:
+def _report_path(report: Path | None, count: int, lora: LoRAInput, recipe: Recipe) -> Path | None:
     if report is None or count == 1:
         return report
     return report.with_name(f"{report.stem}_{lora.name}_{recipe.tag()}{report.suffix or '.png'}")
@@ -237,8 +240,10 @@ def run(settings: AwareSettings) -> list[Path]:
             out_dir = Path(settings.output_folder) if settings.output_folder else lora.folder
             prep = prepare(lora, base, settings.recipes, settings.device)
             for recipe in settings.recipes:
-                report = _report_path(settings.report, count, len(written), lora, recipe)
-                written.append(apply_recipe(prep, recipe, out_dir, settings.dtype, report))
+                report = _report_path(settings.report, count, lora, recipe)
+                path = apply_recipe(prep, recipe, out_dir, settings.dtype, report)
+                if path is not None:
+                    written.append(path)
     finally:
         cache.save()
     return written

@@ -129,7 +129,8 @@ def load_input(members: list[Member]) -> LoRAInput:
         sd, meta = load_lora(m.path)
         loaded.append((split_modules(sd, m.path), sd, meta))
     mods, sd, meta = loaded[0]
-    passthrough = {k: v for k, v in sd.items() if k not in _module_keys(mods)}
+    module_keys = _module_keys(mods)
+    passthrough = {k: v for k, v in sd.items() if k not in module_keys}
     if len(members) > 1 or members[0].weight != 1.0:
         mods = concat_modules([(mo, m.weight) for (mo, _, _), m in zip(loaded, members)],
                               [str(m.path) for m in members])
