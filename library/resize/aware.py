@@ -20,7 +20,7 @@ from tqdm import tqdm
 from library.errors import ToolkitError
 from library.keys import Target
 from library.lora_io import LoRAFactors, modules_to_state_dict, save_lora
-from library.resize.base import BaseCheckpoint, weight_norms
+from library.resize.base import NORMS, BaseCheckpoint
 from library.resize.decompose import Decomposed, decompose_all, is_zero, parallel_map, worker_count
 from library.resize.inputs import LoRAInput, load_input, parse_specs
 from library.resize.norms_cache import NormsCache
@@ -73,33 +73,33 @@ def _list(names: list[str], limit: int = 6) -> str:
     return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def _gather_refs(prep: Prepared, targets: list[Target], base: BaseCheckpoint, need_norms: bool,
+_REF_FIELD = {"fro": "fro_ckpt", "spn": "spn_ckpt"}
+
+
+def _gather_refs(prep: Prepared, targets: list[Target], base: BaseCheckpoint, kinds: set[str],
                  need_subspace: bool, device: str | None) -> None:
-    """Base norms (cached) and subspace scales per layer; weights are read in small batches and the math
-    runs on all cores."""
-    todo = [i for i, t in enumerate(targets) if need_subspace or (need_norms and base.cached_norms(t) is None)]
-    for i, t in enumerate(targets):
-        if need_norms and i not in todo:
-            prep.refs[i].fro_ckpt, prep.refs[i].spn_ckpt = base.cached_norms(t)
+    """Base norms (from the cache when there) and subspace scales per layer; weights are read in small
+    batches and the math runs on all cores."""
+    missing = []
+    for ref, t in zip(prep.refs, targets):
+        missing.append([k for k in sorted(kinds) if base.cached_norm(t, k) is None])
+        for k in kinds:
+            setattr(ref, _REF_FIELD[k], base.cached_norm(t, k))
+    todo = [i for i in range(len(targets)) if need_subspace or missing[i]]
     batch = 4 * worker_count()
     bar = tqdm(total=len(todo), desc="base weights", unit="layer", leave=False, disable=not todo)
     for start in range(0, len(todo), batch):
         chunk = [(i, base.weight(targets[i])) for i in todo[start:start + batch]]
 
-        def work(item: tuple[int, torch.Tensor]) -> tuple:
+        def work(item: tuple[int, torch.Tensor]) -> tuple[dict[str, float], torch.Tensor | None]:
             i, w = item
-            norms = base.cached_norms(targets[i]) if need_norms else None
-            fresh = need_norms and norms is None
-            if fresh:
-                norms = weight_norms(w)
-            sub = subspace_scales(prep.layers[i], w) if need_subspace else None
-            return norms, fresh, sub
+            values = {k: NORMS[k](w) for k in missing[i]}
+            return values, subspace_scales(prep.layers[i], w) if need_subspace else None
 
-        for (i, _), (norms, fresh, sub) in zip(chunk, parallel_map(work, chunk, device)):
-            if fresh:
-                base.store_norms(targets[i], norms)
-            if norms is not None:
-                prep.refs[i].fro_ckpt, prep.refs[i].spn_ckpt = norms
+        for (i, _), (values, sub) in zip(chunk, parallel_map(work, chunk, device)):
+            for k, v in values.items():
+                base.store_norm(targets[i], k, v)
+                setattr(prep.refs[i], _REF_FIELD[k], v)
             prep.refs[i].subspace = sub
         bar.update(len(chunk))
     bar.close()
@@ -108,7 +108,9 @@ def _gather_refs(prep: Prepared, targets: list[Target], base: BaseCheckpoint, ne
 def prepare(lora: LoRAInput, base: BaseCheckpoint, recipes: list[Recipe], device: str | None) -> Prepared:
     """Decompose every module and gather the base references the recipes (and -vv lines) need."""
     prep = Prepared(lora)
-    need_norms = any(r.needs_checkpoint_norms for r in recipes) or details.isEnabledFor(logging.DEBUG)
+    kinds = set().union(*(r.checkpoint_norms for r in recipes))
+    if details.isEnabledFor(logging.DEBUG):
+        kinds.add("fro")  # rle_ckpt of the -vv lines
     need_subspace = any(r.needs_subspace for r in recipes)
     source = "+".join(str(m.path) for m in lora.members)
     targets = []
@@ -127,8 +129,8 @@ def prepare(lora: LoRAInput, base: BaseCheckpoint, recipes: list[Recipe], device
     if not prep.layers and prep.unmapped:
         raise ToolkitError(f"{source}: none of its {len(prep.unmapped)} modules matches a weight of {base.path} "
                            f"(a {base.family} checkpoint); is it the model this LoRA was trained on?")
-    if need_norms or need_subspace:
-        _gather_refs(prep, targets, base, need_norms, need_subspace, device)
+    if kinds or need_subspace:
+        _gather_refs(prep, targets, base, kinds, need_subspace, device)
     zero = [n for n in prep.zero if not n.startswith(_EXPECTED_ZERO)]
     if zero:
         log.warning("%s: %d LoRA layers are all zeroes and are left out: %s", lora.name, len(zero), _list(zero))

@@ -80,19 +80,17 @@ class BaseCheckpoint:
             w = w[target.rows[0]:target.rows[1]]
         return w.reshape(w.shape[0], -1)
 
-    def cached_norms(self, target: Target) -> tuple[float, float] | None:
-        """(Frobenius, spectral) norm from the cache, or None."""
-        if self.cache is None:
-            return None
-        fro, spn = self.cache.get(weight_id(target), "fro"), self.cache.get(weight_id(target), "spn")
-        return None if fro is None or spn is None else (fro, spn)
+    def cached_norm(self, target: Target, kind: str) -> float | None:
+        """A norm ("fro" or "spn") from the cache, or None."""
+        return self.cache.get(weight_id(target), kind) if self.cache is not None else None
 
-    def store_norms(self, target: Target, norms: tuple[float, float]) -> None:
+    def store_norm(self, target: Target, kind: str, value: float) -> None:
         if self.cache is not None:
-            self.cache.put(weight_id(target), "fro", norms[0])
-            self.cache.put(weight_id(target), "spn", norms[1])
+            self.cache.put(weight_id(target), kind, value)
 
 
-def weight_norms(w: torch.Tensor) -> tuple[float, float]:
-    """(Frobenius, spectral) norm of a 2-D weight."""
-    return float(torch.linalg.vector_norm(w)), top_singular_value(w)
+# the base-weight norms a recipe can ask for: Frobenius (fro_ckpt) and spectral (spn_ckpt)
+NORMS = {
+    "fro": lambda w: float(torch.linalg.vector_norm(w)),
+    "spn": top_singular_value,
+}

@@ -102,9 +102,13 @@ def decompose(name: str, module: LoRAFactors, device: str | torch.device | None 
     dev = torch.device(device) if device else torch.device("cpu")
     up = module.up2d().to(dev, torch.float32)
     down = module.down2d().to(dev, torch.float32)
-    if not (torch.isfinite(up).all() and torch.isfinite(down).all()):
-        raise ToolkitError(f"{source}: module {name} holds NaN or infinite weights; the file is damaged")
-    u, s, vh = svd_of_product(up, down)
+    bad = ToolkitError(f"{source}: module {name} holds NaN or infinite weights; the file is damaged")
+    try:
+        u, s, vh = svd_of_product(up, down)
+    except RuntimeError:  # LAPACK gives up on non-finite input
+        raise bad from None
+    if not torch.isfinite(s).all():  # NaN/inf in a factor always reaches the singular values
+        raise bad
     return Decomposed(name, u.cpu(), s.cpu(), vh.cpu(), module.scale, module.rank, tuple(module.down.shape[1:]),
                       module.up.ndim == 4)
 

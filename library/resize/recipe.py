@@ -28,8 +28,9 @@ class Recipe:
     rescale: float = 1.0
 
     @property
-    def needs_checkpoint_norms(self) -> bool:
-        return any(abs(self.weights[k]) > 1e-6 for k in ("spn_ckpt", "fro_ckpt"))
+    def checkpoint_norms(self) -> set[str]:
+        """Which base-weight norms the scores use: "fro" (fro_ckpt) and/or "spn" (spn_ckpt)."""
+        return {kind for kind, key in (("fro", "fro_ckpt"), ("spn", "spn_ckpt")) if abs(self.weights[key]) > 1e-6}
 
     @property
     def needs_subspace(self) -> bool:
