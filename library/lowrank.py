@@ -7,6 +7,7 @@ stacked factors and an SVD of the small r x r core, so the full out x in matrix 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -99,3 +100,58 @@ def top_singular_value(m: torch.Tensor, steps: int = 32, seed: int = 0) -> float
     if k > 1:
         bidiag += torch.diag(torch.stack(betas[: k - 1]).double(), 1)
     return float(torch.linalg.svdvals(bidiag)[0])
+
+
+@dataclass
+class ProductSVD:
+    """`up @ down = U·diag(s)·Vh` with U and Vh left as Householder reflectors times small cores.
+
+    Same QR-core method as `svd_of_product`, but Q is never formed: `u(idx)` / `vh(idx)` build only the
+    singular vectors asked for, which halves the cost when a resize keeps a fraction of the rank.
+    """
+
+    s: torch.Tensor  # [n] descending
+    up_qr: tuple[torch.Tensor, torch.Tensor]  # geqrf(up): reflectors [out, r], tau
+    down_qr: tuple[torch.Tensor, torch.Tensor]  # geqrf(down.T): reflectors [in, r], tau
+    u_core: torch.Tensor  # [min(out, r), n]
+    v_core: torch.Tensor  # [min(in, r), n]
+
+    def u(self, idx: torch.Tensor | slice | None = None) -> torch.Tensor:
+        """Left singular vectors (columns) `idx`, [out, k]."""
+        return _apply_q(*self.up_qr, self.u_core if idx is None else self.u_core[:, idx])
+
+    def vh(self, idx: torch.Tensor | slice | None = None) -> torch.Tensor:
+        """Right singular vectors (rows) `idx`, [k, in]."""
+        return _apply_q(*self.down_qr, self.v_core if idx is None else self.v_core[:, idx]).T
+
+    def to(self, device: str | torch.device) -> ProductSVD:
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device)
+
+        return ProductSVD(move(self.s), tuple(map(move, self.up_qr)), tuple(map(move, self.down_qr)),
+                          move(self.u_core), move(self.v_core))
+
+
+def _apply_q(reflectors: torch.Tensor, tau: torch.Tensor, core: torch.Tensor) -> torch.Tensor:
+    """Q @ [core; 0] for the Q of a geqrf factorisation.
+
+    Applying the reflectors to k columns (ormqr) beats forming Q (orgqr) and multiplying only when k is well
+    below the rank; LAPACK works on blocks of 32 reflectors, so small ranks always form Q.
+    """
+    if tau.numel() == 0 or core.shape[1] == 0:
+        return core.new_zeros(reflectors.shape[0], core.shape[1])
+    if tau.numel() <= 64 or 2 * core.shape[1] > tau.numel():
+        return torch.linalg.householder_product(reflectors[:, : tau.numel()], tau) @ core
+    other = core.new_zeros(reflectors.shape[0], core.shape[1])
+    other[: core.shape[0]] = core
+    return torch.ormqr(reflectors, tau, other)
+
+
+def factored_svd_of_product(up: torch.Tensor, down: torch.Tensor) -> ProductSVD:
+    """SVD of `up @ down` ([out,r] @ [r,in]) through QR of both factors, Q kept implicit (see ProductSVD)."""
+    h_u, tau_u = torch.geqrf(up)
+    h_d, tau_d = torch.geqrf(down.T)
+    r_u = torch.triu(h_u[: min(up.shape)])
+    r_d = torch.triu(h_d[: min(down.shape)])
+    u_c, s, vh_c = torch.linalg.svd(r_u @ r_d.T, full_matrices=False)
+    return ProductSVD(s, (h_u, tau_u), (h_d, tau_d), u_c, vh_c.T)

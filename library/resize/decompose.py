@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -18,21 +19,28 @@ from tqdm import tqdm
 
 from library.errors import ToolkitError
 from library.lora_io import LoRAFactors
-from library.lowrank import svd_of_product
+from library.lowrank import ProductSVD, factored_svd_of_product
 
 
 @dataclass
 class Decomposed:
-    """`up@down = U·diag(S)·Vh` of one module (S without alpha) plus what is needed to rebuild factors."""
+    """`up@down = U·diag(S)·Vh` of one module (S without alpha) plus what is needed to rebuild factors.
+
+    U and Vh stay in factored form (`ProductSVD`): only the directions a resize keeps are ever built.
+    """
 
     name: str
-    u: torch.Tensor  # [out, n] orthonormal columns
-    s: torch.Tensor  # [n] singular values of up@down, descending, alpha NOT applied
-    vh: torch.Tensor  # [n, in·kh·kw] orthonormal rows
+    svd: ProductSVD
     scale: float  # alpha/rank of the source module
     old_rank: int
+    out_features: int
     down_shape: tuple[int, ...]  # shape of one down row: (in,) or (in, kh, kw)
     up_is_4d: bool
+
+    @property
+    def s(self) -> torch.Tensor:
+        """Singular values of up@down, descending, alpha NOT applied."""
+        return self.svd.s
 
     @property
     def sigma(self) -> torch.Tensor:
@@ -40,12 +48,16 @@ class Decomposed:
         return self.s * self.scale
 
     @property
-    def out_features(self) -> int:
-        return self.u.shape[0]
+    def u(self) -> torch.Tensor:
+        return self.svd.u()
+
+    @property
+    def vh(self) -> torch.Tensor:
+        return self.svd.vh()
 
     @property
     def in_flat(self) -> int:
-        return self.vh.shape[1]
+        return math.prod(self.down_shape)
 
     @property
     def full_rank(self) -> int:
@@ -70,7 +82,7 @@ class Decomposed:
         zero up columns: the delta stays exact and the extra rows can still be trained, as in a fresh LoRA.
         """
         n = min(k, self.s.shape[0])
-        up, down = self.u[:, :n] * self.s[:n], self.vh[:n]
+        up, down = self.svd.u(slice(0, n)) * self.s[:n], self.svd.vh(slice(0, n))
         if k > n:
             up = torch.cat([up, up.new_zeros(up.shape[0], k - n)], dim=1)
             down = torch.cat([down, orthonormal_complement(down, k - n, generator_seed)], dim=0)
@@ -79,8 +91,9 @@ class Decomposed:
 
     def balanced_factors(self, keep: torch.Tensor, rescale: float = 1.0) -> LoRAFactors:
         """Kept directions only, magnitude split evenly: g = sqrt(σ·rescale/scale), up = U·g, down = g·Vh."""
-        g = torch.sqrt(self.s[keep] * rescale)  # σ/scale = S
-        up, down = self.u[:, keep] * g, g[:, None] * self.vh[keep]
+        idx = keep.nonzero().squeeze(1)
+        g = torch.sqrt(self.s[idx] * rescale)  # σ/scale = S
+        up, down = self.svd.u(idx) * g, g[:, None] * self.svd.vh(idx)
         up, down = self._shape(up, down)
         return LoRAFactors(down, up, self.scale * int(keep.sum()))
 
@@ -104,13 +117,15 @@ def decompose(name: str, module: LoRAFactors, device: str | torch.device | None 
     down = module.down2d().to(dev, torch.float32)
     bad = ToolkitError(f"{source}: module {name} holds NaN or infinite weights; the file is damaged")
     try:
-        u, s, vh = svd_of_product(up, down)
+        svd = factored_svd_of_product(up, down)
     except RuntimeError:  # LAPACK gives up on non-finite input
         raise bad from None
-    if not torch.isfinite(s).all():  # NaN/inf in a factor always reaches the singular values
+    if not torch.isfinite(svd.s).all():  # NaN/inf in a factor always reaches the singular values
         raise bad
-    return Decomposed(name, u.cpu(), s.cpu(), vh.cpu(), module.scale, module.rank, tuple(module.down.shape[1:]),
-                      module.up.ndim == 4)
+    if dev.type != "cpu":
+        svd = svd.to("cpu")
+    return Decomposed(name, svd, module.scale, module.rank, module.up.shape[0],
+                      tuple(module.down.shape[1:]), module.up.ndim == 4)
 
 
 T = TypeVar("T")
