@@ -105,7 +105,7 @@ def run_kohya(argv: list[str]) -> None:
                    for r in result.reports]
         rule = (f"{args.dynamic_method} {args.dynamic_param}, max rank {args.new_rank}" if args.dynamic_method
                 else f"rank {settings.new_rank}, conv rank {settings.conv_rank}")
-        draw_report(args.report, Path(args.save_to).name, f"{args.model}: {rule}", spectra, "log10(σ/σ0)")
+        draw_report(args.report, Path(args.save_to).name, f"{args.model}: {rule}", spectra, "log10(S/S0)")
         log.info("report %s", args.report)
 
 

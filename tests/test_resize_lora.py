@@ -392,3 +392,30 @@ def test_bad_inputs_are_one_line_errors(loras, tiny_checkpoints, tmp_path, capsy
         err = capsys.readouterr().err
         assert err.splitlines()[-1].startswith("error: ") and "Traceback" not in err and "WARNING" not in err, err
     assert not list(tmp_path.glob("*.safetensors"))
+
+
+# ---- low-rank helpers added for resize -------------------------------------------------------------------
+
+def test_factored_svd_builds_only_the_asked_directions_exactly():
+    from library.lowrank import factored_svd_of_product
+
+    g = torch.Generator().manual_seed(0)
+    for out, r, n_in in [(300, 8, 700), (5, 8, 70), (200, 100, 90), (640, 96, 2880)]:
+        up, down = torch.randn(out, r, generator=g, dtype=torch.float64), torch.randn(r, n_in, generator=g, dtype=torch.float64)
+        f = factored_svd_of_product(up, down)
+        full = up @ down
+        assert torch.allclose(f.s, torch.linalg.svdvals(full)[: f.s.shape[0]], rtol=1e-10)
+        assert float(((f.u() * f.s) @ f.vh() - full).norm() / full.norm()) < 1e-12
+        idx = torch.tensor([0, f.s.shape[0] - 1])
+        assert torch.allclose(f.u(idx), f.u()[:, idx]) and torch.allclose(f.vh(idx), f.vh()[idx])
+
+
+def test_top_singular_value_lanczos_is_accurate_on_flat_spectra():
+    from library.lowrank import top_singular_value
+
+    g = torch.Generator().manual_seed(1)
+    for shape in [(40, 30), (600, 400), (300, 1500)]:
+        m = torch.randn(*shape, generator=g)
+        exact = float(torch.linalg.svdvals(m.double())[0])
+        assert abs(top_singular_value(m) - exact) / exact < 1e-3
+    assert top_singular_value(torch.zeros(100, 200)) == 0.0

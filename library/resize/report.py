@@ -115,7 +115,10 @@ def draw_report(path: str | Path, title: str, subtitle: str, spectra: list[Spect
     legend = f"y: {ylabel}, {lo:.2f} to {hi:.2f} (grey lines: every 1.0)"
     draw.text((PAD, 44), legend, fill="black", font=small)
     x = PAD
-    for colour, label in ((KEPT, "kept"), (DROPPED, "discarded"), (CUT, "cut"), (THRESH, "threshold")):
+    legend_items = [(KEPT, "kept"), (DROPPED, "discarded"), (CUT, "cut")]
+    if threshold is not None and math.isfinite(threshold):
+        legend_items.append((THRESH, "threshold"))
+    for colour, label in legend_items:
         draw.rectangle([x, 62, x + 10, 72], fill=colour)
         draw.text((x + 14, 60), label, fill="black", font=small)
         x += 24 + int(draw.textlength(label, font=small))
