@@ -7,12 +7,16 @@ a half-written file or clobbers an existing one.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import itertools
 import json
+import math
 import os
 import pickle
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -54,18 +58,32 @@ def _safetensors_header(path: Path) -> dict:
 class LazySafetensors(Mapping):
     """Read-only mapping over a safetensors file that loads one tensor at a time (streaming merges)."""
 
-    def __init__(self, path: str | os.PathLike, device: str = "cpu") -> None:
+    def __init__(self, path: str | os.PathLike, device: str = "cpu", mmap: bool = True) -> None:
+        """`mmap=False` reads each tensor with plain file reads: the pages of tensors already read do not stay
+        mapped, so a pass over a whole checkpoint keeps the resident memory at about one tensor."""
         self.path = Path(path)
         _check_exists(self.path)
         header = _safetensors_header(self.path)
         self.metadata: dict[str, str] = header.get("__metadata__") or {}
         self._info = {k: v for k, v in header.items() if k != "__metadata__"}
-        self._file = safe_open(str(self.path), framework="pt", device=device)
+        if mmap:
+            self._file = safe_open(str(self.path), framework="pt", device=device)
+        else:
+            self._file = None
+            self._raw = open(self.path, "rb")  # kept open for the mapping's lifetime
+            self._data_start = 8 + int.from_bytes(self._raw.read(8), "little")
 
     def __getitem__(self, key: str) -> torch.Tensor:
         if key not in self._info:
             raise KeyError(key)
-        return self._file.get_tensor(key)
+        if self._file is not None:
+            return self._file.get_tensor(key)
+        start, end = self._info[key]["data_offsets"]
+        buf = torch.empty(end - start, dtype=torch.uint8)
+        self._raw.seek(self._data_start + start)
+        if self._raw.readinto(buf.numpy()) != end - start:
+            raise ToolkitError(f"{self.path}: truncated while reading {key}")
+        return buf.view(self.dtype(key)).reshape(self.shape(key))
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._info)
@@ -76,10 +94,18 @@ class LazySafetensors(Mapping):
     def shape(self, key: str) -> tuple[int, ...]:
         return tuple(self._info[key]["shape"])
 
+    def dtype(self, key: str) -> torch.dtype:
+        return {v: k for k, v in _ST_DTYPES.items()}[self._info[key]["dtype"]]
+
 
 def _load_torch(path: Path) -> dict[str, torch.Tensor]:
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:  # mmap keeps a large zip-format .ckpt out of memory until each tensor is used
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe pickle"
         raise ToolkitError(f"{path}: refused to load: the file holds more than plain tensors ({first[:160]})") from None
@@ -107,6 +133,17 @@ def load_state_dict(path: str | os.PathLike, lazy: bool = False) -> tuple[Mappin
     return _load_torch(path), {}
 
 
+def open_streaming(path: str | os.PathLike) -> tuple[Mapping[str, torch.Tensor], dict[str, str]]:
+    """A state dict for one pass, tensor by tensor: safetensors read without mmap (resident memory stays at about
+    one tensor), `.ckpt`/`.pt` loaded whole. Returns (tensors, metadata)."""
+    path = Path(path)
+    _check_exists(path)
+    if path.suffix.lower() == SAFETENSORS_EXT:
+        tensors = LazySafetensors(path, mmap=False)
+        return tensors, tensors.metadata
+    return _load_torch(path), {}
+
+
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The `__metadata__` of a safetensors file ({} for other formats)."""
     path = Path(path)
@@ -123,6 +160,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs get the usual permissions
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -186,3 +226,54 @@ def save_state_dict(sd: Mapping[str, torch.Tensor], path: str | os.PathLike,
             if extra:
                 obj = {**extra, "state_dict": obj}
             torch.save(obj, tmp)
+
+
+_ST_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
+}
+
+
+def stream_safetensors(path: str | os.PathLike, layout: list[tuple[str, torch.dtype, tuple[int, ...]]],
+                       tensors: Iterator[torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file one tensor at a time, atomically; `tensors` yields in `layout` order.
+
+    The header is known up front from `layout` (key, dtype, shape), so peak memory is one tensor, not a model.
+    """
+    header: dict = {"__metadata__": {k: str(v) for k, v in metadata.items()}} if metadata else {}
+    offset = 0
+    for key, dtype, shape in layout:
+        size = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        header[key] = {"dtype": _ST_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the format aligns the data start to 8 bytes
+    with atomic_path(path) as tmp, open(tmp, "wb") as f, ThreadPoolExecutor(max_workers=1) as writer:
+        f.write(len(raw).to_bytes(8, "little"))
+        f.write(raw)
+        pending = None  # the previous tensor's write runs in the background while the next one is made
+        for (key, dtype, shape), t in zip(layout, tensors, strict=True):
+            if t.dtype != dtype or tuple(t.shape) != tuple(shape):
+                raise ValueError(f"stream_safetensors: {key} is {t.dtype} {tuple(t.shape)}, header says {dtype} {shape}")
+            data = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+            if pending is not None:
+                pending.result()
+            pending = writer.submit(f.write, data)
+        if pending is not None:
+            pending.result()
+
+
+def read_ahead(tensors: Mapping[str, torch.Tensor], keys: Iterable[str], depth: int = 2
+               ) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (key, tensor) in order while a background thread already reads the next `depth` tensors
+    (file reads release the GIL, so reading overlaps the caller's work)."""
+    keys = iter(keys)
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        pending = collections.deque((k, reader.submit(tensors.__getitem__, k)) for k in itertools.islice(keys, depth))
+        while pending:
+            key, future = pending.popleft()
+            nxt = next(keys, None)
+            if nxt is not None:
+                pending.append((nxt, reader.submit(tensors.__getitem__, nxt)))
+            yield key, future.result()

@@ -38,7 +38,7 @@ class BaseCheckpoint:
             raise ToolkitError(f"{self.path}: is a folder; give the single-file checkpoint (.safetensors or .ckpt) "
                                "the LoRA was trained on")
         if self.path.suffix.lower() == ".safetensors":
-            self._sd = LazySafetensors(self.path)
+            self._sd = LazySafetensors(self.path, mmap=False)  # resident memory stays at about one tensor
             shapes = {k: self._sd.shape(k) for k in self._sd}
         else:
             self._sd, _ = load_state_dict(self.path)
