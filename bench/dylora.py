@@ -1,10 +1,12 @@
 """DyLoRA training-step cost and split speed, against plain LoRA and a reference of sd-scripts' algorithm.
 
     python bench/dylora.py [--size real|tiny] [--dim 32] [--unit 4] [--steps 6] [--latent 32] [--threads 1]
+                           [--skip_train] [--skip_split]
 
 Training: U-Net-only LoRA-LierLa of `--dim` on a seeded random U-Net (real = SD1.5 shapes), batch 1 at a
-`--latent`² latent, AdamW; median seconds per step (forward, backward, optimizer step) after one warm-up
-step, and peak RSS, each variant in a fresh subprocess:
+`--latent`² latent, AdamW; median CPU seconds (and wall seconds) per step (forward, backward, optimizer step)
+after one warm-up step, and peak RSS, each variant in a fresh subprocess (CPU time is the steadier figure on a
+shared machine):
   * `lora`      networks.lora (the same targets, plain LoRA);
   * `dylora`    networks.dylora (one draw per step, first k ranks, one parameter per unit);
   * `reference` the sd-scripts algorithm (lora-format.md §8), reimplemented here for comparison only: one
@@ -87,11 +89,9 @@ def _train_child(variant: str, size: str, dim: int, unit: int, steps: int, laten
     from library.models.factory import random_bundle
     from networks import dylora, lora
 
-    t = time.perf_counter()
     bundle = random_bundle("sd1", size)
     unet = bundle.unet
     del bundle
-    build = time.perf_counter() - t
     if variant == "lora":
         net = lora.create_network(1.0, dim, dim, None, None, unet)
     elif variant == "dylora":
@@ -108,17 +108,18 @@ def _train_child(variant: str, size: str, dim: int, unit: int, steps: int, laten
     random.seed(0)
     x = torch.randn(1, 4, latent, latent)
     ctx = torch.randn(1, 77, unet.config.cross_attention_dim)
-    times = []
+    wall, cpu = [], []
     for _ in range(steps + 1):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         out = unet(x, torch.tensor([500]), ctx).sample
         out.square().mean().backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - t)
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
     n_params = sum(p.numel() for p in params)
-    print(f"  {variant:<10} {statistics.median(times[1:]):7.3f} s/step   peak RSS {_rss_gib():6.2f} GiB   "
-          f"{len(params):6d} tensors, {n_params / 1e6:5.2f} M params   (model built in {build:.0f} s)", flush=True)
+    print(f"  {variant:<10} {statistics.median(cpu[1:]):7.3f} CPU s/step ({statistics.median(wall[1:]):7.3f} wall)   "
+          f"peak RSS {_rss_gib():5.2f} GiB   {len(params):6d} tensors, {n_params / 1e6:5.2f} M params", flush=True)
 
 
 def _reference_split(model: Path, save_to: Path, unit: int) -> None:
@@ -136,14 +137,15 @@ def _reference_split(model: Path, save_to: Path, unit: int) -> None:
 
 
 def _split_child(which: str, model: str, unit: int, out: str) -> None:
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     if which == "ours":
         from library.dylora_split import split_file
 
         split_file(model, Path(out) / "split" / "ours.safetensors", unit)
     else:
         _reference_split(Path(model), Path(out) / "split" / "reference.safetensors", unit)
-    print(f"  {which:<10} {time.perf_counter() - t:7.2f} s   peak RSS {_rss_gib():6.2f} GiB", flush=True)
+    print(f"  {which:<10} {time.process_time() - c:7.2f} CPU s ({time.perf_counter() - t:6.2f} wall)   "
+          f"peak RSS {_rss_gib():5.2f} GiB", flush=True)
 
 
 def _make_dylora_file(path: Path, dim: int, unit: int) -> None:
@@ -176,8 +178,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads per run (1 gives steady figures on a shared machine)")
     parser.add_argument("--skip_split", action="store_true")
+    parser.add_argument("--skip_train", action="store_true")
     parser.add_argument("--train_child", help=argparse.SUPPRESS)
     parser.add_argument("--split_child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--make_child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     import torch
 
@@ -188,21 +192,25 @@ def main() -> None:
     if args.split_child:
         _split_child(args.split_child[0], args.split_child[1], args.unit, args.out)
         return
+    if args.make_child:
+        _make_dylora_file(Path(args.make_child), args.dim, args.unit)
+        return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; SD1 {args.size} U-Net, "
           f"dim {args.dim}, unit {args.unit}, latent {args.latent}x{args.latent}, batch 1")
     common = ["--size", args.size, "--dim", str(args.dim), "--unit", str(args.unit), "--steps", str(args.steps),
               "--latent", str(args.latent), "--out", args.out, "--threads", str(args.threads)]
-    print("training step (median after warm-up):")
-    for variant in args.variants.split(","):
-        subprocess.run([sys.executable, __file__, *common, "--train_child", variant], check=True)
+    if not args.skip_train:
+        print("training step (median after one warm-up step):")
+        for variant in args.variants.split(","):
+            subprocess.run([sys.executable, __file__, *common, "--train_child", variant], check=True)
     if args.skip_split:
         return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model = out / f"dylora-sd1-real-d{args.dim}-u{args.unit}.safetensors"
-    if not model.exists():
+    if not model.exists():  # in a subprocess: a child started later would inherit this one's peak RSS
         t = time.perf_counter()
-        _make_dylora_file(model, args.dim, args.unit)
+        subprocess.run([sys.executable, __file__, *common, "--make_child", str(model)], check=True)
         print(f"wrote {model.name} ({model.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t:.0f} s")
     print(f"split {model.name} ({model.stat().st_size / 2**20:.0f} MiB) into ranks "
           f"{list(range(args.unit, args.dim, args.unit))}:")

@@ -2,7 +2,9 @@
 
 Real SD1.5 shapes with seeded random weights (written once as fp16 to bench/out/, loaded as float32), CPU.
 Rounds alternate "no LoRA" and "LoRA applied" on the same loaded model so a busy machine affects both alike;
-then the LoRA is merged and the same images are timed again. Prints a table and the peak RSS.
+then the LoRA is merged and the same images are timed again. Prints wall and CPU (process) seconds per image,
+the overhead against the merged LoRA, and the peak RSS. On a shared machine use --threads 1: the CPU time is
+then the compute itself, unaffected by other jobs.
 
   python bench/gen_speed.py                      # 256 px, 20 steps, ddim, rank 16, 3 images per setting
   python bench/gen_speed.py --size 512 --rank 32 --images 2 --threads 2
@@ -81,13 +83,19 @@ def main() -> None:
     lora_path = make_lora(bundle, OUT / f"lora-r{args.rank}.safetensors", args.rank)
     runner = BatchRunner(bundle, PromptEncoder(bundle))
 
-    def image(seed: int) -> tuple[float, np.ndarray]:
+    cpu: dict[str, list[float]] = {"no LoRA": [], "LoRA unmerged": [], "LoRA merged": []}
+
+    def image(seed: int, setting: str | None = None) -> tuple[float, np.ndarray]:
         job = ImageJob(index=0, prompt="a photo of a red circle on a blue background, best quality",
                        negative_prompt="blurry", seed=seed, width=args.size, height=args.size, steps=args.steps,
                        scale=7.5, sampler=args.sampler)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         [img] = runner.run([job])
-        return time.perf_counter() - t0, np.asarray(img).astype(np.int32)
+        dt, dc = time.perf_counter() - t0, time.process_time() - c0
+        if setting:
+            cpu[setting].append(dc)
+        print(f"  image seed {seed}: {dt:.1f} s wall, {dc:.1f} s CPU", flush=True)
+        return dt, np.asarray(img).astype(np.int32)
 
     image(100)  # warm-up: first-call allocations and oneDNN primitive creation
     [net] = load_networks(bundle, ["networks.lora"], [str(lora_path)], [1.0])
@@ -96,16 +104,19 @@ def main() -> None:
     unmerged_images = []
     for seed in range(args.images):
         net.network.remove_from()
-        times["no LoRA"].append(image(seed)[0])
+        print("no LoRA", flush=True)
+        times["no LoRA"].append(image(seed, "no LoRA")[0])
         net.network.apply_to(te, bundle.unet)
-        dt, img = image(seed)
+        print("LoRA unmerged", flush=True)
+        dt, img = image(seed, "LoRA unmerged")
         times["LoRA unmerged"].append(dt)
         unmerged_images.append(img)
     net.network.remove_from()
     load_networks(bundle, ["networks.lora"], [str(lora_path)], [1.0], merge_count=1)
     diffs = []
     for seed in range(args.images):
-        dt, img = image(seed)
+        print("LoRA merged", flush=True)
+        dt, img = image(seed, "LoRA merged")
         times["LoRA merged"].append(dt)
         diffs.append(int(np.abs(img - unmerged_images[seed]).max()))
 
@@ -114,10 +125,13 @@ def main() -> None:
           f"float32 CPU, torch threads {torch.get_num_threads()}, LoRA rank {args.rank} ({n_modules} modules), "
           f"load average {os.getloadavg()[0]:.1f}")
     base = statistics.median(times["LoRA merged"])
-    print(f"{'setting':<15} {'median s/img':>12} {'min s/img':>10} {'vs merged':>10}")
+    cpu_base = statistics.median(cpu["LoRA merged"])
+    print(f"{'setting':<15} {'median s/img':>12} {'min s/img':>10} {'vs merged':>10} {'CPU s/img':>10} "
+          f"{'CPU vs merged':>14}")
     for name, values in times.items():
-        med = statistics.median(values)
-        print(f"{name:<15} {med:>12.2f} {min(values):>10.2f} {100 * (med / base - 1):>+9.1f}%")
+        med, cmed = statistics.median(values), statistics.median(cpu[name])
+        print(f"{name:<15} {med:>12.2f} {min(values):>10.2f} {100 * (med / base - 1):>+9.1f}% {cmed:>10.2f} "
+              f"{100 * (cmed / cpu_base - 1):>+13.1f}%")
     print(f"merged vs unmerged image: max pixel difference {max(diffs)}")
     print(f"peak RSS {peak_rss_gb():.1f} GB")
 

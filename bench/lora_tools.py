@@ -8,8 +8,10 @@ rounding noise). Every run is a fresh subprocess; wall time and peak RSS (ru_max
 
 "reference (sd-scripts algorithm)" rows are re-implementations of sd-scripts' documented algorithms inside this
 file (sd-scripts itself cannot be installed here): merge = load the whole model into Diffusers/transformers
-objects in float32, add each ΔW to its module, convert back and save; svd_merge = form each dense ΔW, full
-torch.linalg.svd; extract = load both models in float32, keep every difference, full torch.linalg.svd per module.
+objects in float32, add each ΔW to its module, convert back and save; svd_merge = form each dense ΔW, exact
+torch.linalg.svd; extract = load both models in float32, keep every difference, exact torch.linalg.svd per module.
+sd-scripts calls torch.linalg.svd with full_matrices=True; the reference uses full_matrices=False, which gives
+the same factors faster, so the speed-ups reported here are conservative.
 Error columns are relative Frobenius errors over all modules: svd_merge against the exact weighted sum of the
 inputs, extract against tuned − base. Clamping is off on both sides so errors measure the decompositions.
 """
@@ -138,8 +140,8 @@ def ref_svd_merge(loras: list[str], ratios: list[float], new_rank: int, new_conv
         delta = sum(r * m[name].delta() for m, r in zip(inputs, ratios))
         conv = delta.ndim == 4 and delta.shape[2:] != (1, 1)
         mat = delta.flatten(1)
-        k = min(new_conv_rank if conv else new_rank, *mat.shape)
-        u, s, vh = torch.linalg.svd(mat)
+        k = min(new_conv_rank if conv else new_rank, delta.shape[0], delta.shape[1])
+        u, s, vh = torch.linalg.svd(mat, full_matrices=False)  # sd-scripts: full_matrices=True (slower still)
         up, down = u[:, :k] @ torch.diag(s[:k]), vh[:k]
         if delta.ndim == 4:
             up, down = up.reshape(*up.shape, 1, 1), down.reshape(k, *delta.shape[1:])
@@ -164,7 +166,7 @@ def ref_extract(org: str, tuned: str, dim: int, conv_dim: int | None, out: str) 
         conv = delta.ndim == 4 and delta.shape[2:] != (1, 1)
         mat = delta.flatten(1)
         k = min(conv_dim if conv else dim, delta.shape[0], delta.shape[1])
-        u, s, vh = torch.linalg.svd(mat)
+        u, s, vh = torch.linalg.svd(mat, full_matrices=False)  # sd-scripts: full_matrices=True (slower still)
         up, down = u[:, :k] @ torch.diag(s[:k]), vh[:k]
         if delta.ndim == 4:
             up, down = up.reshape(*up.shape, 1, 1), down.reshape(k, *delta.shape[1:])
@@ -287,7 +289,7 @@ def measure(spec: dict) -> dict:
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
-    raise RuntimeError(f"job failed: {spec}\n{proc.stderr[-3000:]}")
+    raise RuntimeError(f"job failed (exit {proc.returncode}): {spec}\n{proc.stderr[-3000:]}")
 
 
 def main() -> None:
@@ -310,7 +312,8 @@ def main() -> None:
         return
     work = Path(args.workdir)
     # the inputs are made in a child process: ru_maxrss survives fork+exec, so this process must stay small
-    subprocess.run([sys.executable, __file__, "--prepare", args.size, "--workdir", str(work)], check=True, cwd=ROOT)
+    subprocess.run([sys.executable, __file__, "--prepare", args.size, "--workdir", str(work)], check=True, cwd=ROOT,
+                   env=dict(os.environ, TQDM_DISABLE="1"))
     p = input_paths(work)
     wanted = {"merge": "merge into model", "concat": "LoRA+LoRA concat", "svd": "svd_merge", "extract": "extract"}
     keep = {wanted[w] for w in args.only.split(",")}

@@ -71,7 +71,7 @@ def decompose(delta: torch.Tensor, rank: int, device: torch.device, clamp_quanti
     """LoRA factors (up = U·S, down = Vh, alpha = rank) of one weight difference, shaped like the weight."""
     n_out = delta.shape[0]
     m = delta.reshape(n_out, -1).to(device)
-    rank = min(rank, n_out, m.shape[1])
+    rank = min(rank, n_out, delta.shape[1])  # capped by the channels, as sd-scripts does
     up, down = split_factors(*lowrank_of_matrix(m, rank, generator), rank)
     if clamp_quantile is not None and clamp_quantile < 1:
         up, down = quantile_abs_clamp(up, down, clamp_quantile)

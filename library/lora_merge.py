@@ -101,7 +101,13 @@ def merge_loras(sources: Sequence[LoRASource], mode: str = "concat", shuffle: bo
                 continue
             f = concat_module(parts)
         out[n] = shuffle_module(f) if shuffle else f
-    return out
+    return _not_empty(out)
+
+
+def _not_empty(modules: dict[str, LoRAFactors]) -> dict[str, LoRAFactors]:
+    if not modules:
+        raise ToolkitError("--ratios/--lbws: every module has weight 0, so the merged LoRA would be empty")
+    return modules
 
 
 def svd_merge(sources: Sequence[LoRASource], new_rank: int, new_conv_rank: int | None = None,
@@ -127,7 +133,7 @@ def svd_merge(sources: Sequence[LoRASource], new_rank: int, new_conv_rank: int |
         if not terms:
             log.debug("%s: every ratio is 0, module left out", n)
             continue
-        k = min(conv_rank if kernel else new_rank, n_out, n_in)
+        k = min(conv_rank if kernel else new_rank, n_out, hs[0].delta_shape(n)[1])  # capped as sd-scripts: in channels
         up, down, _ = lowrank_of_sum(terms, k)
         if clamp_quantile is not None and clamp_quantile < 1:
             up, down = quantile_abs_clamp(up, down, clamp_quantile)
@@ -135,7 +141,7 @@ def svd_merge(sources: Sequence[LoRASource], new_rank: int, new_conv_rank: int |
         if len(first) == 4:
             up, down = up.reshape(n_out, k, 1, 1), down.reshape(k, *first[1:])
         out[n] = LoRAFactors(down.cpu(), up.cpu(), float(k))
-    return out
+    return _not_empty(out)
 
 
 def common_or_dynamic(values: Sequence[float | int]) -> str:

@@ -105,6 +105,10 @@ def test_img2img_sizes_and_strength(tiny_checkpoints, tmp_path) -> None:  # noqa
           "--steps", "4", "--seed", "3", "--W", "32", "--H", "48", "--use_original_file_name"])
     img2 = Image.open(out2 / "a.png")
     assert img2.size == (32, 48) and img2.text["strength"] == "1.0"
+    out3 = tmp_path / "out3"  # no prompt: each source's own PNG metadata gives it, as in sd-scripts
+    main(["--ckpt", ckpt, "--outdir", str(out3), "--image_path", str(out), "--steps", "2", "--seed", "1"])
+    [img3] = [Image.open(p) for p in out3.glob("*.png")]
+    assert img3.text["prompt"] == "a painting" and img3.size == (72, 56)
 
 
 @pytest.mark.parametrize("family", ["sd2", "sdxl"])
@@ -137,3 +141,16 @@ def test_user_errors_are_one_line(tiny_checkpoints, sd1_lora, tmp_path) -> None:
         with pytest.raises(ToolkitError, match=needle.replace(".", r"\.").replace("-", r"\-")):
             main([*argv, "--outdir", str(tmp_path / "o"), *SMALL])
     assert not list((tmp_path / "o").glob("*.png")) if (tmp_path / "o").exists() else True
+
+
+def test_sdxl_img2img_bf16_merged_lora(tiny_checkpoints, tmp_path) -> None:  # noqa: ANN001
+    src = tmp_path / "src.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 80, 3), dtype=np.uint8)).save(src)
+    lora_file = make_lora(tmp_path / "xl.safetensors", "sdxl")
+    out = tmp_path / "out"
+    main(["--ckpt", str(tiny_checkpoints["sdxl"]), "--outdir", str(out), "--prompt", "a (red:1.3) circle --d 3",
+          "--image_path", str(src), "--steps", "3", "--strength", "0.7", "--bf16", "--network_module", "networks.lora",
+          "--network_weights", str(lora_file), "--network_merge"])
+    [img] = [Image.open(p) for p in out.glob("*.png")]
+    assert img.size == (80, 64) and img.text["networks"] == "xl.safetensors:1 (merged)"
+    assert np.asarray(img).std() > 0

@@ -99,6 +99,8 @@ def test_bad_options_fail_without_output(loras, tmp_path, capsys):  # noqa: ANN0
     assert run_main(svd_merge_lora.main, ["--save_to", str(out), "--models", loras["paths"][0],
                                           "--lbws", json.dumps([1.0] * 12)]) == 2
     assert "are for SDXL" in capsys.readouterr().err
+    assert run_main(svd_merge_lora.main, ["--save_to", str(out), "--models", loras["paths"][0], "--ratios", "0"]) == 2
+    assert "would be empty" in capsys.readouterr().err
     assert not out.exists()
 
 

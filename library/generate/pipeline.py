@@ -24,6 +24,20 @@ from library.models import ModelBundle
 log = logging.getLogger(__name__)
 
 
+class _DropCastNotice(logging.Filter):
+    """Diffusers warns on every `.to(dtype)` of a model, even with nothing to keep in float32 (diffusers 0.42)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "should be kept in float32" not in record.getMessage()
+
+
+def silence_cast_notice() -> None:
+    """Install the filter once (idempotent); other Diffusers warnings still show."""
+    logger = logging.getLogger("diffusers.models.modeling_utils")
+    if not any(isinstance(f, _DropCastNotice) for f in logger.filters):
+        logger.addFilter(_DropCastNotice())
+
+
 @contextlib.contextmanager
 def _quiet_imports() -> Iterator[None]:
     """Importing the pipelines makes transformers and bitsandbytes warn about optional extras we do not use."""
@@ -43,6 +57,7 @@ def _quiet_imports() -> Iterator[None]:
 
 def build_pipeline(bundle: ModelBundle, img2img: bool = False):  # noqa: ANN201 - a DiffusionPipeline
     """StableDiffusion(XL)(Img2Img)Pipeline sharing the bundle's modules (no copies, no safety checker)."""
+    silence_cast_notice()  # the SDXL pipelines upcast the VAE with `.to(float32)` while decoding
     with _quiet_imports():
         import diffusers
 

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from library.errors import ToolkitError
 from library.generate.networks import LoadedNetwork, load_networks, set_multipliers
 from library.generate.output import output_name, png_info, save_png
-from library.generate.pipeline import BatchRunner
+from library.generate.pipeline import BatchRunner, silence_cast_notice
 from library.generate.plan import Defaults, ImageJob, batches, plan_jobs
 from library.generate.text import PromptEncoder
 from library.models import ModelBundle, family_from_flags, load_models
@@ -77,8 +77,8 @@ def device_and_dtype(fp16: bool, bf16: bool) -> tuple[torch.device, torch.dtype]
 
 
 def _check(config: GenerationConfig) -> None:
-    if not config.prompt and not config.from_file:
-        raise ToolkitError("give --prompt or --from_file")
+    if not config.prompt and not config.from_file and not config.image_path:
+        raise ToolkitError("give --prompt or --from_file (or --image_path with images made by this script)")
     if config.prompt and config.from_file:
         raise ToolkitError("--prompt and --from_file cannot be given together")
     for name in ("images_per_prompt", "n_iter", "batch_size", "steps"):
@@ -109,10 +109,31 @@ def load_init_images(path: str | Path) -> list[tuple[str, Image.Image]]:
     for f in files:
         try:
             with Image.open(f) as im:
-                images.append((f.name, im.convert("RGB")))
+                rgb = im.convert("RGB")
+                rgb.info["prompt_text"] = dict(getattr(im, "text", {}) or {})
+                images.append((f.name, rgb))
         except (OSError, UnidentifiedImageError) as e:
             raise ToolkitError(f"--image_path {f}: cannot read image ({e})") from None
     return images
+
+
+def prompts_from_images(images: list[tuple[str, Image.Image]],
+                        images_per_prompt: int) -> tuple[list[PromptSpec], list[tuple[str, Image.Image]]]:
+    """img2img without a prompt: each source's own PNG `prompt`/`negative-prompt` text, as sd-scripts does.
+
+    Sources are repeated `images_per_prompt` times so source k feeds the images of prompt k.
+    """
+    specs, used = [], []
+    for name, image in images:
+        text = image.info.get("prompt_text", {})
+        if "prompt" not in text:
+            log.warning("%s has no prompt in its PNG metadata; skipped (give --prompt to use it)", name)
+            continue
+        specs.append(PromptSpec(text["prompt"], negative_prompt=text.get("negative-prompt")))
+        used += [(name, image)] * images_per_prompt
+    if not specs:
+        raise ToolkitError("no --prompt given and no --image_path image carries a prompt in its PNG metadata")
+    return specs, used
 
 
 def prepare_model(config: GenerationConfig, device: torch.device, dtype: torch.dtype) -> ModelBundle:
@@ -121,14 +142,9 @@ def prepare_model(config: GenerationConfig, device: torch.device, dtype: torch.d
     bundle.v_parameterization = bundle.v_parameterization or config.v_parameterization
     if config.v_parameterization and bundle.family == "sd1":
         log.warning("--v_parameterization with an SD1 model is unusual")
-    diffusers_log = logging.getLogger("diffusers")
-    level = diffusers_log.level
-    diffusers_log.setLevel(logging.ERROR)  # Diffusers warns on any dtype cast, even with nothing to keep in fp32
-    try:
-        for model in (bundle.unet, bundle.vae, *bundle.text_encoders):
-            model.to(device=device, dtype=dtype).eval().requires_grad_(False)
-    finally:
-        diffusers_log.setLevel(level)
+    silence_cast_notice()
+    for model in (bundle.unet, bundle.vae, *bundle.text_encoders):
+        model.to(device=device, dtype=dtype).eval().requires_grad_(False)
     log.info("model: %s (%s, %s%s)", config.ckpt, bundle.family, str(dtype).replace("torch.", ""),
              ", v-prediction" if bundle.v_parameterization else "")
     return bundle
@@ -164,8 +180,11 @@ def _image_metadata(config: GenerationConfig, networks: list[LoadedNetwork]) -> 
 def generate(config: GenerationConfig) -> list[Path]:
     """Generate every planned image into config.outdir; returns the written PNG paths."""
     _check(config)
-    specs = _prompts(config)
     init_images = load_init_images(config.image_path) if config.image_path else None
+    if init_images and not (config.prompt or config.from_file):
+        specs, init_images = prompts_from_images(init_images, config.images_per_prompt)
+    else:
+        specs = _prompts(config)
     device, dtype = device_and_dtype(config.fp16, config.bf16)
     bundle = prepare_model(config, device, dtype)
     networks = prepare_networks(config, bundle, device, dtype)

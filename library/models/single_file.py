@@ -207,3 +207,20 @@ def save_single_file(bundle: ModelBundle, path: str | Path, dtype: torch.dtype |
     if dtype is not None:
         sd = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in sd.items()}
     save_state_dict(sd, path, metadata, extra={"epoch": 0, "global_step": 0})
+
+
+def load_vae_file(path: str | Path, family: str = "sd1", dtype: torch.dtype | None = torch.float32) -> AutoencoderKL:
+    """A VAE on its own: a VAE-only file (original names, with or without `first_stage_model.`) or the VAE of a
+    full single-file checkpoint (`--vae`)."""
+    path = Path(path)
+    lazy, _ = load_state_dict(path, lazy=True)  # a full checkpoint: read only its VAE tensors
+    prefix = VAE_PREFIX if any(k.startswith(VAE_PREFIX) for k in lazy) else ""
+    parts = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
+    keys = [k for k in lazy if k.startswith(prefix) and k[len(prefix):].startswith(parts)]
+    if not any(k[len(prefix):].startswith("encoder.down.") for k in keys):
+        raise ToolkitError(f"{path}: not a VAE file in the original layout (no encoder.down.* keys)")
+    sd = {}
+    for k in keys:
+        v = lazy[k]
+        sd[k[len(prefix):]] = v.to(dtype) if dtype is not None and v.is_floating_point() else v
+    return _build_vae(sd, family, path)
