@@ -61,6 +61,22 @@ def common_args(ckpt: Path, img: Path, steps: int, cached: bool, ckpting: bool) 
 
 
 # ---- what runs inside each child process ---------------------------------------------------------------------
+def reset_peak_rss() -> None:
+    """Start a new peak-RSS window (Linux: writing 5 to clear_refs resets VmHWM)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mib() -> float:
+    """VmHWM: peak RSS since the last reset (or since the start)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def child_ours(argv: list[str]) -> dict:
     import train_network
     from library.train import loop
@@ -73,8 +89,17 @@ def child_ours(argv: list[str]) -> dict:
         return original(self, epoch)
 
     loop.Trainer._after_step = timed
+    original_run = loop.Trainer.run
+    marks = {}
+
+    def run(self):  # noqa: ANN001, ANN202
+        marks["setup_peak"] = peak_rss_mib()  # loading, network, latent cache
+        reset_peak_rss()
+        return original_run(self)
+
+    loop.Trainer.run = run
     train_network.main(argv)
-    return {"step_times": [b - a for a, b in zip(stamps, stamps[1:])]}
+    return {"step_times": [b - a for a, b in zip(stamps, stamps[1:])], "train_peak_mib": peak_rss_mib(), **marks}
 
 
 def child_reference(argv: list[str]) -> dict:
@@ -108,6 +133,8 @@ def child_reference(argv: list[str]) -> dict:
             latents_cache = [vae.encode(x[None]).latent_dist.sample() for x in pixels]
     ab = alphas_cumprod()
     stamps = []
+    setup_peak = peak_rss_mib()
+    reset_peak_rss()
     for step in range(int(a["--max_train_steps"])):
         i = step % len(images)
         if cached:
@@ -130,7 +157,8 @@ def child_reference(argv: list[str]) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
         stamps.append(time.perf_counter())
-    return {"step_times": [b - a for a, b in zip(stamps, stamps[1:])]}
+    return {"step_times": [b - a for a, b in zip(stamps, stamps[1:])], "train_peak_mib": peak_rss_mib(),
+            "setup_peak": setup_peak}
 
 
 def run_child(kind: str, argv: list[str], threads: int | None) -> dict:
@@ -157,14 +185,16 @@ def main() -> None:
     if args.child:
         argv = rest[1:] if rest and rest[0] == "--" else rest
         result = (child_ours if args.child == "ours" else child_reference)(argv)
-        result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        # whole process: ru_maxrss would also count the parent's peak before exec, VmHWM was reset: take the max
+        result["peak_rss_mib"] = max(result["setup_peak"], result["train_peak_mib"])
         print("RESULT " + json.dumps(result), flush=True)
         return
     import torch
 
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, threads {args.threads or torch.get_num_threads()}, "
           f"load average {os.getloadavg()[0]:.1f}")
-    print(f"{'model':5} {'cached':6} {'ckpt':5} {'loop':10} {'s/step':>8} {'min':>8} {'peak RSS MiB':>13}")
+    print(f"{'model':5} {'cached':6} {'ckpt':5} {'loop':10} {'s/step':>8} {'min':>8} {'setup peak':>11} "
+          f"{'train peak':>11} {'process peak':>13}  (RSS in MiB)")
     for model in args.models.split(","):
         ckpt, img = prepare(model)
         steps = args.steps or (30 if model == "tiny" else 6)
@@ -177,7 +207,8 @@ def main() -> None:
                     times = r["step_times"][1:] or r["step_times"]  # the first step warms caches
                     label = "ours" if kind == "ours" else "reference"
                     print(f"{model:5} {str(cached):6} {str(ckpting):5} {label:10} {statistics.median(times):8.3f} "
-                          f"{min(times):8.3f} {r['peak_rss_mib']:13.0f}", flush=True)
+                          f"{min(times):8.3f} {r['setup_peak']:11.0f} {r['train_peak_mib']:11.0f} "
+                          f"{r['peak_rss_mib']:13.0f}", flush=True)
 
 
 if __name__ == "__main__":

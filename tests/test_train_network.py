@@ -275,6 +275,36 @@ training_comment = "from sd-scripts config"
     assert toml.load(out_cfg) == {"network_dim": 16, "flip_aug": True}
 
 
+def test_disk_cache_accumulation_rotation_bf16(env, tmp_path):
+    import numpy as np
+
+    data = tmp_path / "data" / "1_circle"
+    data.mkdir(parents=True)
+    for p in sorted((env["img"] / "10_sks circle").glob("000[0-3].*")):
+        shutil.copy(p, data / p.name)
+    argv = base_args(env, tmp_path / "out", 0, "--train_data_dir", str(data.parent), "--cache_latents_to_disk",
+                     "--flip_aug", "--gradient_accumulation_steps", "2", "--max_train_epochs", "4",
+                     "--save_every_n_epochs", "1", "--save_last_n_epochs", "2", "--mixed_precision", "bf16",
+                     "--full_bf16", "--noise_offset", "0.05", "--min_snr_gamma", "5")
+    path = train_network.main(argv)
+    npz = sorted(data.glob("*_sd.npz"))
+    assert [p.name for p in npz] == ["0000_0064x0064_sd.npz", "0001_0096x0064_sd.npz", "0002_0064x0064_sd.npz",
+                                     "0003_0064x0096_sd.npz"]
+    with np.load(npz[1]) as f:
+        assert f["latents"].shape == (4, 8, 8) and f["latents"].dtype == np.float32
+        assert f["latents_flipped"].shape == (4, 8, 8) and list(f["original_size"]) == [96, 64]
+        assert len(f["crop_ltrb"]) == 4
+    stamps = [p.stat().st_mtime_ns for p in npz]
+    saved = sorted(p.name for p in (tmp_path / "out").glob("lora*.safetensors"))
+    assert saved == ["lora-000002.safetensors", "lora-000003.safetensors", "lora.safetensors"]  # epoch 1 rotated
+    meta = metadata(path)
+    assert meta["ss_steps"] == "8" and meta["ss_num_epochs"] == "4"  # 4 batches / 2 accumulated = 2 steps/epoch
+    assert meta["ss_mixed_precision"] == "bf16" and meta["ss_gradient_accumulation_steps"] == "2"
+    assert all(v.dtype == torch.bfloat16 for v in load_file(path).values())  # full_bf16 saves as trained
+    train_network.main(argv)  # a second run reuses the cache files
+    assert [p.stat().st_mtime_ns for p in npz] == stamps
+
+
 # ---- saving, interruption and resume ----------------------------------------------------------------------------
 def test_resume_continues_exactly(env, tmp_path):
     extra = ["--cache_latents", "--save_every_n_steps", "3", "--save_state", "--lr_scheduler", "cosine",

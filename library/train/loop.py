@@ -7,6 +7,7 @@ Ctrl-C or SIGTERM stops after the current optimizer step (all ranks agree throug
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import random
@@ -137,8 +138,9 @@ class Trainer:
         self.latent_scale = LATENT_SCALE[self.bundle.family]
         if a.cache_latents or a.cache_latents_to_disk:
             cache_dataset_latents(a, self.dataset, self.bundle.vae, self.dist, self.seed)
-            if not self.prompts:
-                self.bundle.vae.to("cpu")
+            if not self.prompts:  # nothing decodes or encodes any more: give the VAE's memory back
+                self.bundle.vae = None
+                gc.collect()
         self.text = TextConditioner(self.bundle.tokenizers[0], self.bundle.text_encoders[0], a.clip_skip,
                                     a.max_token_length)
         torch.manual_seed(self.seed)  # identical LoRA initialisation on every rank
