@@ -1,8 +1,5 @@
-"""networks.dylora and extract_lora_from_dylora on the tiny SD1 model.
-
-The training here is a small, honest loop in the test (noise-prediction loss on the sample dataset) because
-train_network.py is not on main yet; `--network_module networks.dylora --network_args unit=4` replaces it later.
-"""
+"""networks.dylora and extract_lora_from_dylora on the tiny SD1 model; the DyLoRA is trained by train_network.py
+(`--network_module networks.dylora --network_args unit=4`) as a user would."""
 
 from __future__ import annotations
 
@@ -18,12 +15,13 @@ import torch
 from PIL import Image
 from torch import nn
 
+import train_network
 from library.cli import run_main
 from library.errors import ToolkitError
 from library.files import read_metadata
 from library.lora_io import load_lora, precalculate_hashes, save_lora, split_modules
-from library.metadata import minimum_metadata
-from library.models.factory import random_bundle
+from library.models import load_models
+from library.models.factory import random_bundle, write_random_checkpoint
 from library.sample_data import make_sample_dataset
 from networks import dylora, extract_lora_from_dylora, lora
 from networks.lora import LoRAModule
@@ -31,9 +29,9 @@ from networks.lora import LoRAModule
 DIM, UNIT, ALPHA, STEPS, LR = 16, 4, 16.0, 32, 1e-2
 
 
-def _encode_dataset(bundle, folder):
-    """Latents and text-encoder states of the 12 square sample images and their captions."""
-    files = sorted(make_sample_dataset(folder, num_images=12, resolution=64, aspect_ratios=False).rglob("*.png"))
+def _encode_dataset(bundle, img):
+    """Latents and text-encoder states of the sample images (64x64) and their captions."""
+    files = sorted(img.rglob("*.png"))
     pixels = torch.stack([torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1) for f in files])
     captions = [f.with_suffix(".caption").read_text().strip() for f in files]
     with torch.no_grad():
@@ -67,49 +65,31 @@ def sd1():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A DyLoRA (dim 16, unit 4, U-Net only) trained STEPS steps, saved, and split with the CLI."""
+    """A DyLoRA (dim 16, unit 4, U-Net only) trained STEPS steps by train_network.py, split with the CLI."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the tiny model is overhead-bound; more threads only contend on 2 cores
     try:
         folder = tmp_path_factory.mktemp("dylora")
-        bundle = random_bundle("sd1")
-        latents, context = _encode_dataset(bundle, folder / "data")
-        base = copy.deepcopy(bundle.unet)
-        sched = _scheduler()
-        net = dylora.create_network(1.0, DIM, ALPHA, bundle.vae, bundle.text_encoders[0], bundle.unet,
-                                    unit=str(UNIT))
-        net.apply_to(bundle.text_encoders[0], bundle.unet, apply_text_encoder=False)
-        groups, _ = net.prepare_optimizer_params(None, LR, LR)
-        optimizer = torch.optim.AdamW(groups, LR)
-        gen = torch.Generator().manual_seed(0)
-        random.seed(0)  # the rank draws (train_network's --seed does this)
-        net.prepare_grad_etc()
-        net.on_epoch_start()
-        bundle.unet.train()
-        draws = []
-        for _ in range(STEPS):
-            idx = torch.randint(0, len(latents), (4,), generator=gen)
-            noise = torch.randn(latents[idx].shape, generator=gen)
-            t = torch.randint(0, 1000, (4,), generator=gen)
-            pred = bundle.unet(sched.add_noise(latents[idx], noise, t), t, context[idx]).sample
-            nn.functional.mse_loss(pred, noise).backward()
-            draws.append(net.unet_loras[0].trained_unit)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        net.eval()
-        meta = minimum_metadata("sd1", False, "networks.dylora", DIM, ALPHA, {"unit": str(UNIT)})
-        meta["ss_training_comment"] = "tiny test"
-        net.save_weights(folder / "dy.safetensors", None, meta)
-        outputs = extract_lora_from_dylora.main(["--model", str(folder / "dy.safetensors"),
+        ckpt = write_random_checkpoint(folder / "tiny-sd1.safetensors", "sd1")
+        img = make_sample_dataset(folder / "data", num_images=12, resolution=64, aspect_ratios=False)
+        model = train_network.main([
+            "--pretrained_model_name_or_path", str(ckpt), "--train_data_dir", str(img), "--resolution", "64",
+            "--output_dir", str(folder), "--output_name", "dy", "--max_train_steps", str(STEPS),
+            "--learning_rate", str(LR), "--train_batch_size", "4", "--cache_latents", "--seed", "0",
+            "--max_data_loader_n_workers", "0", "--network_train_unet_only", "--training_comment", "tiny test",
+            "--network_module", "networks.dylora", "--network_dim", str(DIM), "--network_alpha", str(ALPHA),
+            "--network_args", f"unit={UNIT}"])
+        outputs = extract_lora_from_dylora.main(["--model", str(model),
                                                  "--save_to", str(folder / "split" / "dy.safetensors")])
+        bundle = load_models(ckpt)
+        latents, context = _encode_dataset(bundle, img)
         # a fixed evaluation set over the training images: 4 noise draws per image
         gen = torch.Generator().manual_seed(123)
         lat, ctx = latents.repeat(4, 1, 1, 1), context.repeat(4, 1, 1)
         noise = torch.randn(lat.shape, generator=gen)
         t = torch.randint(0, 1000, (len(lat),), generator=gen)
-        evalset = (sched.add_noise(lat, noise, t), t, ctx, noise)
-        yield SimpleNamespace(folder=folder, bundle=bundle, base=base, net=net, outputs=outputs, evalset=evalset,
-                              draws=draws)
+        evalset = (_scheduler().add_noise(lat, noise, t), t, ctx, noise)
+        yield SimpleNamespace(model=model, base=bundle.unet, outputs=outputs, evalset=evalset)
     finally:
         torch.set_num_threads(threads)
 
@@ -132,14 +112,15 @@ def _loss_with_file(base, path, evalset) -> float:
 
 
 def test_split_ranks_are_exact_prefixes_and_loss_falls_as_rank_grows(trained):
-    assert len(set(trained.draws)) == DIM // UNIT  # every unit was trained
     names = [p.name for p in trained.outputs]
     assert names == ["dy-0004.safetensors", "dy-0008.safetensors", "dy-0012.safetensors"]  # full rank not rewritten
-    full_sd, _ = load_lora(trained.folder / "dy.safetensors")
+    full_sd, _ = load_lora(trained.model)
     full = split_modules(full_sd)
-    assert {m.rank for m in full.values()} == {DIM}
+    assert {m.rank for m in full.values()} == {DIM} and all(k.startswith("lora_unet_") for k in full)
+    trained_units = {i for m in full.values() for i, u in enumerate(m.up2d().split(UNIT, dim=1)) if u.any()}
+    assert trained_units == set(range(DIM // UNIT))  # up starts at zero: every unit was drawn and trained
     losses = {"base": _loss(trained.base, trained.evalset)}
-    for rank, path in zip((4, 8, 12, 16), [*trained.outputs, trained.folder / "dy.safetensors"]):
+    for rank, path in zip((4, 8, 12, 16), [*trained.outputs, trained.model]):
         modules = split_modules(load_lora(path)[0])
         assert modules.keys() == full.keys()
         for name, m in modules.items():
@@ -147,14 +128,18 @@ def test_split_ranks_are_exact_prefixes_and_loss_falls_as_rank_grows(trained):
             assert torch.equal(m.up, full[name].up[:, :rank])
             assert m.alpha == ALPHA * rank / DIM  # the scale alpha/dim that training used at every rank
         losses[rank] = _loss_with_file(trained.base, path, trained.evalset)
-        trained.net.set_rank(rank)  # the same truncation inside the trained network
-        assert _loss(trained.bundle.unet, trained.evalset) == pytest.approx(losses[rank], rel=1e-5)
-    trained.net.set_rank(None)
+        unet = copy.deepcopy(trained.base)  # the same truncation inside a DyLoRA network
+        net, sd = dylora.create_network_from_weights(1.0, trained.model, None, None, unet, unit=str(UNIT))
+        net.apply_to(None, unet)
+        net.load_state_dict(sd)
+        net.eval()
+        net.set_rank(rank)
+        assert _loss(unet, trained.evalset) == pytest.approx(losses[rank], rel=1e-5)
     assert losses["base"] > losses[4] > losses[8] > losses[12] > losses[16], losses
 
 
 def test_split_metadata_and_hashes(trained):
-    source = read_metadata(trained.folder / "dy.safetensors")
+    source = read_metadata(trained.model)
     assert source["ss_dylora_rank_scale"] == "constant"
     hashes = set()
     for rank, path in zip((4, 8, 12), trained.outputs):
@@ -162,7 +147,7 @@ def test_split_metadata_and_hashes(trained):
         assert meta["ss_network_dim"] == str(rank)
         assert meta["ss_network_alpha"] == str(ALPHA * rank / DIM)
         assert meta["ss_training_comment"] == f"split from DyLoRA, rank {DIM} to {rank}; tiny test"
-        assert meta["ss_network_module"] == "networks.dylora" and json.loads(meta["ss_network_args"]) == {"unit": "4"}
+        assert meta["ss_network_module"] == "networks.dylora" and json.loads(meta["ss_network_args"])["unit"] == "4"
         assert "ss_dylora_rank_scale" not in meta
         sd, _ = load_lora(path)
         assert (meta["sshs_model_hash"], meta["sshs_legacy_hash"]) == precalculate_hashes(sd, meta)
@@ -171,7 +156,7 @@ def test_split_metadata_and_hashes(trained):
 
 
 def test_split_cli_on_a_file_without_metadata(trained, tmp_path, capsys):
-    sd, _ = load_lora(trained.folder / "dy.safetensors")
+    sd, _ = load_lora(trained.model)
     save_lora(tmp_path / "dy.pt", sd)  # torch.save: no metadata at all
     assert run_main(extract_lora_from_dylora.main, ["--model", str(tmp_path / "dy.pt"),
                                                     "--save_to", str(tmp_path / "out")]) == 2
