@@ -17,11 +17,14 @@ library.models.load_models and the pipeline is assembled from its parts, offline
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # import-time notice about an optional CPU kernel
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
