@@ -28,6 +28,7 @@ import json
 import math
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -133,7 +134,7 @@ def ref_sdscripts(lora: str, out: str, new_rank: int, sample: bool, shape_times:
     with safe_open(lora, "pt") as f:
         meta = dict(f.metadata() or {})
     known = json.loads(Path(shape_times).read_text()) if sample and shape_times and Path(shape_times).exists() else {}
-    out_sd, seen, extra, old_dim, new_alpha = dict(sd), {}, 0.0, 0, None
+    out_sd, seen, extra, old_dim, new_alpha = dict(sd), {}, [0.0, 0.0], 0, None
     for key in list(sd):
         if not key.endswith("lora_down.weight"):
             continue
@@ -143,9 +144,10 @@ def ref_sdscripts(lora: str, out: str, new_rank: int, sample: bool, shape_times:
         if sample and shape in known:
             seen.setdefault(shape, known[shape])
         if sample and shape in seen:
-            extra += seen[shape]
+            extra[0] += seen[shape][0]
+            extra[1] += seen[shape][1]
             continue
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         old_rank = down.shape[0]
         old_dim = max(old_dim, old_rank)
         scale = sd[base + ".alpha"] / old_rank if base + ".alpha" in sd else 1.0
@@ -165,7 +167,7 @@ def ref_sdscripts(lora: str, out: str, new_rank: int, sample: bool, shape_times:
             out_sd[key] = vh.half().contiguous()
             out_sd[base + ".lora_up.weight"] = u.half().contiguous()
         out_sd[base + ".alpha"] = torch.tensor(new_alpha).half()
-        seen[shape] = time.perf_counter() - t
+        seen[shape] = (time.perf_counter() - t, time.process_time() - c)
     meta["ss_training_comment"] = f"dimension is resized from {old_dim} to {new_rank}; "
     meta["ss_network_dim"], meta["ss_network_alpha"] = str(new_rank), str(new_alpha)
     out_sd = {k: v.half() if v.is_floating_point() else v for k, v in out_sd.items()}
@@ -173,7 +175,7 @@ def ref_sdscripts(lora: str, out: str, new_rank: int, sample: bool, shape_times:
     save_file(out_sd, out, meta)
     if sample and shape_times:
         Path(shape_times).write_text(json.dumps({**known, **seen}))
-    return {"extrapolated_s": extra}
+    return {"extrapolated_s": extra[0], "extrapolated_cpu_s": extra[1]}
 
 
 def ref_qr(ckpt: str, lora: str, out_dir: str, weights: dict[str, float], thr: float, cache_file: str) -> dict:
@@ -250,7 +252,7 @@ def child(subject: str, args: dict) -> None:
     from library.cli import run_main
     from networks.resize_lora import main
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     info = {}
     if subject == "ours-kohya":
         assert run_main(main, ["--model", args["lora"], "--save_to", args["out"], "--new_rank", str(args["rank"]),
@@ -264,9 +266,10 @@ def child(subject: str, args: dict) -> None:
         weights = {k: float(v) for k, v in (item.split("=") for item in args["recipe"].split(",")) if k != "thr"}
         ref_qr(args["ckpt"], args["lora"], args["out_dir"], weights, float(args["recipe"].split("thr=")[1]),
                args["cache"])
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print("RESULT " + json.dumps({"wall_s": wall + info.get("extrapolated_s", 0.0), "rss_mib": rss,
+    print("RESULT " + json.dumps({"wall_s": wall + info.get("extrapolated_s", 0.0),
+                                  "cpu_s": cpu + info.get("extrapolated_cpu_s", 0.0), "rss_mib": rss,
                                   "extrapolated": bool(info.get("extrapolated_s"))}))
 
 
@@ -278,7 +281,18 @@ def warm_page_cache(*paths: str) -> None:
                 pass
 
 
-def measure(subject: str, cores: int, **kwargs) -> dict:  # noqa: ANN003 - forwarded to the child
+def measure(subject: str, cores: int, repeat: int = 1, fresh: Path | None = None, **kwargs) -> dict:  # noqa: ANN003
+    """Median wall and CPU time over `repeat` runs (removing `fresh`, a cache, before each), max peak RSS."""
+    runs = []
+    for _ in range(repeat):
+        if fresh is not None:
+            shutil.rmtree(fresh, ignore_errors=True) if fresh.is_dir() else fresh.unlink(missing_ok=True)
+        runs.append(_measure_once(subject, cores, **kwargs))
+    return {"wall_s": statistics.median(r["wall_s"] for r in runs), "cpu_s": statistics.median(r["cpu_s"] for r in runs),
+            "rss_mib": max(r["rss_mib"] for r in runs), "extrapolated": runs[0]["extrapolated"]}
+
+
+def _measure_once(subject: str, cores: int, **kwargs) -> dict:  # noqa: ANN003 - forwarded to the child
     warm_page_cache(*(kwargs[k] for k in ("ckpt", "lora") if k in kwargs))
     env = dict(os.environ, OMP_NUM_THREADS=str(cores), MKL_NUM_THREADS=str(cores), PYTHONWARNINGS="ignore")
     cmd = [sys.executable, __file__, "--child", subject, json.dumps({"cores": cores, **kwargs})]
@@ -291,7 +305,7 @@ def measure(subject: str, cores: int, **kwargs) -> dict:  # noqa: ANN003 - forwa
 
 
 def fmt(r: dict) -> str:
-    return f"{'~' if r.get('extrapolated') else ''}{r['wall_s']:.1f} s / {r['rss_mib']:.0f} MiB"
+    return f"{'~' if r.get('extrapolated') else ''}{r['wall_s']:.1f} s ({r['cpu_s']:.1f} cpu) / {r['rss_mib']:.0f} MiB"
 
 
 def main() -> None:
@@ -300,6 +314,7 @@ def main() -> None:
     p.add_argument("--ranks", nargs="+", type=int, default=[32, 128])
     p.add_argument("--kinds", nargs="+", default=["lora", "locon"])
     p.add_argument("--cores", type=int, default=1)
+    p.add_argument("--repeat", type=int, default=3, help="runs per subject (median); sd-scripts and spn runs: once")
     p.add_argument("--full-ref", nargs="*", default=[], help="cases (e.g. sd1-r32-lora) where sd-scripts runs fully")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -327,21 +342,22 @@ def main() -> None:
                 work.mkdir()
                 common = dict(lora=str(lora), ckpt=str(ckpt), out_dir=str(work))
                 r = {"case": case, "size": f"{lora.stat().st_size / 2**20:.0f} MiB"}
-                r["ours-kohya"] = measure("ours-kohya", a.cores, out=str(work / "k.safetensors"), rank=rank // 4, **common)
-                r["sd-scripts"] = measure("sd-scripts", a.cores, out=str(work / "ref.safetensors"), rank=rank // 4,
+                n = a.repeat
+                r["ours-kohya"] = measure("ours-kohya", a.cores, n, out=str(work / "k.safetensors"), rank=rank // 4,
+                                          **common)
+                r["sd-scripts"] = measure("sd-scripts", a.cores, 1, out=str(work / "ref.safetensors"), rank=rank // 4,
                                           sample=case not in a.full_ref,
                                           shape_times=str(a.out / f"sdscripts_shape_times_{a.cores}core.json"), **common)
                 cache, qr_cache = work / "cache", work / "qr_cache.json"
-                r["ours-aware cold"] = measure("ours-aware", a.cores, recipe=RECIPE, cache=str(cache), **common)
-                r["ours-aware warm"] = measure("ours-aware", a.cores, recipe=RECIPE, cache=str(cache), **common)
-                r["qr-ref cold"] = measure("qr-ref", a.cores, recipe=RECIPE, cache=str(qr_cache), **common)
-                r["qr-ref warm"] = measure("qr-ref", a.cores, recipe=RECIPE, cache=str(qr_cache), **common)
-                shutil.rmtree(cache)
-                qr_cache.unlink()
+                r["ours-aware cold"] = measure("ours-aware", a.cores, n, cache, recipe=RECIPE, cache=str(cache), **common)
+                r["qr-ref cold"] = measure("qr-ref", a.cores, n, qr_cache, recipe=RECIPE, cache=str(qr_cache), **common)
+                r["ours-aware warm"] = measure("ours-aware", a.cores, n, recipe=RECIPE, cache=str(cache), **common)
+                r["qr-ref warm"] = measure("qr-ref", a.cores, n, recipe=RECIPE, cache=str(qr_cache), **common)
                 if rank == a.ranks[0] and kind == a.kinds[0]:  # norm cost depends on the checkpoint only
-                    r["ours spn cold"] = measure("ours-aware", a.cores, recipe=SPN_RECIPE, cache=str(cache), **common)
-                    r["qr-ref spn cold"] = measure("qr-ref", a.cores, recipe=SPN_RECIPE, cache=str(qr_cache),
-                                                   **common)
+                    r["ours spn cold"] = measure("ours-aware", a.cores, 1, cache, recipe=SPN_RECIPE, cache=str(cache),
+                                                 **common)
+                    r["qr-ref spn cold"] = measure("qr-ref", a.cores, 1, qr_cache, recipe=SPN_RECIPE,
+                                                   cache=str(qr_cache), **common)
                 rows.append(r)
                 print(json.dumps(r), flush=True)
                 shutil.rmtree(work, ignore_errors=True)
@@ -352,12 +368,15 @@ def main() -> None:
         lines.append("| " + " | ".join(r[c] if isinstance(r[c], str) else fmt(r[c]) if c in r else "-" for c in cols)
                      + " |")
     lines.append("")
-    lines.append("speed-up (time of reference / ours): " + "; ".join(
-        f"{r['case']}: sd-scripts {r['sd-scripts']['wall_s'] / r['ours-kohya']['wall_s']:.1f}x, "
-        f"qr-ref cold {r['qr-ref cold']['wall_s'] / r['ours-aware cold']['wall_s']:.1f}x, "
-        f"warm {r['qr-ref warm']['wall_s'] / r['ours-aware warm']['wall_s']:.1f}x"
-        + (f", spn cold {r['qr-ref spn cold']['wall_s'] / r['ours spn cold']['wall_s']:.1f}x" if "ours spn cold" in r else "")
-        for r in rows))
+    def ratio(r: dict, ref: str, ours: str) -> str:
+        return f"{r[ref]['wall_s'] / r[ours]['wall_s']:.1f}x ({r[ref]['cpu_s'] / r[ours]['cpu_s']:.1f}x cpu)"
+
+    lines.append("speed-up, reference time / ours (wall, and CPU):")
+    for r in rows:
+        pairs = [("sd-scripts", "sd-scripts", "ours-kohya"), ("qr-ref cold", "qr-ref cold", "ours-aware cold"),
+                 ("qr-ref warm", "qr-ref warm", "ours-aware warm"), ("spn cold", "qr-ref spn cold", "ours spn cold")]
+        lines.append(f"- {r['case']}: " + ", ".join(f"{label} {ratio(r, ref, ours)}" for label, ref, ours in pairs
+                                                      if ref in r))
     text = "\n".join(lines)
     print(text)
     (a.out / "resize_results.md").write_text(text + "\n")

@@ -419,3 +419,22 @@ def test_top_singular_value_lanczos_is_accurate_on_flat_spectra():
         exact = float(torch.linalg.svdvals(m.double())[0])
         assert abs(top_singular_value(m) - exact) / exact < 1e-3
     assert top_singular_value(torch.zeros(100, 200)) == 0.0
+
+
+def test_kohya_peft_and_controllora_pairs_and_passthrough():
+    from library.resize.kohya import KohyaSettings, resize_state_dict
+
+    g = torch.Generator().manual_seed(4)
+    sd = {"base_model.q.lora_A.weight": torch.randn(6, 40, generator=g),
+          "base_model.q.lora_B.weight": torch.randn(30, 6, generator=g),
+          "ctrl.conv.down": torch.randn(6, 8, 3, 3, generator=g), "ctrl.conv.up": torch.randn(16, 6, 1, 1, generator=g),
+          "ctrl.conv.alpha": torch.tensor(3.0), "other.bias": torch.randn(5, generator=g)}
+    res = resize_state_dict(sd, KohyaSettings(new_rank=4, new_conv_rank=2))
+    out = res.state_dict
+    assert out["base_model.q.lora_A.weight"].shape == (4, 40) and out["base_model.q.lora_B.weight"].shape == (30, 4)
+    assert out["ctrl.conv.down"].shape == (2, 8, 3, 3) and out["ctrl.conv.up"].shape == (16, 2, 1, 1)
+    assert float(out["ctrl.conv.alpha"]) == pytest.approx(3.0 / 6 * 2) and float(out["base_model.q.alpha"]) == 4.0
+    assert torch.equal(out["other.bias"], sd["other.bias"])
+    full = sd["base_model.q.lora_B.weight"].double() @ sd["base_model.q.lora_A.weight"].double()
+    got = out["base_model.q.lora_B.weight"].double() @ out["base_model.q.lora_A.weight"].double()
+    assert float((got - full).norm()) == pytest.approx(float(torch.linalg.svdvals(full)[4:].pow(2).sum().sqrt()), rel=1e-4)
