@@ -223,3 +223,45 @@ def test_create_network_from_weights_keeps_block_lr(bundles, tmp_path):
     lrs = {d: g["lr"] for g, d in zip(groups, descriptions)}
     assert lrs["unet block 22"] == pytest.approx(2e-4) and lrs["unet block 1"] == pytest.approx(1e-4)
     assert "unet block 16" not in lrs  # weight 0: not trained
+
+
+@pytest.mark.parametrize("source", ["command line", "toml"])
+def test_train_network_takes_block_args_from_command_line_and_config(tmp_path, source):
+    """Two steps of train_network.py: a zero up-weight block has no keys, the rest have their block_dims rank."""
+    import train_network
+    from library.models.factory import write_random_checkpoint
+    from library.sample_data import make_sample_dataset
+
+    ckpt = write_random_checkpoint(tmp_path / "tiny-sd1.safetensors", "sd1")
+    img = make_sample_dataset(tmp_path / "data", num_images=2, resolution=64, aspect_ratios=False)
+    dims = [(i % 3) + 2 for i in range(25)]
+    up = [1.0] * 12
+    up[4] = 0  # OUT04 = up_blocks_1_attentions_1
+    network_args = [f"block_dims={_csv(dims)}", f"up_lr_weight={_csv(up)}", "mid_lr_weight=0.5"]
+    base = ["--pretrained_model_name_or_path", str(ckpt), "--train_data_dir", str(img), "--resolution", "64",
+            "--output_dir", str(tmp_path / "out"), "--max_train_steps", "2", "--learning_rate", "1e-3",
+            "--max_data_loader_n_workers", "0", "--network_train_unet_only", "--network_dim", "8"]
+    args = list(base)
+    if source == "toml":
+        args += ["--config_file", str(_write_toml(tmp_path / "config.toml", network_args))]
+    else:
+        args += ["--network_module", "networks.lora", "--network_args", *network_args]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        path = train_network.main(args)
+    finally:
+        torch.set_num_threads(threads)
+    modules = split_modules(load_lora(path)[0])
+    blocks = {block_index(n, False) for n in modules}
+    assert 17 not in blocks and blocks == {1, 2, 4, 5, 7, 8, 12, 16, 18, 19, 20, 21, 22, 23, 24}
+    assert all(m.rank == dims[block_index(n, False)] for n, m in modules.items())
+    bad = (["--network_module", "networks.lora", "--network_args", "up_lr_weight=1,1"] if source == "command line"
+           else ["--config_file", str(_write_toml(tmp_path / "bad.toml", ["up_lr_weight=1,1"]))])
+    with pytest.raises(ToolkitError, match="up_lr_weight: expected 12 comma-separated values"):
+        train_network.main([*base, *bad])
+
+
+def _write_toml(path, network_args):
+    path.write_text(toml.dumps({"network_module": "networks.lora", "network_args": network_args}))
+    return path
