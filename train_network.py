@@ -20,12 +20,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from library.cli import add_verbosity, run_main, setup_logging  # noqa: E402
 from library.errors import ToolkitError  # noqa: E402
+from library.generate.schedulers import SAMPLERS  # noqa: E402
 from library.train.argfile import parse_with_config, write_config_file  # noqa: E402
 
 log = logging.getLogger("train_network")
 
-SAMPLERS = ["ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a", "dpmsolver", "dpmsolver++",
-            "dpmsingle", "k_lms", "k_euler", "k_euler_a", "k_dpm_2", "k_dpm_2_a"]
 
 # sd-scripts options this toolkit parses (so command lines and configs carry over) but does not implement:
 # given a non-default value they stop the run with this reason.

@@ -7,12 +7,16 @@ a half-written file or clobbers an existing one.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import itertools
 import json
+import math
 import os
 import pickle
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -54,18 +58,32 @@ def _safetensors_header(path: Path) -> dict:
 class LazySafetensors(Mapping):
     """Read-only mapping over a safetensors file that loads one tensor at a time (streaming merges)."""
 
-    def __init__(self, path: str | os.PathLike, device: str = "cpu") -> None:
+    def __init__(self, path: str | os.PathLike, device: str = "cpu", mmap: bool = True) -> None:
+        """`mmap=False` reads each tensor with plain file reads: the pages of tensors already read do not stay
+        mapped, so a pass over a whole checkpoint keeps the resident memory at about one tensor."""
         self.path = Path(path)
         _check_exists(self.path)
         header = _safetensors_header(self.path)
         self.metadata: dict[str, str] = header.get("__metadata__") or {}
         self._info = {k: v for k, v in header.items() if k != "__metadata__"}
-        self._file = safe_open(str(self.path), framework="pt", device=device)
+        if mmap:
+            self._file = safe_open(str(self.path), framework="pt", device=device)
+        else:
+            self._file = None
+            self._raw = open(self.path, "rb")  # kept open for the mapping's lifetime
+            self._data_start = 8 + int.from_bytes(self._raw.read(8), "little")
 
     def __getitem__(self, key: str) -> torch.Tensor:
         if key not in self._info:
             raise KeyError(key)
-        return self._file.get_tensor(key)
+        if self._file is not None:
+            return self._file.get_tensor(key)
+        start, end = self._info[key]["data_offsets"]
+        buf = torch.empty(end - start, dtype=torch.uint8)
+        self._raw.seek(self._data_start + start)
+        if self._raw.readinto(buf.numpy()) != end - start:
+            raise ToolkitError(f"{self.path}: truncated while reading {key}")
+        return buf.view(self.dtype(key)).reshape(self.shape(key))
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._info)
@@ -75,6 +93,9 @@ class LazySafetensors(Mapping):
 
     def shape(self, key: str) -> tuple[int, ...]:
         return tuple(self._info[key]["shape"])
+
+    def dtype(self, key: str) -> torch.dtype:
+        return {v: k for k, v in _ST_DTYPES.items()}[self._info[key]["dtype"]]
 
 
 def _load_torch(path: Path) -> dict[str, torch.Tensor]:
@@ -112,6 +133,17 @@ def load_state_dict(path: str | os.PathLike, lazy: bool = False) -> tuple[Mappin
     return _load_torch(path), {}
 
 
+def open_streaming(path: str | os.PathLike) -> tuple[Mapping[str, torch.Tensor], dict[str, str]]:
+    """A state dict for one pass, tensor by tensor: safetensors read without mmap (resident memory stays at about
+    one tensor), `.ckpt`/`.pt` loaded whole. Returns (tensors, metadata)."""
+    path = Path(path)
+    _check_exists(path)
+    if path.suffix.lower() == SAFETENSORS_EXT:
+        tensors = LazySafetensors(path, mmap=False)
+        return tensors, tensors.metadata
+    return _load_torch(path), {}
+
+
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The `__metadata__` of a safetensors file ({} for other formats)."""
     path = Path(path)
@@ -128,6 +160,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs get the usual permissions
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -139,9 +174,41 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 def serialize_safetensors(sd: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
     """safetensors bytes of a state dict (tensors made contiguous, metadata values as strings)."""
-    tensors = {k: v.detach().contiguous() for k, v in sd.items()}
-    meta = {k: str(v) for k, v in (metadata or {}).items()} or None
-    return st_save(tensors, metadata=meta)
+    head, body = safetensors_parts(sd, metadata)
+    return head + bytes(body)
+
+
+def safetensors_parts(sd: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
+                      ) -> tuple[bytes, memoryview]:
+    """The file as (8-byte length + JSON header, tensor data); the data is a view, never copied.
+
+    Metadata keys are written in sorted order: safetensors itself writes them in hash order, which changes
+    from run to run, so the same tensors and metadata would not give the same bytes.
+    """
+    data = st_save({k: v.detach().contiguous() for k, v in sd.items()})
+    n = int.from_bytes(data[:8], "little")
+    return _head(json.loads(data[8:8 + n]), metadata), memoryview(data)[8 + n:]
+
+
+def replace_metadata(head: bytes, metadata: Mapping[str, str] | None) -> bytes:
+    """The header part of `safetensors_parts` with other metadata (the tensor data stays valid)."""
+    return _head(json.loads(head[8:]), metadata)
+
+
+def _head(header: dict, metadata: Mapping[str, str] | None) -> bytes:
+    header.pop("__metadata__", None)
+    if metadata:
+        header = {"__metadata__": {k: str(v) for k, v in sorted(metadata.items())}, **header}
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # keep the tensor data 8-byte aligned, as safetensors does
+    return len(text).to_bytes(8, "little") + text
+
+
+def write_parts(path: str | os.PathLike, head: bytes, body: memoryview) -> None:
+    """Write a `safetensors_parts` result atomically."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(head)
+        f.write(body)
 
 
 def save_state_dict(sd: Mapping[str, torch.Tensor], path: str | os.PathLike,
@@ -150,9 +217,63 @@ def save_state_dict(sd: Mapping[str, torch.Tensor], path: str | os.PathLike,
     path = Path(path)
     with atomic_path(path) as tmp:
         if path.suffix.lower() == SAFETENSORS_EXT:
-            tmp.write_bytes(serialize_safetensors(sd, metadata))
+            head, body = safetensors_parts(sd, metadata)
+            with open(tmp, "wb") as f:
+                f.write(head)
+                f.write(body)
         else:
             obj = {k: v.detach().contiguous() for k, v in sd.items()}
             if extra:
                 obj = {**extra, "state_dict": obj}
             torch.save(obj, tmp)
+
+
+_ST_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
+}
+
+
+def stream_safetensors(path: str | os.PathLike, layout: list[tuple[str, torch.dtype, tuple[int, ...]]],
+                       tensors: Iterator[torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file one tensor at a time, atomically; `tensors` yields in `layout` order.
+
+    The header is known up front from `layout` (key, dtype, shape), so peak memory is one tensor, not a model.
+    """
+    header: dict = {"__metadata__": {k: str(v) for k, v in metadata.items()}} if metadata else {}
+    offset = 0
+    for key, dtype, shape in layout:
+        size = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        header[key] = {"dtype": _ST_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the format aligns the data start to 8 bytes
+    with atomic_path(path) as tmp, open(tmp, "wb") as f, ThreadPoolExecutor(max_workers=1) as writer:
+        f.write(len(raw).to_bytes(8, "little"))
+        f.write(raw)
+        pending = None  # the previous tensor's write runs in the background while the next one is made
+        for (key, dtype, shape), t in zip(layout, tensors, strict=True):
+            if t.dtype != dtype or tuple(t.shape) != tuple(shape):
+                raise ValueError(f"stream_safetensors: {key} is {t.dtype} {tuple(t.shape)}, header says {dtype} {shape}")
+            data = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+            if pending is not None:
+                pending.result()
+            pending = writer.submit(f.write, data)
+        if pending is not None:
+            pending.result()
+
+
+def read_ahead(tensors: Mapping[str, torch.Tensor], keys: Iterable[str], depth: int = 2
+               ) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (key, tensor) in order while a background thread already reads the next `depth` tensors
+    (file reads release the GIL, so reading overlaps the caller's work)."""
+    keys = iter(keys)
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        pending = collections.deque((k, reader.submit(tensors.__getitem__, k)) for k in itertools.islice(keys, depth))
+        while pending:
+            key, future = pending.popleft()
+            nxt = next(keys, None)
+            if nxt is not None:
+                pending.append((nxt, reader.submit(tensors.__getitem__, nxt)))
+            yield key, future.result()

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import random
 import time
@@ -12,20 +11,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import toml
 import torch
 
 from library.errors import ToolkitError
+from library.generate.schedulers import canonical_sampler, make_scheduler
+from library.prompts import PromptSpec, load_prompt_file
 from library.train.state import rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
-SAMPLERS = ("ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a", "dpmsolver", "dpmsolver++",
-            "dpmsingle", "k_lms", "k_euler", "k_euler_a", "k_dpm_2", "k_dpm_2_a")
-
-
 @dataclass
 class SamplePrompt:
+    """A sample prompt with sd-scripts' training defaults filled in (512x512, 30 steps, scale 7.5)."""
+
     prompt: str
     negative_prompt: str = ""
     width: int = 512
@@ -36,89 +34,26 @@ class SamplePrompt:
     sampler: str | None = None
 
 
-def parse_prompt_line(line: str) -> SamplePrompt:
-    """`a cat --n blurry --w 768 --h 512 --d 42 --s 28 --l 7 --ss euler_a`."""
-    pieces = line.split(" --")
-    p = SamplePrompt(pieces[0].strip())
-    for piece in pieces[1:]:
-        key, _, value = piece.strip().partition(" ")
-        key, value = key.lower(), value.strip()
-        try:
-            if key == "n":
-                p.negative_prompt = value
-            elif key == "w":
-                p.width = int(value)
-            elif key == "h":
-                p.height = int(value)
-            elif key == "d":
-                p.seed = int(value)
-            elif key == "s":
-                p.steps = max(1, min(1000, int(value)))
-            elif key == "l":
-                p.scale = float(value)
-            elif key == "ss":
-                p.sampler = value
-        except ValueError:
-            raise ToolkitError(f"sample prompt {line!r}: bad value for --{key}: {value!r}") from None
-    return p
-
-
-def _from_dict(d: dict) -> SamplePrompt:
-    p = SamplePrompt(str(d.get("prompt", "")))
-    names = {"negative_prompt": "negative_prompt", "width": "width", "height": "height", "sample_steps": "steps",
-             "steps": "steps", "scale": "scale", "seed": "seed", "sample_sampler": "sampler", "sampler": "sampler"}
-    for k, v in d.items():
-        if k in names and v is not None:
-            setattr(p, names[k], v)
-    return p
+def _with_defaults(spec: PromptSpec) -> SamplePrompt:
+    width, height = spec.width or 512, spec.height or 512
+    return SamplePrompt(
+        prompt=spec.prompt,
+        negative_prompt=spec.negative_prompt or "",
+        width=max(64, width - width % 8),
+        height=max(64, height - height % 8),
+        steps=spec.steps or 30,
+        scale=spec.scale if spec.scale is not None else 7.5,
+        seed=spec.seed,
+        sampler=canonical_sampler(spec.sampler) if spec.sampler else None,
+    )
 
 
 def load_prompts(path: str | Path) -> list[SamplePrompt]:
+    """`--sample_prompts` (.txt/.toml/.json, parsed by library.prompts) with training defaults applied."""
     path = Path(path)
     if not path.is_file():
         raise ToolkitError(f"--sample_prompts {path}: file not found")
-    text = path.read_text(encoding="utf-8")
-    suffix = path.suffix.lower()
-    if suffix == ".toml":
-        data = toml.loads(text).get("prompt", {})
-        base = {k: v for k, v in data.items() if k != "subset"}
-        prompts = [_from_dict({**base, **sub}) for sub in data.get("subset", [])]
-    elif suffix == ".json":
-        prompts = [parse_prompt_line(x) if isinstance(x, str) else _from_dict(x) for x in json.loads(text)]
-    else:
-        prompts = [parse_prompt_line(ln.strip()) for ln in text.splitlines()
-                   if ln.strip() and not ln.strip().startswith("#")]
-    for p in prompts:
-        p.width, p.height = max(64, p.width - p.width % 8), max(64, p.height - p.height % 8)
-        if p.sampler and p.sampler not in SAMPLERS:
-            raise ToolkitError(f"{path}: sampler {p.sampler!r}: use one of {', '.join(SAMPLERS)}")
-    return prompts
-
-
-def make_scheduler(name: str, v_parameterization: bool):  # noqa: ANN201
-    """A Diffusers scheduler for sd-scripts' sampler name, on the SD training schedule."""
-    import diffusers
-
-    base = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                prediction_type="v_prediction" if v_parameterization else "epsilon")
-    name = name.removeprefix("k_")
-    table = {
-        "ddim": (diffusers.DDIMScheduler, dict(clip_sample=False, set_alpha_to_one=False, steps_offset=1)),
-        "pndm": (diffusers.PNDMScheduler, dict(skip_prk_steps=True, steps_offset=1)),
-        "lms": (diffusers.LMSDiscreteScheduler, {}),
-        "euler": (diffusers.EulerDiscreteScheduler, {}),
-        "euler_a": (diffusers.EulerAncestralDiscreteScheduler, {}),
-        "heun": (diffusers.HeunDiscreteScheduler, {}),
-        "dpm_2": (diffusers.KDPM2DiscreteScheduler, {}),
-        "dpm_2_a": (diffusers.KDPM2AncestralDiscreteScheduler, {}),
-        "dpmsolver": (diffusers.DPMSolverMultistepScheduler, dict(algorithm_type="dpmsolver")),
-        "dpmsolver++": (diffusers.DPMSolverMultistepScheduler, dict(algorithm_type="dpmsolver++")),
-        "dpmsingle": (diffusers.DPMSolverSinglestepScheduler, {}),
-    }
-    if name not in table:
-        raise ToolkitError(f"--sample_sampler {name!r}: use one of {', '.join(SAMPLERS)}")
-    cls, extra = table[name]
-    return cls(**base, **extra)
+    return [_with_defaults(spec) for spec in load_prompt_file(path)]
 
 
 @torch.no_grad()

@@ -1,0 +1,83 @@
+"""Merge LoRAs into an SD1.x/SD2.x checkpoint, or merge LoRAs into one LoRA (no --sd_model).
+
+    python networks/merge_lora.py --sd_model base.safetensors --save_to merged.safetensors \
+        --models a.safetensors b.safetensors --ratios 0.8 0.5
+    python networks/merge_lora.py --save_to ab.safetensors --models a.safetensors b.safetensors --ratios 1 1 --concat
+
+Merging into a checkpoint streams the file (peak memory about one tensor plus the LoRAs' current module).
+LoRA + LoRA: --concat is exact (ranks add up); the default factor-wise sum is sd-scripts' and is exact only for
+one input; svd_merge_lora.py merges any ranks into a chosen rank.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from library.cli import add_verbosity, run_main, setup_logging, str_to_dtype  # noqa: E402
+from library.lora_io import modules_to_state_dict, save_lora  # noqa: E402
+from library.lora_merge import merge_loras, merged_lora_metadata  # noqa: E402
+from library.lora_sources import open_sources  # noqa: E402
+from library.merge import merge_into_checkpoint  # noqa: E402
+
+log = logging.getLogger("merge_lora")
+PRECISIONS = ["float", "fp16", "bf16"]
+
+
+def build_parser(sdxl: bool) -> argparse.ArgumentParser:
+    """The options of merge_lora.py; sdxl_merge_lora.py has the same minus --v2."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    if not sdxl:
+        parser.add_argument("--v2", action="store_true",
+                            help="the model is SD2.x (optional: the family is read from the checkpoint's keys)")
+    parser.add_argument("--save_precision", choices=PRECISIONS, default=None,
+                        help="dtype written (default: same as --precision)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="float",
+                        help="dtype of the merge math [float]")
+    parser.add_argument("--sd_model", default=None,
+                        help="single-file checkpoint (.safetensors/.ckpt) to merge into; omit to merge LoRAs together")
+    parser.add_argument("--save_to", required=True, help="output file (.safetensors, or .ckpt/.pt for torch.save)")
+    parser.add_argument("--models", nargs="*", default=[], help="LoRA files, applied in order")
+    parser.add_argument("--ratios", nargs="*", type=float, default=None,
+                        help="one ratio per model (default: 1.0 each)")
+    parser.add_argument("--lbws", nargs="*", default=None,
+                        help="per-model block weights, one JSON list per model "
+                             f"({'12 or 20' if sdxl else '17 or 26'} values; first = text encoder)")
+    parser.add_argument("--no_metadata", action="store_true",
+                        help="write no modelspec metadata (LoRA output keeps the minimum ss_* set and hashes)")
+    parser.add_argument("--concat", action="store_true",
+                        help="LoRA+LoRA: join the ranks (exact: the result's change is the weighted sum of the inputs')")
+    parser.add_argument("--shuffle", action="store_true",
+                        help="LoRA+LoRA: permute the rank directions of each module (same result, hides the inputs)")
+    add_verbosity(parser)
+    return parser
+
+
+def run(args: argparse.Namespace, sdxl: bool) -> None:
+    """Shared by merge_lora.py and sdxl_merge_lora.py."""
+    setup_logging(args.verbosity)
+    dtype = str_to_dtype(args.precision)
+    save_dtype = str_to_dtype(args.save_precision, dtype)
+    sources = open_sources(args.models, args.ratios, args.lbws)
+    if args.sd_model:
+        if args.concat or args.shuffle:
+            log.warning("--concat/--shuffle only apply when merging LoRAs together (no --sd_model); ignored")
+        family = "sdxl" if sdxl else ("sd2" if args.v2 else None)
+        merge_into_checkpoint(args.sd_model, sources, args.save_to, family, dtype, save_dtype, args.no_metadata)
+        return
+    modules = merge_loras(sources, "concat" if args.concat else "sum", args.shuffle, dtype)
+    meta = merged_lora_metadata(sources, modules, args.save_to, args.no_metadata)
+    save_lora(args.save_to, modules_to_state_dict(modules), meta, save_dtype)
+    log.info("saved %s (%d modules)", args.save_to, len(modules))
+
+
+def main(argv: list[str] | None = None) -> None:
+    run(build_parser(sdxl=False).parse_args(argv), sdxl=False)
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
