@@ -55,11 +55,13 @@ def _as_list(key: str, value: object, n: int, cast=float) -> list:  # noqa: ANN0
     else:
         items = [s.strip() for s in str(value).strip("[]").split(",")]
     if len(items) != n:
-        raise ToolkitError(f"network_args {key}: expected {n} comma-separated values, got {len(items)}")
+        what = "a single value" if len(items) == 1 else f"{len(items)} values"
+        raise ToolkitError(f"network_args {key}: expected {n} comma-separated values (one per block), got {what}")
     try:
         return [cast(v) if str(v).strip() != "" else cast(0) for v in items]
-    except ValueError:
-        raise ToolkitError(f"network_args {key}: {value!r} holds a value that is not a number") from None
+    except (TypeError, ValueError):
+        kind = "a whole number" if cast is int else "a number"
+        raise ToolkitError(f"network_args {key}: {value!r} holds a value that is not {kind}") from None
 
 
 def _lr_part(key: str, value: object, n: int) -> list[float]:
@@ -125,36 +127,59 @@ class BlockSettings:
         return (self.dims[idx], self.alphas[idx]) if self.dims[idx] else None
 
 
+def _given(kwargs: Mapping[str, object], key: str) -> bool:
+    return kwargs.get(key) not in (None, "", "None")
+
+
+def parse_lr_weights(kwargs: Mapping[str, object], sdxl: bool) -> list[float] | None:
+    """The per-block lr weights (25 SD, 23 SDXL), or None when no *_lr_weight is given.
+
+    `block_lr_zero_threshold` zeroes the given weights that are not above it; parts left unset stay 1.0, as
+    in sd-scripts (so a threshold of 1 or more does not silently switch off the blocks nobody named).
+    """
+    n_down, n_mid, n_up = part_lengths(sdxl)
+    if not any(_given(kwargs, k) for k in ("down_lr_weight", "mid_lr_weight", "up_lr_weight")):
+        return None
+    threshold = kwargs.get("block_lr_zero_threshold")
+    try:
+        threshold = float(threshold) if threshold not in (None, "", "None") else 0.0
+    except (TypeError, ValueError):
+        raise ToolkitError(f"network_args block_lr_zero_threshold={threshold!r} is not a number") from None
+
+    def part(key: str, n: int, is_mid: bool) -> list[float]:
+        if not _given(kwargs, key):
+            return [1.0] * n
+        values = _as_list(key, kwargs[key], n) if is_mid else _lr_part(key, kwargs[key], n)
+        return [w if w > threshold else 0.0 for w in values]
+
+    down = part("down_lr_weight", n_down, False)
+    mid = part("mid_lr_weight", n_mid, True)
+    up = part("up_lr_weight", n_up, False)
+    return [1.0, *down, *mid, *up, 1.0] if sdxl else [*down, *mid, *up]
+
+
 def parse_block_settings(kwargs: Mapping[str, object], network_dim: int, network_alpha: float,
                          conv_dim: int | None, conv_alpha: float | None, sdxl: bool) -> BlockSettings | None:
-    """Block settings from network_args, or None when no block option is given (the plain network)."""
+    """Block settings from network_args, or None when no block option is given (the plain network).
+
+    Any of the lr weights or `block_dims`/`block_alphas`/`conv_block_dims`/`conv_block_alphas` turns block mode
+    on (sd-scripts ignores the last three without `block_dims`, silently).
+    """
     n = num_blocks(sdxl)
-    n_down, n_mid, n_up = part_lengths(sdxl)
-    given = {k: kwargs.get(k) for k in ("down_lr_weight", "mid_lr_weight", "up_lr_weight")}
-    given = {k: v for k, v in given.items() if v not in (None, "", "None")}
-    lr_weights = None
-    if given:
-        down = _lr_part("down_lr_weight", given["down_lr_weight"], n_down) if "down_lr_weight" in given else [1.0] * n_down
-        mid = _as_list("mid_lr_weight", given["mid_lr_weight"], n_mid) if "mid_lr_weight" in given else [1.0] * n_mid
-        up = _lr_part("up_lr_weight", given["up_lr_weight"], n_up) if "up_lr_weight" in given else [1.0] * n_up
-        lr_weights = [1.0, *down, *mid, *up, 1.0] if sdxl else [*down, *mid, *up]
-        threshold = kwargs.get("block_lr_zero_threshold")
-        try:
-            threshold = float(threshold) if threshold not in (None, "", "None") else 0.0
-        except ValueError:
-            raise ToolkitError(f"network_args block_lr_zero_threshold={threshold!r} is not a number") from None
-        lr_weights = [w if w > threshold else 0.0 for w in lr_weights]
-    block_dims = kwargs.get("block_dims")
-    if lr_weights is None and block_dims in (None, "", "None"):
+    lr_weights = parse_lr_weights(kwargs, sdxl)
+    dim_keys = ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas")
+    if lr_weights is None and not any(_given(kwargs, k) for k in dim_keys):
         return None
-    dims = _as_list("block_dims", block_dims, n, int) if block_dims not in (None, "", "None") else [network_dim] * n
+    dims = _as_list("block_dims", kwargs["block_dims"], n, int) if _given(kwargs, "block_dims") else [network_dim] * n
     alphas = _opt_list(kwargs, "block_alphas", n, network_alpha)
-    conv_dims = kwargs.get("conv_block_dims")
-    if conv_dims not in (None, "", "None"):
-        conv_dims = _as_list("conv_block_dims", conv_dims, n, int)
+    if _given(kwargs, "conv_block_dims"):
+        conv_dims = _as_list("conv_block_dims", kwargs["conv_block_dims"], n, int)
     else:
         conv_dims = [conv_dim] * n if conv_dim else None
     conv_alphas = _opt_list(kwargs, "conv_block_alphas", n, conv_alpha if conv_alpha is not None else 1.0)
+    for key, values in (("block_dims", dims), ("conv_block_dims", conv_dims or [])):
+        if any(v < 0 for v in values):
+            raise ToolkitError(f"network_args {key}: ranks must be 0 (no module) or more, got {min(values)}")
     return BlockSettings(lr_weights, dims, alphas, conv_dims, conv_alphas)
 
 

@@ -41,6 +41,8 @@ def setup_logging(verbosity: int = 0) -> None:
     logging.basicConfig(level=level, format="%(levelname)s: %(message)s", force=True)
     for noisy in ("diffusers", "transformers", "accelerate", "PIL", "bitsandbytes", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING if verbosity < 2 else logging.DEBUG)
+    # bitsandbytes warns on import that an optional hub-fetched CPU kernel is absent; nothing is fetched here
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR if verbosity < 2 else logging.DEBUG)
 
 
 def run_main(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:

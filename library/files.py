@@ -100,7 +100,12 @@ class LazySafetensors(Mapping):
 
 def _load_torch(path: Path) -> dict[str, torch.Tensor]:
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:  # mmap keeps a large zip-format .ckpt out of memory until each tensor is used
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe pickle"
         raise ToolkitError(f"{path}: refused to load: the file holds more than plain tensors ({first[:160]})") from None
@@ -155,6 +160,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs get the usual permissions
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -166,9 +174,41 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 def serialize_safetensors(sd: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
     """safetensors bytes of a state dict (tensors made contiguous, metadata values as strings)."""
-    tensors = {k: v.detach().contiguous() for k, v in sd.items()}
-    meta = {k: str(v) for k, v in (metadata or {}).items()} or None
-    return st_save(tensors, metadata=meta)
+    head, body = safetensors_parts(sd, metadata)
+    return head + bytes(body)
+
+
+def safetensors_parts(sd: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
+                      ) -> tuple[bytes, memoryview]:
+    """The file as (8-byte length + JSON header, tensor data); the data is a view, never copied.
+
+    Metadata keys are written in sorted order: safetensors itself writes them in hash order, which changes
+    from run to run, so the same tensors and metadata would not give the same bytes.
+    """
+    data = st_save({k: v.detach().contiguous() for k, v in sd.items()})
+    n = int.from_bytes(data[:8], "little")
+    return _head(json.loads(data[8:8 + n]), metadata), memoryview(data)[8 + n:]
+
+
+def replace_metadata(head: bytes, metadata: Mapping[str, str] | None) -> bytes:
+    """The header part of `safetensors_parts` with other metadata (the tensor data stays valid)."""
+    return _head(json.loads(head[8:]), metadata)
+
+
+def _head(header: dict, metadata: Mapping[str, str] | None) -> bytes:
+    header.pop("__metadata__", None)
+    if metadata:
+        header = {"__metadata__": {k: str(v) for k, v in sorted(metadata.items())}, **header}
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # keep the tensor data 8-byte aligned, as safetensors does
+    return len(text).to_bytes(8, "little") + text
+
+
+def write_parts(path: str | os.PathLike, head: bytes, body: memoryview) -> None:
+    """Write a `safetensors_parts` result atomically."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(head)
+        f.write(body)
 
 
 def save_state_dict(sd: Mapping[str, torch.Tensor], path: str | os.PathLike,
@@ -177,7 +217,10 @@ def save_state_dict(sd: Mapping[str, torch.Tensor], path: str | os.PathLike,
     path = Path(path)
     with atomic_path(path) as tmp:
         if path.suffix.lower() == SAFETENSORS_EXT:
-            tmp.write_bytes(serialize_safetensors(sd, metadata))
+            head, body = safetensors_parts(sd, metadata)
+            with open(tmp, "wb") as f:
+                f.write(head)
+                f.write(body)
         else:
             obj = {k: v.detach().contiguous() for k, v in sd.items()}
             if extra:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from library.errors import ToolkitError
-from library.files import load_state_dict, save_state_dict, serialize_safetensors
+from library.files import load_state_dict, replace_metadata, safetensors_parts, save_state_dict, write_parts
 
 DOWN, UP, ALPHA = "lora_down.weight", "lora_up.weight", "alpha"
 
@@ -103,11 +103,18 @@ def modules_to_state_dict(modules: Mapping[str, LoRAFactors]) -> dict[str, torch
 
 def precalculate_hashes(sd: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> tuple[str, str]:
     """(sshs_model_hash, sshs_legacy_hash) of the file these tensors and `ss_*` metadata would make."""
-    data = serialize_safetensors(sd, {k: v for k, v in metadata.items() if k.startswith("ss_")})
-    header_len = int.from_bytes(data[:8], "little")
-    model_hash = hashlib.sha256(data[8 + header_len:]).hexdigest()
-    legacy_hash = hashlib.sha256(data[0x100000:0x110000]).hexdigest()[:8]
-    return model_hash, legacy_hash
+    return _hashes(*safetensors_parts(sd, _ss_only(metadata)))
+
+
+def _ss_only(metadata: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in metadata.items() if k.startswith("ss_")}
+
+
+def _hashes(head: bytes, body: memoryview) -> tuple[str, str]:
+    """SHA-256 of the tensor data, and the legacy 8-hex hash of bytes [1 MiB, 1 MiB + 64 KiB) of head+body."""
+    lo, hi = 0x100000, 0x110000
+    window = head[lo:hi] + bytes(body[max(0, lo - len(head)):max(0, hi - len(head))])
+    return hashlib.sha256(body).hexdigest(), hashlib.sha256(window).hexdigest()[:8]
 
 
 def cast_state_dict(sd: Mapping[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
@@ -122,9 +129,10 @@ def save_lora(path: str | os.PathLike, sd: Mapping[str, torch.Tensor], metadata:
     path = Path(path)
     sd = {k: v.detach().cpu().contiguous() for k, v in cast_state_dict(sd, dtype).items()}
     meta = {k: str(v) for k, v in (metadata or {}).items()}
-    if path.suffix.lower() == ".safetensors":
-        meta["sshs_model_hash"], meta["sshs_legacy_hash"] = precalculate_hashes(sd, meta)
-        save_state_dict(sd, path, meta)
+    if path.suffix.lower() == ".safetensors":  # one serialization serves the hash and the file
+        head, body = safetensors_parts(sd, _ss_only(meta))
+        meta["sshs_model_hash"], meta["sshs_legacy_hash"] = _hashes(head, body)
+        write_parts(path, replace_metadata(head, meta), body)
     else:
         save_state_dict(sd, path)
 

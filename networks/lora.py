@@ -65,6 +65,12 @@ class LoRAModule(nn.Module):
     def is_kxk(self) -> bool:
         return isinstance(self.lora_down, nn.Conv2d) and self.lora_down.kernel_size != (1, 1)
 
+    @torch.no_grad()
+    def scale_factors_(self, factor: torch.Tensor | float) -> None:
+        """Multiply both factors in place (max-norm regularisation); ΔW scales by factor²."""
+        self.lora_up.weight.mul_(factor)
+        self.lora_down.weight.mul_(factor)
+
     def apply_to(self) -> None:
         """Route the wrapped layer's forward through this module (the layer stays in its model)."""
         if self.org_forward is None:
@@ -183,10 +189,13 @@ class LoRANetwork(nn.Module):
                 dim_alpha = self._dim_alpha(name, kxk)
                 if dim_alpha is None or not dim_alpha[0]:
                     continue
-                dim, alpha = dim_alpha
-                loras.append(LoRAModule(name, child, self.multiplier, dim, alpha, self.dropout, self.rank_dropout,
-                                        self.module_dropout))
+                loras.append(self._new_module(name, child, *dim_alpha))
         return loras
+
+    def _new_module(self, name: str, child: nn.Module, dim: int, alpha: float | None) -> LoRAModule:
+        """One module for one target layer; subclasses (networks.dylora) return their own module type."""
+        return LoRAModule(name, child, self.multiplier, dim, alpha, self.dropout, self.rank_dropout,
+                          self.module_dropout)
 
     # --- application -------------------------------------------------------------------------------
     def apply_to(self, text_encoder=None, unet=None, apply_text_encoder: bool = True,  # noqa: ANN001
@@ -321,9 +330,7 @@ class LoRANetwork(nn.Module):
             ratio = norm.clamp(max=max_norm_value) / norm
             if ratio != 1:
                 scaled += 1
-                sqrt_ratio = ratio.sqrt().to(lora.lora_up.weight.dtype)
-                lora.lora_up.weight.mul_(sqrt_ratio)
-                lora.lora_down.weight.mul_(sqrt_ratio)
+                lora.scale_factors_(ratio.sqrt().to(lora.lora_up.weight.dtype))
             norms.append(float(norm * ratio))
         return scaled, (sum(norms) / len(norms)) if norms else 0.0, max(norms, default=0.0)
 
@@ -401,12 +408,19 @@ def create_network_from_weights(multiplier: float, file: str | os.PathLike | Non
     """A network shaped like a file's modules (rank per module, alpha per module); weights are not loaded."""
     if weights_sd is None:
         weights_sd, _ = load_lora(file)
-    weights_sd = convert_diffusers_names_if_needed(dict(weights_sd), keys.layout_from_config(unet.config))
+    layout = keys.layout_from_config(unet.config)
+    weights_sd = convert_diffusers_names_if_needed(dict(weights_sd), layout)
     modules = split_modules(weights_sd, file or "<weights>")
     dims = {n: m.rank for n, m in modules.items()}
     alphas = {n: m.alpha for n, m in modules.items()}
-    network = LoRANetwork(text_encoder, unet, multiplier, modules_dim=dims, modules_alpha=alphas,
-                          loraplus={"all": _float_or_none(kwargs, "loraplus_lr_ratio")})
+    # ranks come from the file; only the block lr weights (down/mid/up_lr_weight) matter here
+    blocks = parse_block_settings(kwargs, 1, 1.0, None, None, layout.sdxl)
+    if blocks is not None and blocks.lr_weights is None:
+        blocks = None
+    network = LoRANetwork(text_encoder, unet, multiplier, modules_dim=dims, modules_alpha=alphas, blocks=blocks,
+                          loraplus={"all": _float_or_none(kwargs, "loraplus_lr_ratio"),
+                                    "unet": _float_or_none(kwargs, "loraplus_unet_lr_ratio"),
+                                    "text_encoder": _float_or_none(kwargs, "loraplus_text_encoder_lr_ratio")})
     made = {m.lora_name for m in network.text_encoder_loras + network.unet_loras}
     missing = sorted(set(dims) - made)
     if missing:

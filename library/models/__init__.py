@@ -9,7 +9,7 @@ import torch
 from library.errors import ToolkitError
 from library.models.bundle import ModelBundle
 from library.models.diffusers_dir import is_diffusers_dir, load_diffusers_dir, save_diffusers_dir
-from library.models.single_file import load_single_file, save_single_file, to_original_state_dict
+from library.models.single_file import load_single_file, load_vae_file, save_single_file, to_original_state_dict
 
 
 def family_from_flags(v2: bool = False, sdxl: bool = False) -> str | None:
@@ -41,5 +41,5 @@ def save_models(bundle: ModelBundle, path: str | Path, dtype: torch.dtype | None
         save_diffusers_dir(bundle, path, dtype)
 
 
-__all__ = ["ModelBundle", "family_from_flags", "is_diffusers_dir", "load_models", "save_models",
+__all__ = ["ModelBundle", "family_from_flags", "is_diffusers_dir", "load_models", "load_vae_file", "save_models",
            "to_original_state_dict"]

@@ -43,7 +43,7 @@ def _fill(model: torch.nn.Module, sd: dict[str, torch.Tensor], what: str, path: 
 
 
 def _strip(sd: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    return {k[len(prefix):]: sd[k] for k in sd.keys() if k.startswith(prefix)}
 
 
 def _shapes(sd: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
@@ -111,7 +111,7 @@ def _build_te(sd: dict[str, torch.Tensor], spec, family: str, path: Path):  # no
     return model, unused
 
 
-def split_checkpoint(sd: Mapping[str, torch.Tensor], path: Path, family: str | None = None) -> tuple[str, dict]:
+def split_checkpoint(sd: Mapping[str, torch.Tensor], path: Path, family: str | None = None) -> tuple[str, Mapping]:
     """Detect (or take) the family and split the flat dict into parts; unknown layouts fail clearly."""
     detected = detect_family(sd.keys())
     family = family or detected
@@ -119,21 +119,38 @@ def split_checkpoint(sd: Mapping[str, torch.Tensor], path: Path, family: str | N
         raise ToolkitError(f"{path}: unknown checkpoint layout: no SD1/SD2/SDXL U-Net and text-encoder keys found")
     if detected and detected != family:
         log.warning("%s: keys look like %s but %s was asked for; using %s", path, detected, family, family)
-    return family, dict(sd)
+    return family, sd
+
+
+class _CastingView(Mapping):
+    """Reads one tensor at a time from the file and casts it, so peak memory is about one model in `dtype`."""
+
+    def __init__(self, source: Mapping[str, torch.Tensor], dtype: torch.dtype | None) -> None:
+        self.source, self.dtype = source, dtype
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        v = self.source[key]
+        return v.to(self.dtype) if self.dtype is not None and v.is_floating_point() else v
+
+    def __iter__(self):  # noqa: ANN204
+        return iter(self.source)
+
+    def __len__(self) -> int:
+        return len(self.source)
 
 
 def load_single_file(path: str | Path, family: str | None = None, v_parameterization: bool = False,
                      dtype: torch.dtype | None = torch.float32) -> ModelBundle:
     """Load an original-layout checkpoint; `family` ("sd1"/"sd2"/"sdxl") overrides detection."""
     path = Path(path)
-    sd, _ = load_state_dict(path)
-    family, sd = split_checkpoint(sd, path, family)
-    if dtype is not None:
-        sd = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in sd.items()}
+    raw, _ = load_state_dict(path, lazy=True)
+    family, _ = split_checkpoint(raw, path, family)
+    keys_ = list(raw.keys())
+    sd = _CastingView(raw, dtype)
     used = {UNET_PREFIX, VAE_PREFIX, *(s.ckpt_prefix for s in te_specs(family))}
-    extra = {k: v for k, v in sd.items() if not any(k.startswith(p) for p in used)}
+    extra = {k: sd[k] for k in keys_ if not any(k.startswith(p) for p in used)}
     unet = _build_unet(_strip(sd, UNET_PREFIX), family, v_parameterization, path)
-    if not any(k.startswith(VAE_PREFIX) for k in sd):
+    if not any(k.startswith(VAE_PREFIX) for k in keys_):
         raise ToolkitError(f"{path}: no VAE weights (first_stage_model.*) in the checkpoint")
     vae = _build_vae(_strip(sd, VAE_PREFIX), family, path)
     tes = []
@@ -190,3 +207,20 @@ def save_single_file(bundle: ModelBundle, path: str | Path, dtype: torch.dtype |
     if dtype is not None:
         sd = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in sd.items()}
     save_state_dict(sd, path, metadata, extra={"epoch": 0, "global_step": 0})
+
+
+def load_vae_file(path: str | Path, family: str = "sd1", dtype: torch.dtype | None = torch.float32) -> AutoencoderKL:
+    """A VAE on its own: a VAE-only file (original names, with or without `first_stage_model.`) or the VAE of a
+    full single-file checkpoint (`--vae`)."""
+    path = Path(path)
+    lazy, _ = load_state_dict(path, lazy=True)  # a full checkpoint: read only its VAE tensors
+    prefix = VAE_PREFIX if any(k.startswith(VAE_PREFIX) for k in lazy) else ""
+    parts = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
+    keys = [k for k in lazy if k.startswith(prefix) and k[len(prefix):].startswith(parts)]
+    if not any(k[len(prefix):].startswith("encoder.down.") for k in keys):
+        raise ToolkitError(f"{path}: not a VAE file in the original layout (no encoder.down.* keys)")
+    sd = {}
+    for k in keys:
+        v = lazy[k]
+        sd[k[len(prefix):]] = v.to(dtype) if dtype is not None and v.is_floating_point() else v
+    return _build_vae(sd, family, path)

@@ -1,0 +1,1 @@
+"""Training data: dataset TOML and DreamBooth folders, captions, aspect-ratio buckets, images, latent cache."""

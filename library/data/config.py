@@ -1,0 +1,305 @@
+"""Dataset configuration: the sd-scripts dataset TOML (`[general]`, `[[datasets]]`, `[[datasets.subsets]]`) or
+DreamBooth folders from the command line, resolved into plain dataclasses.
+
+Every key is checked against the schema (where it may appear, what type it has); an unknown key fails with its
+location and the nearest known name. A value is looked up subset -> dataset -> general -> command line -> default;
+`null`/absent means "not set here".
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import toml
+
+from library.data.captions import CaptionOptions
+from library.data.folders import dreambooth_subsets
+from library.errors import ToolkitError
+
+log = logging.getLogger(__name__)
+
+G, D, S = "general", "dataset", "subset"
+ALL = (G, D, S)
+
+
+def _is_bool(v: object) -> bool:
+    return isinstance(v, bool)
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_float(v: object) -> bool:
+    return (isinstance(v, (int, float))) and not isinstance(v, bool)
+
+
+def _is_str(v: object) -> bool:
+    return isinstance(v, str)
+
+
+def _is_resolution(v: object) -> bool:
+    return _is_int(v) or (isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_int(x) for x in v))
+
+
+def _is_pair(v: object) -> bool:
+    return isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_float(x) for x in v)
+
+
+def _is_table(v: object) -> bool:
+    return isinstance(v, dict)
+
+
+# key -> (levels where it may appear, type check, type name for messages)
+SCHEMA: dict[str, tuple[tuple[str, ...], Callable[[object], bool], str]] = {
+    "resolution": ((G, D), _is_resolution, "an integer or [width, height]"),
+    "batch_size": ((G, D), _is_int, "an integer"),
+    "enable_bucket": ((G, D), _is_bool, "true or false"),
+    "bucket_no_upscale": ((G, D), _is_bool, "true or false"),
+    "min_bucket_reso": ((G, D), _is_int, "an integer"),
+    "max_bucket_reso": ((G, D), _is_int, "an integer"),
+    "bucket_reso_steps": ((G, D), _is_int, "an integer"),
+    "network_multiplier": ((G, D), _is_float, "a number"),
+    "validation_seed": ((G, D), _is_int, "an integer"),
+    "validation_split": ((G, D), _is_float, "a number"),
+    "resize_interpolation": (ALL, _is_str, "a string"),
+    "num_repeats": (ALL, _is_int, "an integer"),
+    "shuffle_caption": (ALL, _is_bool, "true or false"),
+    "enable_wildcard": (ALL, _is_bool, "true or false"),
+    "color_aug": (ALL, _is_bool, "true or false"),
+    "flip_aug": (ALL, _is_bool, "true or false"),
+    "random_crop": (ALL, _is_bool, "true or false"),
+    "caption_separator": (ALL, _is_str, "a string"),
+    "keep_tokens_separator": (ALL, _is_str, "a string"),
+    "secondary_separator": (ALL, _is_str, "a string"),
+    "caption_prefix": (ALL, _is_str, "a string"),
+    "caption_suffix": (ALL, _is_str, "a string"),
+    "keep_tokens": (ALL, _is_int, "an integer"),
+    "token_warmup_min": (ALL, _is_int, "an integer"),
+    "token_warmup_step": (ALL, _is_float, "a number"),
+    "face_crop_aug_range": (ALL, _is_pair, "[low, high]"),
+    "custom_attributes": (ALL, _is_table, "a table"),
+    "caption_dropout_rate": (ALL, _is_float, "a number"),
+    "caption_tag_dropout_rate": (ALL, _is_float, "a number"),
+    "caption_dropout_every_n_epochs": (ALL, _is_int, "an integer"),
+    "caption_extension": (ALL, _is_str, "a string"),
+    "class_tokens": (ALL, _is_str, "a string"),
+    "cache_info": (ALL, _is_bool, "true or false"),
+    "image_dir": ((S,), _is_str, "a folder path"),
+    "is_reg": ((S,), _is_bool, "true or false"),
+    "alpha_mask": ((S,), _is_bool, "true or false"),
+    "metadata_file": ((S,), _is_str, "a file path"),
+    "conditioning_data_dir": ((S,), _is_str, "a folder path"),
+}
+TOP_LEVEL = {"general", "datasets"}
+
+DEFAULTS: dict[str, object] = {
+    "batch_size": 1, "enable_bucket": False, "bucket_no_upscale": False, "min_bucket_reso": 256,
+    "max_bucket_reso": 1024, "bucket_reso_steps": 64, "network_multiplier": 1.0, "validation_split": 0.0,
+    "num_repeats": 1, "shuffle_caption": False, "enable_wildcard": False, "color_aug": False, "flip_aug": False,
+    "random_crop": False, "caption_separator": ",", "keep_tokens_separator": "", "keep_tokens": 0,
+    "token_warmup_min": 1, "token_warmup_step": 0, "caption_dropout_rate": 0.0, "caption_tag_dropout_rate": 0.0,
+    "caption_dropout_every_n_epochs": 0, "caption_extension": ".caption", "cache_info": False, "is_reg": False,
+    "alpha_mask": False,
+}
+
+# dataset keys that fall back to a command-line option of another name
+CLI_NAMES = {"batch_size": "train_batch_size", "num_repeats": "dataset_repeats"}
+_UNSUPPORTED = {
+    "face_crop_aug_range": "face-crop augmentation",
+    "alpha_mask": "alpha-mask loss",
+    "conditioning_data_dir": "mask images (masked loss)",
+    "metadata_file": "fine-tuning metadata datasets (use image folders with caption files)",
+}
+
+
+@dataclass
+class SubsetConfig:
+    """One image folder and how its images and captions are used."""
+
+    image_dir: Path
+    num_repeats: int = 1
+    class_tokens: str | None = None
+    is_reg: bool = False
+    caption_extension: str = ".caption"
+    caption: CaptionOptions = field(default_factory=CaptionOptions)
+    color_aug: bool = False
+    flip_aug: bool = False
+    random_crop: bool = False
+    cache_info: bool = False
+    resize_interpolation: str | None = None
+
+
+@dataclass
+class DatasetConfig:
+    """One dataset: a resolution and bucket settings shared by its subsets, and one batch size."""
+
+    resolution: tuple[int, int]
+    batch_size: int = 1
+    enable_bucket: bool = False
+    bucket_no_upscale: bool = False
+    min_bucket_reso: int = 256
+    max_bucket_reso: int = 1024
+    bucket_reso_steps: int = 64
+    network_multiplier: float = 1.0
+    subsets: list[SubsetConfig] = field(default_factory=list)
+
+
+def _suggest(key: str, options) -> str:  # noqa: ANN001
+    close = difflib.get_close_matches(key, list(options), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _check_table(table: Mapping, level: str, where: str, source: Path) -> None:
+    for key, value in table.items():
+        if key not in SCHEMA:
+            if level == D and key == "subsets":
+                continue
+            raise ToolkitError(f"{source}: {where}: unknown key {key!r}{_suggest(key, SCHEMA)}")
+        levels, check, kind = SCHEMA[key]
+        if level not in levels:
+            allowed = " or ".join({G: "[general]", D: "[[datasets]]", S: "[[datasets.subsets]]"}[lv] for lv in levels)
+            raise ToolkitError(f"{source}: {where}: {key!r} is not allowed here; put it in {allowed}")
+        if value is not None and not check(value):
+            raise ToolkitError(f"{source}: {where}: {key!r} must be {kind}, got {value!r}")
+
+
+def read_dataset_config(path: str | Path) -> dict:
+    """Parse and validate a dataset TOML/JSON file; returns its raw tables."""
+    path = Path(path)
+    if not path.is_file():
+        raise ToolkitError(f"--dataset_config {path}: file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+        raw = json.loads(text) if path.suffix.lower() == ".json" else toml.loads(text)
+    except (toml.TomlDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ToolkitError(f"{path}: not a valid {'JSON' if path.suffix.lower() == '.json' else 'TOML'} file: {e}") from None
+    for key in raw:
+        if key not in TOP_LEVEL:
+            raise ToolkitError(f"{path}: unknown top-level key {key!r}{_suggest(key, TOP_LEVEL)}: "
+                               "expected [general] and [[datasets]]")
+    general = raw.get("general", {})
+    if not isinstance(general, dict):
+        raise ToolkitError(f"{path}: [general] must be a table")
+    _check_table(general, G, "[general]", path)
+    datasets = raw.get("datasets", [])
+    if not isinstance(datasets, list) or not datasets:
+        raise ToolkitError(f"{path}: no [[datasets]] tables")
+    for i, ds in enumerate(datasets):
+        _check_table(ds, D, f"datasets[{i}]", path)
+        subsets = ds.get("subsets", [])
+        if not isinstance(subsets, list) or not subsets:
+            raise ToolkitError(f"{path}: datasets[{i}] has no [[datasets.subsets]]")
+        for j, sub in enumerate(subsets):
+            _check_table(sub, S, f"datasets[{i}].subsets[{j}]", path)
+            if "image_dir" not in sub and "metadata_file" not in sub:
+                raise ToolkitError(f"{path}: datasets[{i}].subsets[{j}]: 'image_dir' is required")
+    return {"general": general, "datasets": datasets, "source": path}
+
+
+def _lookup(key: str, tables: list[Mapping], cli: Mapping) -> object:
+    for t in tables:
+        if t.get(key) is not None:
+            return t[key]
+    cli_value = cli.get(CLI_NAMES.get(key, key))
+    if cli_value is not None:
+        return cli_value
+    return DEFAULTS.get(key)
+
+
+def parse_resolution(value: object, what: str = "--resolution") -> tuple[int, int]:
+    """`512`, `"512"`, `"768,512"` or `[768, 512]` -> (width, height)."""
+    if value is None:
+        raise ToolkitError(f"{what} is required (e.g. --resolution 512 or --resolution 768,512)")
+    try:
+        if isinstance(value, str):
+            parts = [int(p) for p in value.replace("x", ",").split(",")]
+        elif isinstance(value, (list, tuple)):
+            parts = [int(p) for p in value]
+        else:
+            parts = [int(value)]
+    except ValueError:
+        raise ToolkitError(f"{what}: expected 'SIZE' or 'WIDTH,HEIGHT', got {value!r}") from None
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) <= 0:
+        raise ToolkitError(f"{what}: expected 'SIZE' or 'WIDTH,HEIGHT', got {value!r}")
+    return parts[0], parts[1]
+
+
+def _subset(tables: list[Mapping], cli: Mapping, image_dir: Path, where: str) -> SubsetConfig:
+    def get(key: str) -> object:
+        return _lookup(key, tables, cli)
+
+    for key, what in _UNSUPPORTED.items():
+        if get(key):
+            raise ToolkitError(f"{where}: {key} ({what}) is not supported by this toolkit")
+    caption = CaptionOptions(**{k: get(k) for k in CaptionOptions.__dataclass_fields__})
+    return SubsetConfig(
+        image_dir=image_dir, num_repeats=int(get("num_repeats")), class_tokens=get("class_tokens"),
+        is_reg=bool(get("is_reg")), caption_extension=str(get("caption_extension")), caption=caption,
+        color_aug=bool(get("color_aug")), flip_aug=bool(get("flip_aug")), random_crop=bool(get("random_crop")),
+        cache_info=bool(get("cache_info")), resize_interpolation=get("resize_interpolation"),
+    )
+
+
+def _dataset(tables: list[Mapping], cli: Mapping, subsets: list[SubsetConfig], where: str) -> DatasetConfig:
+    def get(key: str) -> object:
+        return _lookup(key, tables, cli)
+
+    if get("validation_split"):
+        raise ToolkitError(f"{where}: validation_split is not supported by this toolkit")
+    return DatasetConfig(
+        resolution=parse_resolution(get("resolution"), f"{where}: resolution"), batch_size=int(get("batch_size")),
+        enable_bucket=bool(get("enable_bucket")), bucket_no_upscale=bool(get("bucket_no_upscale")),
+        min_bucket_reso=int(get("min_bucket_reso")), max_bucket_reso=int(get("max_bucket_reso")),
+        bucket_reso_steps=int(get("bucket_reso_steps")), network_multiplier=float(get("network_multiplier")),
+        subsets=subsets,
+    )
+
+
+def datasets_from_config(path: str | Path, cli: Mapping) -> list[DatasetConfig]:
+    """Resolve a dataset TOML against the command-line values in `cli` (argparse names)."""
+    raw = read_dataset_config(path)
+    source: Path = raw["source"]
+    general = raw["general"]
+    out = []
+    for i, ds in enumerate(raw["datasets"]):
+        subsets, seen = [], set()
+        for j, sub in enumerate(ds["subsets"]):
+            where = f"{source}: datasets[{i}].subsets[{j}]"
+            image_dir = Path(sub["image_dir"]) if sub.get("image_dir") else None
+            if image_dir is None:
+                raise ToolkitError(f"{where}: metadata_file datasets are not supported by this toolkit; "
+                                   "use image_dir with caption files")
+            if not image_dir.is_dir():
+                raise ToolkitError(f"{where}: image_dir {image_dir}: folder not found")
+            if image_dir.resolve() in seen:
+                log.warning("%s: image_dir %s is already in this dataset; ignored", where, image_dir)
+                continue
+            seen.add(image_dir.resolve())
+            subset = _subset([sub, ds, general], cli, image_dir, where)
+            if subset.num_repeats < 1:
+                log.warning("%s: num_repeats %d < 1; subset skipped", where, subset.num_repeats)
+                continue
+            subsets.append(subset)
+        out.append(_dataset([ds, general], cli, subsets, f"{source}: datasets[{i}]"))
+    return out
+
+
+def datasets_from_folders(train_data_dir: str | Path, reg_data_dir: str | Path | None,
+                          cli: Mapping) -> list[DatasetConfig]:
+    """One dataset from DreamBooth `N_name` folders under `--train_data_dir` (and `--reg_data_dir`)."""
+    subsets = []
+    for parent, option, is_reg in ((train_data_dir, "--train_data_dir", False), (reg_data_dir, "--reg_data_dir", True)):
+        if parent is None:
+            continue
+        for folder, repeats, tokens in dreambooth_subsets(Path(parent), option):
+            sub = _subset([{"num_repeats": repeats, "class_tokens": tokens, "is_reg": is_reg}], cli, folder, option)
+            subsets.append(sub)
+    return [_dataset([], cli, subsets, "command line")]

@@ -1,0 +1,137 @@
+"""Latent cache: VAE-encode each image once, keep the result in memory or in sd-scripts' `.npz` files.
+
+File: `<image stem>_<W:04d>x<H:04d>_sd.npz` (W x H = original image size) holding `latents` (float32
+[4, h/8, w/8], raw VAE sample, not multiplied by the scale factor), `original_size`, `crop_ltrb` and, with
+flip_aug, `latents_flipped`. A legacy `<stem>.npz` is used when present. Files are written atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from library.data.buckets import Size
+from library.data.images import load_rgb, resize_and_crop, to_tensor
+from library.errors import ToolkitError
+from library.files import atomic_path
+
+log = logging.getLogger(__name__)
+SUFFIX = "_sd.npz"
+
+
+def npz_path(image: Path, size: Size, suffix: str = SUFFIX) -> Path:
+    legacy = image.with_suffix(".npz")
+    if legacy.exists():
+        return legacy
+    return image.with_name(f"{image.stem}_{size[0]:04d}x{size[1]:04d}{suffix}")
+
+
+def crop_ltrb(bucket: Size, image_size: Size) -> tuple[int, int, int, int]:
+    """The image's box inside the bucket when fitted without cropping, centred (sd-scripts' get_crop_ltrb)."""
+    image_ar = image_size[0] / image_size[1]
+    if bucket[0] / bucket[1] > image_ar:
+        w, h = bucket[1] * image_ar, bucket[1]
+    else:
+        w, h = bucket[0], bucket[0] / image_ar
+    left, top = int((bucket[0] - w) // 2), int((bucket[1] - h) // 2)
+    return left, top, int(left + w), int(top + h)
+
+
+def load_npz(path: Path, bucket: Size, flip_aug: bool, check: bool = True) -> dict[str, torch.Tensor] | None:
+    """Cached latents if the file exists, has what is needed and fits the bucket; else None."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path) as npz:
+            if "latents" not in npz or (flip_aug and "latents_flipped" not in npz):
+                return None
+            out = {"latents": torch.from_numpy(npz["latents"].astype(np.float32))}
+            if "latents_flipped" in npz:
+                out["latents_flipped"] = torch.from_numpy(npz["latents_flipped"].astype(np.float32))
+    except (OSError, ValueError, EOFError) as e:
+        log.warning("%s: unreadable latent cache (%s); encoding again", path, e)
+        return None
+    if check and tuple(out["latents"].shape[-2:]) != (bucket[1] // 8, bucket[0] // 8):
+        return None
+    return out
+
+
+def save_npz(path: Path, latents: torch.Tensor, original_size: Size, ltrb: tuple[int, int, int, int],
+             latents_flipped: torch.Tensor | None = None) -> None:
+    arrays = {"latents": latents.float().cpu().numpy(), "original_size": np.array(original_size),
+              "crop_ltrb": np.array(ltrb)}
+    if latents_flipped is not None:
+        arrays["latents_flipped"] = latents_flipped.float().cpu().numpy()
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
+@torch.no_grad()
+def encode(vae: torch.nn.Module, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Raw VAE latents (a sample of the posterior, as sd-scripts trains with) for images in [-1, 1]."""
+    param = next(vae.parameters())
+    dist = vae.encode(images.to(param.device, param.dtype)).latent_dist
+    return dist.sample(generator=generator).float()
+
+
+def cache_latents(records: Sequence, vae: torch.nn.Module, batch_size: int = 1, to_disk: bool = False,
+                  skip_check: bool = False, seed: int = 0, show_progress: bool = True, rank: int = 0,
+                  world: int = 1) -> list:
+    """Fill `record.latents` (and `latents_flipped` with flip_aug) for every record; returns the records that
+    decoded (a broken image is skipped with a warning). With `to_disk` each rank encodes its share of files;
+    the caller reads the rest back after a barrier via `load_cached`."""
+    generator = torch.Generator(device=next(vae.parameters()).device).manual_seed(seed)
+    todo = []
+    for i, r in enumerate(records):
+        if to_disk:
+            r.npz = npz_path(r.path, r.size)
+            if load_npz(r.npz, r.bucket, r.subset.flip_aug, check=not skip_check) is not None or i % world != rank:
+                continue
+        todo.append(r)
+    by_bucket: dict[Size, list] = {}
+    for r in todo:
+        by_bucket.setdefault(r.bucket, []).append(r)
+    bad = set()
+    bar = tqdm(total=len(todo), desc="caching latents", disable=not show_progress or not todo, unit="img")
+    for bucket, group in by_bucket.items():
+        for start in range(0, len(group), batch_size):
+            chunk = []
+            for r in group[start:start + batch_size]:
+                try:
+                    chunk.append((r, resize_and_crop(load_rgb(r.path), r.resized, bucket,
+                                                     interpolation=r.subset.resize_interpolation)))
+                except ToolkitError as e:
+                    log.warning("%s; skipped", e)
+                    bad.add(id(r))
+            bar.update(len(group[start:start + batch_size]))
+            if not chunk:
+                continue
+            pixels = torch.stack([to_tensor(img) for _, img in chunk])
+            latents = encode(vae, pixels, generator)
+            flipped = encode(vae, pixels.flip(-1), generator) if any(r.subset.flip_aug for r, _ in chunk) else None
+            for k, (r, _) in enumerate(chunk):
+                lat_f = flipped[k] if flipped is not None and r.subset.flip_aug else None
+                if to_disk:
+                    save_npz(r.npz, latents[k], r.size, crop_ltrb(bucket, r.size), lat_f)
+                else:
+                    r.latents, r.latents_flipped = latents[k].clone(), None if lat_f is None else lat_f.clone()
+    bar.close()
+    return [r for r in records if id(r) not in bad]
+
+
+def load_cached(records: Sequence, skip_check: bool = False) -> list:
+    """Read every record's latents back from its `.npz` (after all ranks have written theirs)."""
+    kept = []
+    for r in records:
+        data = load_npz(r.npz, r.bucket, r.subset.flip_aug, check=not skip_check)
+        if data is None:
+            log.warning("%s: no usable latent cache (image skipped)", r.path)
+            continue
+        r.latents, r.latents_flipped = data["latents"], data.get("latents_flipped")
+        kept.append(r)
+    return kept

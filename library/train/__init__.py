@@ -1,0 +1,1 @@
+"""LoRA training: optimizers and schedulers, the objective, text conditioning, the loop, saving and resuming."""

@@ -1,0 +1,461 @@
+"""The LoRA training loop: batches -> text conditioning + noisy latents -> U-Net -> loss -> optimizer step, with
+gradient accumulation, multi-process gradient averaging, periodic saves, samples and TensorBoard logs.
+
+Ctrl-C or SIGTERM stops after the current optimizer step (all ranks agree through the gradient all-reduce); with
+`--save_state` a resumable state is written then. Every save is atomic, so nothing before the last save is lost.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import random
+import signal
+import time
+from argparse import Namespace
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from library.cli import str_to_dtype
+from library.errors import ToolkitError
+from library.models.arch import LATENT_SCALE
+from library.train import saving
+from library.train.distributed import Distributed
+from library.train.objective import Objective, ObjectiveConfig
+from library.train.optim import build_optimizer, build_scheduler, current_lrs, int_or_ratio, steps_for_epochs
+from library.train.sampling import load_prompts, sample_images
+from library.train.setup import (
+    build_dataset,
+    build_network,
+    cache_dataset_latents,
+    load_training_models,
+    resolve_precision,
+)
+from library.train.state import load_state, read_position, save_state
+from library.train.text import TextConditioner
+
+log = logging.getLogger(__name__)
+
+
+class LossScaler:
+    """Dynamic loss scaling for fp16 (halve on overflow, double after 2000 clean steps); works for fp16 LoRA
+    weights too, which torch's GradScaler refuses to unscale."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled, self.scale, self.good = enabled, 2.0 ** 16, 0
+
+    def scaled(self, loss: torch.Tensor) -> torch.Tensor:
+        return loss * self.scale if self.enabled else loss
+
+    def unscale(self, params: list[torch.Tensor]) -> bool:
+        """Divide grads by the scale; False when any is inf/nan (then the step must be skipped)."""
+        if not self.enabled:
+            return True
+        finite = True
+        for p in params:
+            if p.grad is not None:
+                p.grad.div_(self.scale)
+                finite = finite and bool(torch.isfinite(p.grad).all())
+        if finite:
+            self.good += 1
+            if self.good % 2000 == 0:
+                self.scale *= 2
+        else:
+            self.scale, self.good = self.scale / 2, 0
+        return finite
+
+
+class _StopFlag:
+    """Ctrl-C/SIGTERM once: stop after this step; twice: stop now."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old = {}
+
+    def __enter__(self) -> _StopFlag:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("stop requested: finishing this step (press Ctrl-C again to stop at once)")
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+class Trainer:
+    """One training run of `train_network.py` (arguments as parsed there)."""
+
+    def __init__(self, args: Namespace) -> None:
+        self.args = args
+        self.dist = Distributed(cpu=bool(getattr(args, "cpu", False)))
+        self.precision = resolve_precision(args, self.dist.device)
+        seed = args.seed if args.seed is not None else random.randint(0, 2 ** 31 - 1)
+        self.seed = args.seed = self.dist.broadcast_int(seed)
+        self.out_dir = Path(args.output_dir or ".")
+        self.ext = saving.EXTENSIONS.get(args.save_model_as or "safetensors")
+        if self.ext is None:
+            raise ToolkitError(f"--save_model_as {args.save_model_as}: a LoRA is saved as safetensors, ckpt or pt")
+        self.save_dtype = str_to_dtype(args.save_precision)
+        if args.log_with not in (None, "tensorboard"):
+            raise ToolkitError(f"--log_with {args.log_with}: only tensorboard is supported (this toolkit is offline)")
+        self._seed_everything(self.seed)
+        self.objective = Objective(ObjectiveConfig(**{k: getattr(args, k) for k in
+                                                      ObjectiveConfig.__dataclass_fields__}))
+        self.prompts = load_prompts(args.sample_prompts) if args.sample_prompts else []
+        model = args.pretrained_model_name_or_path
+        if not model:
+            raise ToolkitError("--pretrained_model_name_or_path is required (a .safetensors/.ckpt file or a "
+                               "Diffusers folder)")
+        if not Path(model).exists():
+            raise ToolkitError(f"--pretrained_model_name_or_path {model}: not found (nothing is downloaded: give a "
+                               "local .safetensors/.ckpt file or Diffusers folder)")
+
+    @staticmethod
+    def _seed_everything(seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed % 2 ** 32)
+        torch.manual_seed(seed)
+
+    # ---- setup ------------------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        a, p = self.args, self.precision
+        self.dataset = build_dataset(a, self.seed)
+        self.bundle = load_training_models(a, p)
+        self.latent_scale = LATENT_SCALE[self.bundle.family]
+        if a.cache_latents or a.cache_latents_to_disk:
+            cache_dataset_latents(a, self.dataset, self.bundle.vae, self.dist, self.seed)
+            if not self.prompts:  # nothing decodes or encodes any more: give the VAE's memory back
+                self.bundle.vae = None
+                gc.collect()
+        self.text = TextConditioner(self.bundle.tokenizers[0], self.bundle.text_encoders[0], a.clip_skip,
+                                    a.max_token_length)
+        torch.manual_seed(self.seed)  # identical LoRA initialisation on every rank
+        self.network, self.train_unet, self.train_te = build_network(a, self.bundle)
+        if self.precision.full_half:
+            self.network.to(p.weight_dtype)
+        self.network.to(p.device)
+        if a.gradient_checkpointing:
+            self.bundle.unet.enable_gradient_checkpointing()
+            if self.train_te:
+                # non-reentrant: frozen embeddings give inputs without grad, which reentrant checkpoints would cut
+                self.bundle.text_encoders[0].gradient_checkpointing_enable(
+                    gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.network.enable_gradient_checkpointing()
+        self.network.prepare_grad_etc(self.bundle.text_encoders[0], self.bundle.unet)
+        self.params = [q for q in self.network.parameters() if q.requires_grad]
+        self.dist.broadcast_params(self.params)
+        self._schedule()
+        self.scaler = LossScaler(p.mixed == "fp16")
+        self.metadata = saving.MetadataBuilder(a, self.bundle.family, self.dataset, self.dataset.num_batches(),
+                                               self.num_epochs, self.opt.description, self.dist.world)
+        self._seed_everything(self.seed + self.dist.rank)  # different noise on each rank from here on
+        self.global_step, self.start_epoch, self.skip_batches = 0, 0, 0
+        if a.resume:
+            self._resume()
+        elif a.initial_step or a.initial_epoch:
+            self._initial_position()
+
+    def _schedule(self) -> None:
+        a = self.args
+        from library.data.dataset import EpochSampler
+
+        self.sampler = EpochSampler(self.dataset, self.dist.rank, self.dist.world, a.gradient_accumulation_steps)
+        spe = self.sampler.steps_per_epoch()
+        if a.max_train_epochs:
+            a.max_train_steps = steps_for_epochs(a.max_train_epochs, self.dataset.num_batches(), self.dist.world,
+                                                 a.gradient_accumulation_steps)
+        self.steps_per_epoch = spe
+        self.num_epochs = math.ceil(a.max_train_steps / spe)
+        if a.save_n_epoch_ratio:
+            a.save_every_n_epochs = math.floor(self.num_epochs / a.save_n_epoch_ratio) or 1
+        self.dataset.max_train_steps = a.max_train_steps
+        groups = self.network.prepare_optimizer_params(a.text_encoder_lr, a.unet_lr, a.learning_rate)
+        groups = groups[0] if isinstance(groups, tuple) else groups
+        if not groups:
+            raise ToolkitError("nothing to train: every parameter group has learning rate 0")
+        self.opt = build_optimizer(a.optimizer_type, a.optimizer_args, groups, a.learning_rate)
+        total = a.max_train_steps * self.dist.world  # sd-scripts counts scheduler steps over all processes
+        name = self.opt.scheduler_override or a.lr_scheduler
+        self.lr_scheduler = build_scheduler(name, self.opt.optimizer, total, int_or_ratio(a.lr_warmup_steps, total),
+                                            int_or_ratio(a.lr_decay_steps, total), a.lr_scheduler_num_cycles,
+                                            a.lr_scheduler_power, a.lr_scheduler_timescale,
+                                            a.lr_scheduler_min_lr_ratio, a.lr_scheduler_type, a.lr_scheduler_args)
+        log.info("%d batches per epoch per process, %d optimizer steps per epoch, %d epochs, %d steps",
+                 len(self.sampler), spe, self.num_epochs, a.max_train_steps)
+
+    def _resume(self) -> None:
+        path = Path(self.args.resume)
+        if not path.is_dir():
+            raise ToolkitError(f"--resume {path}: folder not found")
+        read_position(path)
+        extra = load_state(path, self.network, self.opt.optimizer, self.lr_scheduler, self.dist.rank)
+        self.scaler.scale = float(extra.get("loss_scale", self.scaler.scale))
+        _, step = read_position(path)
+        self.global_step = step
+        self.start_epoch, within = divmod(step, self.steps_per_epoch)
+        self.skip_batches = within * self.args.gradient_accumulation_steps
+        log.info("resumed from %s at step %d (epoch %d, batch %d)", path, step, self.start_epoch + 1,
+                 self.skip_batches)
+
+    def _initial_position(self) -> None:
+        a = self.args
+        step = a.initial_step if a.initial_step else (a.initial_epoch - 1) * self.steps_per_epoch
+        self.global_step = step
+        self.start_epoch, within = divmod(step, self.steps_per_epoch)
+        self.skip_batches = within * a.gradient_accumulation_steps if a.skip_until_initial_step else 0
+
+    # ---- one step ---------------------------------------------------------------------------------------------
+    def _latents(self, batch: dict) -> torch.Tensor:
+        if batch["latents"] is not None:
+            latents = batch["latents"].to(self.precision.device)
+        else:
+            vae = self.bundle.vae
+            with torch.no_grad():
+                images = batch["images"].to(self.precision.device, self.precision.vae_dtype)
+                latents = vae.encode(images).latent_dist.sample()
+        return latents.float() * self.latent_scale
+
+    def _forward_loss(self, batch: dict) -> torch.Tensor:
+        p = self.precision
+        latents = self._latents(batch)
+        with p.autocast():
+            with torch.set_grad_enabled(self.train_te):
+                cond = self.text(batch["captions"])
+            noise = self.objective.noise_like(latents)
+            t = self.objective.timesteps(latents.shape[0], latents.device)
+            noisy = self.objective.add_noise(latents, noise, t)
+            pred = self.bundle.unet(noisy.to(p.weight_dtype), t, cond.to(p.weight_dtype)).sample
+        target = self.objective.target(latents, noise, t)
+        return self.objective.loss(pred, target, t, batch["loss_weights"])
+
+    def _optimizer_step(self) -> None:
+        a = self.args
+        if self.scaler.unscale(self.params):
+            if a.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(self.params, a.max_grad_norm)
+            self.opt.optimizer.step()
+            for _ in range(self.dist.world):  # sd-scripts' scheduler counts steps of all processes
+                self.lr_scheduler.step()
+        else:
+            log.debug("fp16 overflow: step skipped, loss scale %g", self.scaler.scale)
+        self.opt.optimizer.zero_grad(set_to_none=True)
+        if a.scale_weight_norms:
+            self.last_norms = self.network.apply_max_norm_regularization(a.scale_weight_norms, self.precision.device)
+
+    # ---- run --------------------------------------------------------------------------------------------------
+    def run(self) -> Path | None:
+        a = self.args
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_size=None, sampler=self.sampler, num_workers=self._workers(),
+            persistent_workers=bool(a.persistent_data_loader_workers and self._workers()),
+            generator=torch.Generator().manual_seed(self.seed))  # keeps the global RNG (noise) untouched
+        self.writer = self._writer()
+        bar = tqdm(total=a.max_train_steps, initial=self.global_step, desc="steps", disable=not self.dist.is_main,
+                   dynamic_ncols=True)
+        losses: list[float] = []
+        self.last_norms = None
+        if self.opt.schedule_free:
+            self.opt.optimizer.train()
+        if a.sample_at_first:
+            self._sample(epoch=None)
+        self._train_mode(True)
+        stopped = False
+        with _StopFlag() as stop, logging_redirect_tqdm():
+            for epoch in range(self.start_epoch, self.num_epochs):
+                if self.global_step >= a.max_train_steps:
+                    break
+                skip = self.skip_batches if epoch == self.start_epoch else 0
+                self.sampler.set_epoch(epoch, skip)
+                self.network.on_epoch_start(self.bundle.text_encoders[0], self.bundle.unet)
+                self._train_mode(True)
+                epoch_losses: list[float] = []
+                n_batches = self.sampler.batches_per_epoch
+                positions: list[int] = []
+                for k, batch in enumerate(loader, start=skip):
+                    positions.append(batch["position"])
+                    loss = self._forward_loss(batch)
+                    self.scaler.scaled(loss / a.gradient_accumulation_steps).backward()
+                    epoch_losses.append(float(loss.detach()))
+                    if (k + 1) % a.gradient_accumulation_steps and k + 1 < n_batches:
+                        continue
+                    stopped = self.dist.average_gradients(self.params, stop.requested)
+                    self._optimizer_step()
+                    self.global_step += 1
+                    losses.append(epoch_losses[-1])
+                    avg = sum(epoch_losses) / len(epoch_losses)
+                    bar.update(1)
+                    bar.set_postfix(avr_loss=f"{avg:.4f}", loss=f"{epoch_losses[-1]:.4f}")
+                    self._log_step(epoch_losses[-1], avg)
+                    self._after_step(epoch)
+                    if stopped or self.global_step >= a.max_train_steps:
+                        break
+                log.debug("rank %d epoch %d: batches %s", self.dist.rank, epoch + 1, positions)
+                if stopped:
+                    break
+                if self.writer and epoch_losses:
+                    self.writer.add_scalar("loss/epoch", sum(epoch_losses) / len(epoch_losses), epoch + 1)
+                self._after_epoch(epoch)
+        bar.close()
+        self.losses = losses
+        log.debug("rank %d: LoRA checksum %s", self.dist.rank, self._checksum())
+        if stopped:
+            self._on_interrupt()
+            raise KeyboardInterrupt
+        final = self._save_final()
+        if self.writer:
+            self.writer.close()
+        return final
+
+    def _checksum(self) -> str:
+        """SHA-256 of this rank's LoRA tensors (ranks must agree after every step)."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for k, v in sorted(self.network.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().float().cpu().numpy().tobytes())
+        return h.hexdigest()
+
+    def _workers(self) -> int:
+        import os
+
+        return max(0, min(self.args.max_data_loader_n_workers, os.cpu_count() or 1))
+
+    def _train_mode(self, on: bool) -> None:
+        # Models run in train mode only for gradient checkpointing (SD models have no dropout to switch)
+        ckpt = bool(self.args.gradient_checkpointing) and on
+        self.bundle.unet.train(ckpt)
+        self.bundle.text_encoders[0].train(ckpt and self.train_te)
+        self.network.train(on)
+
+    def _writer(self):  # noqa: ANN202
+        a = self.args
+        if not a.logging_dir or not self.dist.is_main:
+            return None
+        from torch.utils.tensorboard import SummaryWriter
+
+        run_dir = Path(a.logging_dir) / f"{a.log_prefix or ''}{time.strftime('%Y%m%d%H%M%S')}"
+        log.info("TensorBoard logs: %s", run_dir)
+        return SummaryWriter(str(run_dir))
+
+    def _log_step(self, loss: float, avg: float) -> None:
+        if not self.writer:
+            return
+        s = self.global_step
+        self.writer.add_scalar("loss/current", loss, s)
+        self.writer.add_scalar("loss/average", avg, s)
+        lrs = current_lrs(self.opt.optimizer)
+        names = ["textencoder", "unet"] if self.train_te and self.train_unet and len(lrs) >= 2 else \
+            (["textencoder"] if self.train_te and not self.train_unet else ["unet"])
+        for i, lr in enumerate(lrs):
+            self.writer.add_scalar(f"lr/{names[i] if i < len(names) else f'group{i}'}", lr, s)
+        if self.last_norms is not None:
+            scaled, mean_norm, max_norm = self.last_norms
+            self.writer.add_scalar("max_norm/keys_scaled", scaled, s)
+            self.writer.add_scalar("max_norm/average_key_norm", mean_norm, s)
+            self.writer.add_scalar("max_norm/max_key_norm", max_norm, s)
+
+    # ---- saves and samples ------------------------------------------------------------------------------------
+    def _save_lora(self, stem: str, epoch: int, final: bool = False) -> Path:
+        path = self.out_dir / (stem + self.ext)
+        if self.dist.is_main:
+            meta = self.metadata.for_save(epoch, self.global_step, final)
+            if self.opt.schedule_free:
+                self.opt.optimizer.eval()
+            self.network.save_weights(path, self.save_dtype, meta)
+            if self.opt.schedule_free:
+                self.opt.optimizer.train()
+            log.info("saved %s", path)
+        self.dist.barrier()
+        return path
+
+    def _save_state(self, stem: str, epoch: int) -> None:
+        save_state(self.out_dir / f"{stem}-state", self.network, self.opt.optimizer, self.lr_scheduler, epoch,
+                   self.global_step, self.dist.rank, self.dist.barrier, {"loss_scale": self.scaler.scale})
+
+    def _after_step(self, epoch: int) -> None:
+        a, s = self.args, self.global_step
+        if a.save_every_n_steps and s % a.save_every_n_steps == 0 and s < a.max_train_steps:
+            self._save_lora(saving.step_name(a.output_name, s), epoch + 1)
+            if a.save_state:
+                self._save_state(saving.step_name(a.output_name, s), epoch)
+            if self.dist.is_main:
+                old = saving.old_step_to_remove(s, a.save_every_n_steps, a.save_last_n_steps)
+                if old:
+                    saving.remove_if_exists(self.out_dir / (saving.step_name(a.output_name, old) + self.ext))
+                old = saving.old_step_to_remove(s, a.save_every_n_steps, a.save_last_n_steps_state or
+                                                a.save_last_n_steps)
+                if old:
+                    saving.remove_if_exists(self.out_dir / f"{saving.step_name(a.output_name, old)}-state")
+        if a.sample_every_n_steps and not a.sample_every_n_epochs and s % a.sample_every_n_steps == 0:
+            self._sample(epoch=None)
+
+    def _after_epoch(self, epoch: int) -> None:
+        a, e = self.args, epoch + 1
+        if a.save_every_n_epochs and e % a.save_every_n_epochs == 0 and e < self.num_epochs:
+            self._save_lora(saving.epoch_name(a.output_name, e), e)
+            if a.save_state:
+                self._save_state(saving.epoch_name(a.output_name, e), e)
+            if self.dist.is_main:
+                old = saving.old_epoch_to_remove(e, a.save_every_n_epochs, a.save_last_n_epochs)
+                if old:
+                    saving.remove_if_exists(self.out_dir / (saving.epoch_name(a.output_name, old) + self.ext))
+                old = saving.old_epoch_to_remove(e, a.save_every_n_epochs, a.save_last_n_epochs_state or
+                                                 a.save_last_n_epochs)
+                if old:
+                    saving.remove_if_exists(self.out_dir / f"{saving.epoch_name(a.output_name, old)}-state")
+        if a.sample_every_n_epochs and e % a.sample_every_n_epochs == 0:
+            self._sample(epoch=e)
+
+    def _save_final(self) -> Path:
+        a = self.args
+        epoch = min(self.num_epochs, math.ceil(self.global_step / self.steps_per_epoch))
+        path = self._save_lora(saving.last_name(a.output_name), epoch, final=True)
+        if a.save_state or a.save_state_on_train_end:
+            self._save_state(saving.last_name(a.output_name), epoch)
+        return path
+
+    def _on_interrupt(self) -> None:
+        a = self.args
+        epoch = self.global_step // self.steps_per_epoch
+        if a.save_state:
+            stem = saving.step_name(a.output_name, self.global_step)
+            self._save_state(stem, epoch)
+            log.warning("interrupted at step %d; resume with --resume %s", self.global_step,
+                        self.out_dir / f"{stem}-state")
+        else:
+            log.warning("interrupted at step %d; files saved before this point are complete", self.global_step)
+
+    def _sample(self, epoch: int | None) -> None:
+        if not self.prompts:
+            return
+        if self.dist.is_main:
+            p = self.precision
+            self.bundle.vae.to(p.device)
+            self._train_mode(False)
+            sample_images(self.out_dir, self.args.output_name, self.prompts, self.bundle.unet, self.bundle.vae,
+                          self.text, self.args.sample_sampler, self.args.v_parameterization, self.latent_scale,
+                          p.device, p.weight_dtype, epoch, self.global_step, p.autocast)
+            self._train_mode(True)
+        self.dist.barrier()
+
+
+def train(args: Namespace) -> Path | None:
+    """Run `train_network.py` with parsed arguments; returns the final LoRA file."""
+    trainer = Trainer(args)
+    trainer.setup()
+    return trainer.run()
