@@ -297,6 +297,7 @@ def main() -> None:
     parser.add_argument("--workdir", default="/tmp/lora_bench")
     parser.add_argument("--only", default="merge,concat,svd,extract")
     parser.add_argument("--no_reference", action="store_true")
+    parser.add_argument("--only_reference", action="store_true")
     parser.add_argument("--extract_conv_dim", default=None, help="also extract 3x3 convs at this rank")
     parser.add_argument("--size", default="real", choices=["real", "tiny"], help="tiny: a quick check of the script")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -322,9 +323,13 @@ def main() -> None:
           f"{p['lora32'].stat().st_size / 2**20:.0f} MiB (r32), {p['lora128'].stat().st_size / 2**20:.0f} MiB (r128)")
     results = {}
     for tool, impl, spec in jobs(p, work):
-        if tool not in keep or (impl == "reference" and args.no_reference):
+        if tool not in keep or (impl == "reference" and args.no_reference) or (impl == "ours" and args.only_reference):
             continue
-        r = measure(spec)
+        try:
+            r = measure(spec)
+        except RuntimeError as e:  # e.g. killed for memory on a shared machine: report it and go on
+            print(f"{tool:18} {impl:10} FAILED: {str(e).splitlines()[0]}", flush=True)
+            continue
         results[(tool, impl)] = r
         print(f"{tool:18} {impl:10} wall {r['wall_s']:8.1f} s   peak RSS {r['peak_rss_mb']:8.0f} MiB", flush=True)
     loras = [str(p["lora32"]), str(p["lora128"])]
