@@ -316,6 +316,8 @@ def main() -> None:
     p.add_argument("--cores", type=int, default=1)
     p.add_argument("--repeat", type=int, default=3, help="runs per subject (median); sd-scripts and spn runs: once")
     p.add_argument("--full-ref", nargs="*", default=[], help="cases (e.g. sd1-r32-lora) where sd-scripts runs fully")
+    p.add_argument("--no-sd-scripts", action="store_true", help="skip the sd-scripts reference")
+    p.add_argument("--recipe", default=RECIPE, help=f"recipe of the aware comparisons [{RECIPE}]")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("args", nargs="?", help=argparse.SUPPRESS)
@@ -345,14 +347,16 @@ def main() -> None:
                 n = a.repeat
                 r["ours-kohya"] = measure("ours-kohya", a.cores, n, out=str(work / "k.safetensors"), rank=rank // 4,
                                           **common)
-                r["sd-scripts"] = measure("sd-scripts", a.cores, 1, out=str(work / "ref.safetensors"), rank=rank // 4,
-                                          sample=case not in a.full_ref,
-                                          shape_times=str(a.out / f"sdscripts_shape_times_{a.cores}core.json"), **common)
+                if not a.no_sd_scripts:
+                    r["sd-scripts"] = measure("sd-scripts", a.cores, 1, out=str(work / "ref.safetensors"), rank=rank // 4,
+                                              sample=case not in a.full_ref,
+                                              shape_times=str(a.out / f"sdscripts_shape_times_{a.cores}core.json"),
+                                              **common)
                 cache, qr_cache = work / "cache", work / "qr_cache.json"
-                r["ours-aware cold"] = measure("ours-aware", a.cores, n, cache, recipe=RECIPE, cache=str(cache), **common)
-                r["qr-ref cold"] = measure("qr-ref", a.cores, n, qr_cache, recipe=RECIPE, cache=str(qr_cache), **common)
-                r["ours-aware warm"] = measure("ours-aware", a.cores, n, recipe=RECIPE, cache=str(cache), **common)
-                r["qr-ref warm"] = measure("qr-ref", a.cores, n, recipe=RECIPE, cache=str(qr_cache), **common)
+                r["ours-aware cold"] = measure("ours-aware", a.cores, n, cache, recipe=a.recipe, cache=str(cache), **common)
+                r["qr-ref cold"] = measure("qr-ref", a.cores, n, qr_cache, recipe=a.recipe, cache=str(qr_cache), **common)
+                r["ours-aware warm"] = measure("ours-aware", a.cores, n, recipe=a.recipe, cache=str(cache), **common)
+                r["qr-ref warm"] = measure("qr-ref", a.cores, n, recipe=a.recipe, cache=str(qr_cache), **common)
                 if rank == a.ranks[0] and kind == a.kinds[0]:  # norm cost depends on the checkpoint only
                     r["ours spn cold"] = measure("ours-aware", a.cores, 1, cache, recipe=SPN_RECIPE, cache=str(cache),
                                                  **common)
@@ -361,7 +365,7 @@ def main() -> None:
                 rows.append(r)
                 print(json.dumps(r), flush=True)
                 shutil.rmtree(work, ignore_errors=True)
-    cols = ["case", "size", "ours-kohya", "sd-scripts", "ours-aware cold", "qr-ref cold", "ours-aware warm",
+    cols = ["case", "size", "ours-kohya", *([] if a.no_sd_scripts else ["sd-scripts"]), "ours-aware cold", "qr-ref cold", "ours-aware warm",
             "qr-ref warm", "ours spn cold", "qr-ref spn cold"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
@@ -371,6 +375,7 @@ def main() -> None:
     def ratio(r: dict, ref: str, ours: str) -> str:
         return f"{r[ref]['wall_s'] / r[ours]['wall_s']:.1f}x ({r[ref]['cpu_s'] / r[ours]['cpu_s']:.1f}x cpu)"
 
+    lines.insert(0, f"cores: {a.cores}, aware recipe: {a.recipe}, median of {a.repeat} runs\n")
     lines.append("speed-up, reference time / ours (wall, and CPU):")
     for r in rows:
         pairs = [("sd-scripts", "sd-scripts", "ours-kohya"), ("qr-ref cold", "qr-ref cold", "ours-aware cold"),
@@ -379,7 +384,8 @@ def main() -> None:
                                                       if ref in r))
     text = "\n".join(lines)
     print(text)
-    (a.out / "resize_results.md").write_text(text + "\n")
+    with open(a.out / "resize_results.md", "a") as f:
+        f.write(text + "\n\n")
 
 
 if __name__ == "__main__":
