@@ -63,6 +63,7 @@ class Prepared:
     """One input after decomposition: what is resized, what is kept as is, what is dropped."""
 
     lora: LoRAInput
+    names: list[str] = field(default_factory=list)  # every module of the input, in order
     layers: list[Decomposed] = field(default_factory=list)
     refs: list[LayerRefs] = field(default_factory=list)
     unmapped: dict[str, LoRAFactors] = field(default_factory=dict)
@@ -107,7 +108,7 @@ def _gather_refs(prep: Prepared, targets: list[Target], base: BaseCheckpoint, ki
 
 def prepare(lora: LoRAInput, base: BaseCheckpoint, recipes: list[Recipe], device: str | None) -> Prepared:
     """Decompose every module and gather the base references the recipes (and -vv lines) need."""
-    prep = Prepared(lora)
+    prep = Prepared(lora, list(lora.modules))
     kinds = set().union(*(r.checkpoint_norms for r in recipes))
     if details.isEnabledFor(logging.DEBUG):
         kinds.add("fro")  # rle_ckpt of the -vv lines
@@ -126,6 +127,9 @@ def prepare(lora: LoRAInput, base: BaseCheckpoint, recipes: list[Recipe], device
         prep.layers.append(layer)
         prep.refs.append(LayerRefs())
         targets.append(target)
+    for name in (*(layer.name for layer in prep.layers), *prep.zero):  # the decomposition replaces them
+        del lora.modules[name]
+    items.clear()
     if not prep.layers and prep.unmapped:
         raise ToolkitError(f"{source}: none of its {len(prep.unmapped)} modules matches a weight of {base.path} "
                            f"(a {base.family} checkpoint); is it the model this LoRA was trained on?")
@@ -167,7 +171,7 @@ def build_state_dict(prep: Prepared, keep: list[torch.Tensor], rescale: float) -
     modules.update(prep.unmapped)
     sd = modules_to_state_dict(dict(sorted(modules.items())))
     for key, value in prep.lora.passthrough.items():
-        owner = next((n for n in prep.lora.modules if key.startswith(n + ".")), None)
+        owner = next((n for n in prep.names if key.startswith(n + ".")), None)
         if owner is None or owner in modules:
             sd[key] = value
     return sd

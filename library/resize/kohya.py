@@ -17,7 +17,7 @@ import torch
 
 from library.errors import ToolkitError
 from library.lora_io import LoRAFactors, save_lora
-from library.resize.decompose import Decomposed, decompose_all
+from library.resize.decompose import Decomposed, decompose, parallel_map
 
 log = logging.getLogger(__name__)
 
@@ -155,36 +155,40 @@ class KohyaResult:
     last_alpha: float | None
 
 
-def resize_state_dict(sd: Mapping[str, torch.Tensor], settings: KohyaSettings,
-                      source: str = "<memory>") -> KohyaResult:
-    """Resize every module of `sd`; other tensors pass through unchanged."""
+def resize_state_dict(sd: Mapping[str, torch.Tensor], settings: KohyaSettings, source: str = "<memory>",
+                      out_dtype: torch.dtype | None = None) -> KohyaResult:
+    """Resize every module of `sd`; other tensors pass through unchanged. Each module's decomposition is
+    dropped as soon as its new factors (cast to `out_dtype`) exist, so memory stays near input + output."""
     settings.check()
     pairs, lonely = find_pairs(sd)
     if not pairs:
         raise ToolkitError(f"{source}: no LoRA modules found (expected lora_down/lora_up, lora_A/lora_B or down/up keys)")
     if lonely:
         log.warning("%d down weights without a matching up weight were copied unchanged, e.g. %s", len(lonely), lonely[0])
-    out = dict(sd)
-    modules = []
     for p in pairs:
+        if sd[p.up].shape[1] != sd[p.down].shape[0]:
+            raise ToolkitError(f"{source}: module {p.module}: up has {sd[p.up].shape[1]} columns, "
+                               f"down {sd[p.down].shape[0]} rows")
+
+    def work(p: PairKeys) -> tuple[LoRAFactors, ModuleReport]:
         down, up = sd[p.down], sd[p.up]
-        if up.shape[1] != down.shape[0]:
-            raise ToolkitError(f"{source}: module {p.module}: up has {up.shape[1]} columns, down {down.shape[0]} rows")
         alpha = float(sd[p.alpha]) if p.alpha in sd else float(down.shape[0])
-        modules.append((p.module, LoRAFactors(down, up, alpha or float(down.shape[0]))))
-    layers = decompose_all(modules, settings.device, source, desc="resize")
-    reports, old_max, last_alpha = [], 0, None
-    for p, layer in zip(pairs, layers):
-        down = sd[p.down]
-        old_max = max(old_max, layer.old_rank)
+        layer = decompose(p.module, LoRAFactors(down, up, alpha or float(down.shape[0])), settings.device, source)
         cap = settings.conv_rank if down.ndim == 4 else settings.new_rank
         k = choose_rank(layer.s, layer.full_rank, cap, settings.dynamic_method, settings.dynamic_param)
         f = layer.kohya_factors(k)
+        if out_dtype is not None:
+            f = LoRAFactors(f.down.to(out_dtype), f.up.to(out_dtype), f.alpha)
+        return f, _report(layer, k, f.alpha)
+
+    out = dict(sd)
+    reports = []
+    for p, (f, report) in zip(pairs, parallel_map(work, pairs, settings.device, desc="resize", unit="module")):
         out[p.down], out[p.up] = f.down, f.up
         out[p.alpha] = torch.tensor(f.alpha)
-        last_alpha = f.alpha
-        reports.append(_report(layer, k, f.alpha))
-    return KohyaResult(out, reports, old_max, last_alpha)
+        reports.append(report)
+    last_alpha = reports[-1].alpha if reports else None
+    return KohyaResult(out, reports, max(r.old_rank for r in reports), last_alpha)
 
 
 def kohya_metadata(meta: Mapping[str, str], settings: KohyaSettings, old_dim: int, last_alpha: float | None) -> dict:
@@ -221,10 +225,10 @@ def resize_file(model: str | Path, save_to: str | Path, settings: KohyaSettings,
     if save_to.suffix.lower() not in SAVE_SUFFIXES:
         raise ToolkitError(f"--save_to {save_to}: must end with {', '.join(SAVE_SUFFIXES)}")
     sd, meta = load_state_dict(model)
-    sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}  # sd-scripts' math is float32
     log.info("resizing %s", model)
-    result = resize_state_dict(sd, settings, str(model))
+    save_dtype = save_dtype or torch.float32  # the math is float32 whatever the input, as in sd-scripts
+    result = resize_state_dict(sd, settings, str(model), save_dtype)
     meta = kohya_metadata(meta, settings, result.old_max_rank, result.last_alpha)
-    save_lora(save_to, result.state_dict, meta, save_dtype or torch.float32)
+    save_lora(save_to, result.state_dict, meta, save_dtype)
     log.info("saved %s", save_to)
     return result
