@@ -288,6 +288,7 @@ training_comment = "from sd-scripts config"
     sd = load_file(path)
     assert all(v.dtype == torch.float16 for v in sd.values())  # save_precision, alpha included
     meta = metadata(path)
+    assert meta["sshs_model_hash"] == precalculate_hashes(sd, meta)[0]  # hashed after the cast
     assert meta["ss_network_alpha"] == "2.0" and meta["ss_training_comment"] == "from sd-scripts config"
     ds = json.loads(meta["ss_datasets"])[0]
     assert ds["num_train_images"] == 24 and ds["num_reg_images"] == 24  # 3 reg images repeated up to 24
