@@ -158,6 +158,22 @@ def test_network_weights_and_dim_from_weights(env, tmp_path):
     assert all(torch.allclose(sa[k], sb[k]) for k in sa)
 
 
+def test_sd2_v_parameterization(env, tmp_path):
+    from library.models.factory import write_random_checkpoint
+
+    ckpt = write_random_checkpoint(tmp_path / "tiny-sd2.safetensors", "sd2")
+    argv = base_args(env, tmp_path / "out", 2, "--cache_latents", "--v2", "--v_parameterization",
+                     "--max_token_length", "150", "--min_snr_gamma", "5", "--pretrained_model_name_or_path", str(ckpt))
+    path = train_network.main(argv)
+    meta = metadata(path)
+    assert meta["ss_v2"] == "True" and meta["ss_base_model_version"] == "sd_v2_v"
+    assert meta["modelspec.architecture"] == "stable-diffusion-v2-768-v/lora"
+    assert meta["modelspec.prediction_type"] == "v" and meta["ss_max_token_length"] == "150"
+    names = module_names(path)
+    te_layers = {n.split("_layers_")[1].split("_")[0] for n in names if n.startswith("lora_te_")}
+    assert te_layers == {"0", "1", "2"}  # the file holds 4 OpenCLIP blocks; the 4th is never run, so no LoRA
+
+
 # ---- datasets -------------------------------------------------------------------------------------------------
 def test_bucketing_three_aspect_ratios(env, tmp_path):
     from PIL import Image
@@ -272,6 +288,7 @@ training_comment = "from sd-scripts config"
     sd = load_file(path)
     assert all(v.dtype == torch.float16 for v in sd.values())  # save_precision, alpha included
     meta = metadata(path)
+    assert meta["sshs_model_hash"] == precalculate_hashes(sd, meta)[0]  # hashed after the cast
     assert meta["ss_network_alpha"] == "2.0" and meta["ss_training_comment"] == "from sd-scripts config"
     ds = json.loads(meta["ss_datasets"])[0]
     assert ds["num_train_images"] == 24 and ds["num_reg_images"] == 24  # 3 reg images repeated up to 24
