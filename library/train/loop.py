@@ -13,8 +13,8 @@ import math
 import random
 import signal
 import time
-from argparse import Namespace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -38,6 +38,9 @@ from library.train.setup import (
 )
 from library.train.state import load_state, read_position, save_state
 from library.train.text import TextConditioner
+
+if TYPE_CHECKING:
+    from library.options.train import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +102,9 @@ class _StopFlag:
 class Trainer:
     """One training run of `train_network.py` (arguments as parsed there)."""
 
-    def __init__(self, args: Namespace) -> None:
+    def __init__(self, args: TrainConfig) -> None:
         self.args = args
-        self.dist = Distributed(cpu=bool(getattr(args, "cpu", False)))
+        self.dist = Distributed()
         self.precision = resolve_precision(args, self.dist.device)
         seed = args.seed if args.seed is not None else random.randint(0, 2 ** 31 - 1)
         self.seed = args.seed = self.dist.broadcast_int(seed)
@@ -454,7 +457,7 @@ class Trainer:
         self.dist.barrier()
 
 
-def train(args: Namespace) -> Path | None:
+def train(args: TrainConfig) -> Path | None:
     """Run `train_network.py` with parsed arguments; returns the final LoRA file."""
     trainer = Trainer(args)
     trainer.setup()

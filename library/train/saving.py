@@ -9,11 +9,14 @@ import os
 import random
 import shutil
 import time
-from argparse import Namespace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from library.lora_io import file_hashes
 from library.metadata import minimum_metadata, modelspec
+
+if TYPE_CHECKING:
+    from library.options.train import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +64,7 @@ def old_step_to_remove(step: int, every: int, keep: int | None) -> int | None:
 class MetadataBuilder:
     """Collects the run's `ss_*` values once; `for_save` adds the per-save values (epoch, step, title)."""
 
-    def __init__(self, args: Namespace, family: str, dataset, num_batches: int, num_epochs: int,  # noqa: ANN001
+    def __init__(self, args: TrainConfig, family: str, dataset, num_batches: int, num_epochs: int,  # noqa: ANN001
                  optimizer_description: str, world: int) -> None:
         self.args = args
         self.family = family
@@ -80,7 +83,7 @@ class MetadataBuilder:
         out.setdefault("dropout", a.network_dropout)  # sd-scripts passes --network_dropout along (null if unset)
         return out
 
-    def _base(self, a: Namespace, family: str, dataset, num_batches: int, num_epochs: int,  # noqa: ANN001
+    def _base(self, a: TrainConfig, family: str, dataset, num_batches: int, num_epochs: int,  # noqa: ANN001
               optimizer: str, world: int) -> dict[str, str]:
         meta: dict[str, object] = {
             "ss_session_id": self.session_id, "ss_training_started_at": self.started,
@@ -126,7 +129,7 @@ class MetadataBuilder:
         return {k: str(v) for k, v in meta.items()}
 
     @staticmethod
-    def _dataset_meta(a: Namespace, dataset, world: int) -> dict[str, object]:  # noqa: ANN001
+    def _dataset_meta(a: TrainConfig, dataset, world: int) -> dict[str, object]:  # noqa: ANN001
         tags = json.dumps(dataset.tag_frequency())
         dirs = json.dumps(dataset.dataset_dirs())
         if a.dataset_config:

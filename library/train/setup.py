@@ -7,9 +7,9 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
-from argparse import Namespace
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -19,6 +19,9 @@ from library.data.latents import cache_latents, load_cached
 from library.errors import ToolkitError
 from library.models import ModelBundle, family_from_flags, load_models, load_vae_file
 from library.train.distributed import Distributed
+
+if TYPE_CHECKING:
+    from library.options.train import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +42,7 @@ class Precision:
         return torch.autocast(self.device.type, dtype=self.weight_dtype)
 
 
-def resolve_precision(args: Namespace, device: torch.device) -> Precision:
+def resolve_precision(args: TrainConfig, device: torch.device) -> Precision:
     mixed = (args.mixed_precision or "no").lower()
     if mixed not in ("no", "fp16", "bf16"):
         raise ToolkitError(f"--mixed_precision {args.mixed_precision!r}: use no, fp16 or bf16")
@@ -54,7 +57,7 @@ def resolve_precision(args: Namespace, device: torch.device) -> Precision:
     return Precision(device, mixed, weight, bool(args.full_fp16 or args.full_bf16), vae)
 
 
-def load_training_models(args: Namespace, precision: Precision) -> ModelBundle:
+def load_training_models(args: TrainConfig, precision: Precision) -> ModelBundle:
     """Load the base model (SD1/SD2), swap in `--vae`, freeze everything and move it to the device."""
     if not args.pretrained_model_name_or_path:
         raise ToolkitError("--pretrained_model_name_or_path is required (a .safetensors/.ckpt file or a "
@@ -97,7 +100,7 @@ def _move(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> N
         model.to(dtype)
 
 
-def _attention(args: Namespace, unet: torch.nn.Module) -> None:
+def _attention(args: TrainConfig, unet: torch.nn.Module) -> None:
     if args.xformers:
         try:
             unet.enable_xformers_memory_efficient_attention()
@@ -120,7 +123,7 @@ def parse_network_args(items: list[str] | None) -> dict[str, str]:
     return out
 
 
-def merge_base_weights(args: Namespace, bundle: ModelBundle) -> None:
+def merge_base_weights(args: TrainConfig, bundle: ModelBundle) -> None:
     """`--base_weights`: bake LoRAs into the model before training (each with its multiplier)."""
     if not args.base_weights:
         return
@@ -134,7 +137,7 @@ def merge_base_weights(args: Namespace, bundle: ModelBundle) -> None:
         log.info("merged %s into the model (multiplier %g)", path, m)
 
 
-def build_network(args: Namespace, bundle: ModelBundle):  # noqa: ANN201
+def build_network(args: TrainConfig, bundle: ModelBundle):  # noqa: ANN201
     """Create the network from `--network_module` and apply it to the sides being trained."""
     if args.network_train_unet_only and args.network_train_text_encoder_only:
         raise ToolkitError("--network_train_unet_only and --network_train_text_encoder_only exclude each other")
@@ -164,7 +167,7 @@ def build_network(args: Namespace, bundle: ModelBundle):  # noqa: ANN201
     return network, train_unet, train_te
 
 
-def build_dataset(args: Namespace, seed: int) -> TrainDataset:
+def build_dataset(args: TrainConfig, seed: int) -> TrainDataset:
     cli = vars(args)
     if args.dataset_config:
         if args.train_data_dir or args.reg_data_dir:
@@ -189,7 +192,7 @@ def build_dataset(args: Namespace, seed: int) -> TrainDataset:
     return dataset
 
 
-def cache_dataset_latents(args: Namespace, dataset: TrainDataset, vae: torch.nn.Module, dist: Distributed,
+def cache_dataset_latents(args: TrainConfig, dataset: TrainDataset, vae: torch.nn.Module, dist: Distributed,
                           seed: int) -> None:
     """Encode every image once (memory, or `.npz` files shared by the ranks); broken images are dropped."""
     to_disk = bool(args.cache_latents_to_disk)
