@@ -7,6 +7,7 @@ import logging
 from collections.abc import Iterable, Sequence
 
 from library.errors import ToolkitError
+from library.options.generate import GEN_EXCLUSIVE, GenerationConfig, build_gen_parser, gen_options, generation_config
 from library.options.parser import OptionParser, build_option_parser
 from library.options.spec import GEN, IGNORED, IMPLEMENTED, REFUSED, TRAIN, Option
 from library.options.train import (
@@ -33,8 +34,6 @@ options marked ignored have no effect here."""
 def build_parser(script: str = TRAIN, description: str | None = None) -> OptionParser:
     """The parser of `script` (train_network, sdxl_train_network or gen_img_diffusers) from the declarations."""
     if script == GEN:
-        from library.options.generate import build_gen_parser
-
         return build_gen_parser(description)
     text = description or TRAIN_DESCRIPTION.replace("train_network.py", f"{script}.py")
     return build_option_parser(train_options(script), script, text)
@@ -109,3 +108,16 @@ def parse_training_args(argv: Sequence[str] | None = None, script: str = TRAIN) 
         return None
     report_ignored(options, values, script)
     return apply_aliases(cfg)
+
+
+def parse_generation_args(argv: Sequence[str] | None = None) -> GenerationConfig:
+    """Parse and check a gen_img_diffusers.py command line."""
+    from library.cli import setup_logging
+
+    parser = build_parser(GEN)
+    values = parse_values(parser, argv)
+    setup_logging(values["verbosity"])
+    if not values["ckpt"]:
+        raise ToolkitError("--ckpt is required (a .safetensors/.ckpt checkpoint or a Diffusers folder)")
+    check_values(gen_options(), values, GEN, GEN_EXCLUSIVE)
+    return generation_config(values)

@@ -58,9 +58,9 @@ class Option:
         return value not in (None, False, [], ()) and value != self.default
 
     def describe_default(self) -> str:
-        if self.flag or self.default in (None, [], ()):
+        if self.flag or self.nargs == "count" or self.default in (None, [], (), ""):
             return ""
-        return repr(self.default) if isinstance(self.default, str) else str(self.default)
+        return str(self.default)
 
 
 def opt(type: Callable[[str], object] | None, default: object, help: str, **kw: object) -> object:  # noqa: A002
