@@ -82,6 +82,11 @@ def refused_dataset_keys() -> dict[str, str]:
     return {k: o.why for k, o in dataset_keys().items() if o.status == REFUSED}
 
 
+def options_metadata(cfg: TrainConfig, script: str = TRAIN) -> dict[str, object]:
+    """The `ss_*` metadata of the options that declare one (values as the run uses them)."""
+    return {o.meta: getattr(cfg, o.name) for o in train_options(script) if o.meta}
+
+
 def config_from_values(values: dict) -> TrainConfig:
     """A TrainConfig from option values by name (extra names such as config_file are dropped)."""
     return TrainConfig(**{f.name: values[f.name] for f in fields(TrainConfig) if f.name in values})

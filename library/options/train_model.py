@@ -31,7 +31,7 @@ class ModelOptions:
     GROUP = "model"
     pretrained_model_name_or_path: str | None = opt(str, None, "base model: a .safetensors/.ckpt checkpoint or a "
                                                     "Diffusers folder (nothing is downloaded)", metavar="PATH")
-    v2: bool = flag("the model is SD 2.x", meta="ss_v2")
+    v2: bool = flag("the model is SD 2.x")
     v_parameterization: bool = flag("train with the v-prediction target (SD 2.x 768-v models)")
     vae: str | None = opt(str, None, "replace the model's VAE (a file or a Diffusers folder)", metavar="PATH")
     clip_skip: int | None = opt(int, None, "condition on the n-th last text-encoder layer (2 = penultimate)",
@@ -51,10 +51,9 @@ class ModelOptions:
 class NetworkOptions:
     GROUP = "network"
     network_module: str = opt(str, "networks.lora", "network to train: networks.lora, networks.dylora or "
-                              "another module with create_network()", meta="ss_network_module")
-    network_dim: int | None = opt(int, None, "rank of the LoRA modules [4]", check=positive, meta="ss_network_dim")
-    network_alpha: float = opt(float, 1.0, "alpha: the LoRA output is scaled by alpha / rank", check=positive,
-                               meta="ss_network_alpha")
+                              "another module with create_network()")
+    network_dim: int | None = opt(int, None, "rank of the LoRA modules [4]", check=positive)
+    network_alpha: float = opt(float, 1.0, "alpha: the LoRA output is scaled by alpha / rank", check=positive)
     network_dropout: float | None = opt(float, None, "dropout of the rank activations while training (0..1)",
                                         check=lambda v: None if 0 <= v < 1 else "must be in [0, 1)",
                                         meta="ss_network_dropout")
@@ -91,8 +90,7 @@ class DatasetOptions:
                                check=positive, dataset_key="num_repeats")
     resolution: str | None = opt(str, None, "training size: '512' or 'width,height'", dataset=GD,
                                  check=lambda v: _resolution_problem(v))
-    enable_bucket: bool = flag("aspect-ratio buckets: train each image near its own aspect ratio", dataset=GD,
-                               meta="ss_enable_bucket")
+    enable_bucket: bool = flag("aspect-ratio buckets: train each image near its own aspect ratio", dataset=GD)
     min_bucket_reso: int = opt(int, 256, "smallest bucket side", check=positive, dataset=GD)
     max_bucket_reso: int = opt(int, 1024, "largest bucket side", check=positive, dataset=GD)
     bucket_reso_steps: int = opt(int, 64, "bucket sides are multiples of this (64 for SD1/SD2)", check=positive,
@@ -113,21 +111,22 @@ class DatasetOptions:
     caption_prefix: str | None = opt(str, None, "text put before every caption", dataset=ALL_LEVELS)
     caption_suffix: str | None = opt(str, None, "text put after every caption", dataset=ALL_LEVELS)
     caption_dropout_rate: float = opt(float, 0.0, "share of steps that train with an empty caption (0..1)",
-                                      check=lambda v: _rate(v), dataset=ALL_LEVELS)
+                                      check=lambda v: _rate(v), dataset=ALL_LEVELS, meta="ss_caption_dropout_rate")
     caption_dropout_every_n_epochs: int = opt(int, 0, "drop all captions every N-th epoch", check=non_negative,
-                                              dataset=ALL_LEVELS)
+                                              dataset=ALL_LEVELS, meta="ss_caption_dropout_every_n_epochs")
     caption_tag_dropout_rate: float = opt(float, 0.0, "chance that each tag is left out (0..1)",
-                                          check=lambda v: _rate(v), dataset=ALL_LEVELS)
+                                          check=lambda v: _rate(v), dataset=ALL_LEVELS,
+                                          meta="ss_caption_tag_dropout_rate")
     token_warmup_min: int = opt(int, 1, "tags used at the start of the caption warm-up", check=positive,
                                 dataset=ALL_LEVELS)
     token_warmup_step: float = opt(float, 0, "steps (or share of training if < 1) until all tags are used",
                                    check=non_negative, dataset=ALL_LEVELS)
-    color_aug: bool = flag("random hue changes (no latent caching)", dataset=ALL_LEVELS, meta="ss_color_aug")
-    flip_aug: bool = flag("random horizontal flips", dataset=ALL_LEVELS, meta="ss_flip_aug")
-    random_crop: bool = flag("random crops instead of centre crops (no latent caching)", dataset=ALL_LEVELS,
-                             meta="ss_random_crop")
+    color_aug: bool = flag("random hue changes (no latent caching)", dataset=ALL_LEVELS)
+    flip_aug: bool = flag("random horizontal flips", dataset=ALL_LEVELS)
+    random_crop: bool = flag("random crops instead of centre crops (no latent caching)", dataset=ALL_LEVELS)
     face_crop_aug_range: str | None = opt(str, None, "face-crop augmentation range 'low,high'",
-                                          dataset=ALL_LEVELS, **refused("face-crop augmentation is not supported"))
+                                          dataset=ALL_LEVELS, meta="ss_face_crop_aug_range",
+                                          **refused("face-crop augmentation is not supported"))
     resize_interpolation: str | None = opt(str, None, "resampling filter when resizing images [area down, "
                                            "lanczos up]", choices=RESIZE_METHODS, dataset=ALL_LEVELS,
                                            meta="ss_resize_interpolation")
@@ -144,14 +143,19 @@ class DatasetOptions:
     debug_dataset: bool = flag("show the training images and captions instead of training",
                                **refused("--debug_dataset is not supported"))
     validation_split: float = opt(float, 0.0, "share of the images held out for validation (0..1)", dataset=GD,
+                                  meta="ss_validation_split",
                                   **refused(f"a validation split {ISSUE_13}"))
     validation_seed: int | None = opt(int, None, "seed of the validation split", dataset=GD,
+                                      meta="ss_validation_seed",
                                       **ignored("only used with --validation_split"))
     validate_every_n_steps: int | None = opt(int, None, "validate every N steps",
+                                             meta="ss_validate_every_n_steps",
                                              **ignored("only used with --validation_split"))
     validate_every_n_epochs: int | None = opt(int, None, "validate every N epochs",
+                                              meta="ss_validate_every_n_epochs",
                                               **ignored("only used with --validation_split"))
     max_validation_steps: int | None = opt(int, None, "validation batches per validation",
+                                           meta="ss_max_validation_steps",
                                            **ignored("only used with --validation_split"))
     max_data_loader_n_workers: int = opt(int, 8, "data-loader worker processes (0 loads in the main process)",
                                          check=non_negative)

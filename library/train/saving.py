@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from library.lora_io import file_hashes
 from library.metadata import minimum_metadata, modelspec
+from library.options.train import options_metadata
 
 if TYPE_CHECKING:
     from library.options.train import TrainConfig
@@ -85,37 +86,13 @@ class MetadataBuilder:
 
     def _base(self, a: TrainConfig, family: str, dataset, num_batches: int, num_epochs: int,  # noqa: ANN001
               optimizer: str, world: int) -> dict[str, str]:
-        meta: dict[str, object] = {
+        meta: dict[str, object] = options_metadata(a)  # every option declared with an ss_* key
+        meta.update({
             "ss_session_id": self.session_id, "ss_training_started_at": self.started,
-            "ss_output_name": a.output_name, "ss_learning_rate": a.learning_rate,
-            "ss_text_encoder_lr": a.text_encoder_lr, "ss_unet_lr": a.unet_lr,
             "ss_num_train_images": dataset.num_train_images, "ss_num_reg_images": dataset.num_reg_images,
             "ss_num_validation_images": 0, "ss_num_batches_per_epoch": num_batches, "ss_num_epochs": num_epochs,
-            "ss_gradient_checkpointing": a.gradient_checkpointing,
-            "ss_gradient_accumulation_steps": a.gradient_accumulation_steps,
-            "ss_max_train_steps": a.max_train_steps, "ss_lr_warmup_steps": a.lr_warmup_steps,
-            "ss_lr_scheduler": a.lr_scheduler, "ss_network_dropout": a.network_dropout,
-            "ss_mixed_precision": a.mixed_precision, "ss_full_fp16": a.full_fp16, "ss_clip_skip": a.clip_skip,
-            "ss_max_token_length": a.max_token_length, "ss_cache_latents": a.cache_latents, "ss_seed": a.seed,
-            "ss_lowram": a.lowram, "ss_noise_offset": a.noise_offset,
-            "ss_multires_noise_iterations": a.multires_noise_iterations,
-            "ss_multires_noise_discount": a.multires_noise_discount,
-            "ss_adaptive_noise_scale": a.adaptive_noise_scale, "ss_zero_terminal_snr": a.zero_terminal_snr,
-            "ss_training_comment": a.training_comment, "ss_sd_scripts_commit_hash": "",
-            "ss_optimizer": optimizer, "ss_max_grad_norm": a.max_grad_norm,
-            "ss_caption_dropout_rate": a.caption_dropout_rate,
-            "ss_caption_dropout_every_n_epochs": a.caption_dropout_every_n_epochs,
-            "ss_caption_tag_dropout_rate": a.caption_tag_dropout_rate, "ss_face_crop_aug_range": None,
-            "ss_prior_loss_weight": a.prior_loss_weight, "ss_min_snr_gamma": a.min_snr_gamma,
-            "ss_scale_weight_norms": a.scale_weight_norms, "ss_ip_noise_gamma": a.ip_noise_gamma,
-            "ss_debiased_estimation": a.debiased_estimation_loss,
-            "ss_noise_offset_random_strength": a.noise_offset_random_strength,
-            "ss_ip_noise_gamma_random_strength": a.ip_noise_gamma_random_strength, "ss_loss_type": a.loss_type,
-            "ss_huber_schedule": a.huber_schedule, "ss_huber_scale": a.huber_scale, "ss_huber_c": a.huber_c,
-            "ss_fp8_base": False, "ss_fp8_base_unet": False, "ss_validation_seed": None,
-            "ss_validation_split": 0.0, "ss_max_validation_steps": None, "ss_validate_every_n_epochs": None,
-            "ss_validate_every_n_steps": None, "ss_resize_interpolation": a.resize_interpolation,
-        }
+            "ss_sd_scripts_commit_hash": "", "ss_optimizer": optimizer,
+        })
         meta.update(self._dataset_meta(a, dataset, world))
         model = Path(a.pretrained_model_name_or_path)
         meta["ss_sd_model_name"] = model.name
