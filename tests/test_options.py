@@ -245,3 +245,10 @@ def test_unknown_option_through_the_script(tmp_path):
                          capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.strip() == "error: unknown option --max_train_step (did you mean --max_train_steps?)"
+
+
+def test_docs_tables_match_declarations():
+    """docs/train_network.md and docs/gen_img_diffusers.md carry the generated tables; rerun the tool on drift."""
+    out = subprocess.run([sys.executable, str(ROOT / "tools" / "options_doc.py"), "--check"], capture_output=True,
+                         text=True)
+    assert out.returncode == 0, f"run `python tools/options_doc.py`: {out.stdout}{out.stderr}"

@@ -25,9 +25,7 @@ def _strength(value: float) -> str | None:
 
 
 def _size(value: int) -> str | None:
-    if value <= 0:
-        return "must be greater than 0"
-    return None if value % 8 == 0 else "must be a multiple of 8"
+    return None if value >= 8 else "must be at least 8 (sizes are rounded down to a multiple of 8)"
 
 
 @dataclass
@@ -64,8 +62,8 @@ class GenSamplingOptions:
     steps: int = opt(int, 50, "sampling steps", check=positive, scripts=G)
     scale: float = opt(float, 7.5, "classifier-free guidance scale", scripts=G)
     sampler: str = opt(str.lower, "ddim", "sampler", choices=SAMPLERS, scripts=G)
-    W: int | None = opt(int, None, "image width, a multiple of 8 [512]", check=_size, scripts=G)
-    H: int | None = opt(int, None, "image height, a multiple of 8 [512]", check=_size, scripts=G)
+    W: int | None = opt(int, None, "image width (rounded down to a multiple of 8) [512]", check=_size, scripts=G)
+    H: int | None = opt(int, None, "image height (rounded down to a multiple of 8) [512]", check=_size, scripts=G)
     seed: int | None = opt(int, None, "seed of a single image, or the seed of the seeds of several [random]",
                            scripts=G)
     iter_same_seed: bool = flag("without --seed: one random seed shared by all prompts of an iteration", scripts=G)
