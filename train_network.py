@@ -21,11 +21,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from library.cli import run_main  # noqa: E402
 from library.options.parse import build_parser as _build_parser  # noqa: E402
 from library.options.parse import parse_training_args  # noqa: E402
+from library.options.parser import OptionParser  # noqa: E402
 
 SCRIPT = "train_network"
 
 
-def build_parser():  # noqa: ANN201
+def build_parser() -> OptionParser:
     """This script's parser (built from the declarations in library/options)."""
     return _build_parser(SCRIPT)
 

@@ -7,7 +7,7 @@ import warnings
 from typing import TYPE_CHECKING
 
 from library.errors import ToolkitError
-from library.options.samplers import SAMPLER_ALIASES, SAMPLERS
+from library.options.choices import SAMPLER_ALIASES, SAMPLERS
 
 if TYPE_CHECKING:
     import diffusers

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from library.options.choices import SAMPLERS
 from library.options.parser import OptionParser, build_option_parser
-from library.options.samplers import SAMPLERS
 from library.options.spec import GEN, Option, flag, opt, options_of, positive
 
 G = (GEN,)

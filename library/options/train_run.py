@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from library.options.samplers import SAMPLERS
+from library.options.choices import SAMPLERS
 from library.options.spec import (
     between,
     flag,
