@@ -65,16 +65,16 @@ def old_step_to_remove(step: int, every: int, keep: int | None) -> int | None:
 class MetadataBuilder:
     """Collects the run's `ss_*` values once; `for_save` adds the per-save values (epoch, step, title)."""
 
-    def __init__(self, args: TrainConfig, family: str, dataset, num_batches: int, num_epochs: int,  # noqa: ANN001
+    def __init__(self, cfg: TrainConfig, family: str, dataset, num_batches: int, num_epochs: int,  # noqa: ANN001
                  optimizer_description: str, world: int) -> None:
-        self.args = args
+        self.cfg = cfg
         self.family = family
         self.started = time.time()
         self.session_id = random.randint(0, 2 ** 32)
-        self.base = self._base(args, family, dataset, num_batches, num_epochs, optimizer_description, world)
+        self.base = self._base(cfg, family, dataset, num_batches, num_epochs, optimizer_description, world)
 
     def _network_args(self) -> dict | None:
-        a = self.args
+        a = self.cfg
         if not a.network_args:
             return None
         out: dict[str, object] = {}
@@ -150,7 +150,7 @@ class MetadataBuilder:
 
     def for_save(self, epoch: int, step: int, final: bool = False) -> dict[str, str]:
         """Metadata of one file: minimum set, full set unless `--no_metadata`, and modelspec."""
-        a = self.args
+        a = self.cfg
         meta = minimum_metadata(self.family, a.v_parameterization, a.network_module, a.network_dim,
                                 a.network_alpha, self._network_args())
         if not a.no_metadata:
