@@ -252,3 +252,69 @@ def test_docs_tables_match_declarations():
     out = subprocess.run([sys.executable, str(ROOT / "tools" / "options_doc.py"), "--check"], capture_output=True,
                          text=True)
     assert out.returncode == 0, f"run `python tools/options_doc.py`: {out.stdout}{out.stderr}"
+
+
+def test_dataset_defaults_come_from_the_declarations():
+    from dataclasses import fields
+
+    from library.data.captions import CaptionOptions
+    from library.data.config import DEFAULTS, SCHEMA, DatasetConfig, SubsetConfig
+    from library.options.train import dataset_keys
+
+    keys = dataset_keys()
+    assert set(SCHEMA) == set(keys) and SCHEMA["image_dir"][0] == ("subset",)
+    for cls in (CaptionOptions, DatasetConfig, SubsetConfig):
+        for f in fields(cls):
+            if f.name in keys and f.name not in ("resolution", "image_dir"):  # required fields
+                assert f.default == keys[f.name].default, (cls.__name__, f.name)
+    assert DEFAULTS["min_bucket_reso"] == TrainConfig().min_bucket_reso == 256
+
+
+def test_dataset_toml_bad_bucket_settings(tmp_path):
+    from library.data.config import datasets_from_config
+    from library.errors import ToolkitError
+
+    img = tmp_path / "img"
+    img.mkdir()
+    toml_file = tmp_path / "d.toml"
+    toml_file.write_text(f"[[datasets]]\nresolution = 128\nenable_bucket = true\nmin_bucket_reso = 32\n"
+                         f"[[datasets.subsets]]\nimage_dir = '{img}'\n", encoding="utf-8")
+    with pytest.raises(ToolkitError, match=r"datasets\[0\]: min_bucket_reso 32: must be at least bucket_reso_steps"):
+        datasets_from_config(toml_file, vars(TrainConfig()))
+    toml_file.write_text(f"[[datasets]]\nresolution = 128\nbatch_size = 0\n[[datasets.subsets]]\nimage_dir = '{img}'\n",
+                         encoding="utf-8")
+    with pytest.raises(ToolkitError, match=r"datasets\[0\]: batch_size 0: must be greater than 0"):
+        datasets_from_config(toml_file, vars(TrainConfig()))
+
+
+def test_bucket_sizes_adjusted_like_sd_scripts(caplog):
+    from library.data.buckets import BucketSelector
+    from library.errors import ToolkitError
+
+    with caplog.at_level("WARNING"):
+        sel = BucketSelector((512, 512), True, 200, 1000, 64)
+    assert (sel.min_size, sel.max_size) == (192, 1024)
+    assert [r.getMessage() for r in caplog.records] == [
+        "min_bucket_reso 200 adjusted to 192, a multiple of bucket_reso_steps 64",
+        "max_bucket_reso 1000 adjusted to 1024, a multiple of bucket_reso_steps 64"]
+    with pytest.raises(ToolkitError, match=r"min_bucket_reso \(32\) must be at least bucket_reso_steps \(64\)"):
+        BucketSelector((512, 512), True, 32, 1024, 64)
+
+
+# ---- gen_img_diffusers.py ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("argv, expected", [
+    (["--ckpt", "m.safetensors", "--prompt", "x", "--W", "0"], "error: --W 0: must be at least 8"),
+    (["--ckpt", "m.safetensors", "--prompt", "x", "--steps", "0"], "error: --steps 0: must be greater than 0"),
+    (["--ckpt", "m.safetensors", "--prompt", "x", "--strength", "1.5"], "error: --strength 1.5: must be in (0, 1]"),
+    (["--ckpt", "m.safetensors", "--prompt", "x", "--fp16", "--bf16"], "error: --fp16 and --bf16 exclude each other"),
+    (["--ckpt", "m.safetensors", "--prompt", "x", "--from_file", "p.txt"],
+     "error: --prompt and --from_file exclude each other"),
+    (["--prompt", "x"], "error: --ckpt is required"),
+    (["--ckpt", "m.safetensors", "--promt", "x"], "error: unknown option --promt (did you mean --prompt?)"),
+])
+def test_gen_img_bad_values_are_refused_while_parsing(capsys, argv, expected):
+    import gen_img_diffusers
+
+    assert run_main(gen_img_diffusers.main, argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(expected), err

@@ -87,10 +87,10 @@ class SubsetConfig:
     """One image folder and how its images and captions are used."""
 
     image_dir: Path
-    num_repeats: int = 1
+    num_repeats: int = DEFAULTS["num_repeats"]
     class_tokens: str | None = None
     is_reg: bool = False
-    caption_extension: str = ".caption"
+    caption_extension: str = DEFAULTS["caption_extension"]
     caption: CaptionOptions = field(default_factory=CaptionOptions)
     color_aug: bool = False
     flip_aug: bool = False
@@ -104,13 +104,13 @@ class DatasetConfig:
     """One dataset: a resolution and bucket settings shared by its subsets, and one batch size."""
 
     resolution: tuple[int, int]
-    batch_size: int = 1
+    batch_size: int = DEFAULTS["batch_size"]
     enable_bucket: bool = False
     bucket_no_upscale: bool = False
-    min_bucket_reso: int = 256
-    max_bucket_reso: int = 1024
-    bucket_reso_steps: int = 64
-    network_multiplier: float = 1.0
+    min_bucket_reso: int = DEFAULTS["min_bucket_reso"]
+    max_bucket_reso: int = DEFAULTS["max_bucket_reso"]
+    bucket_reso_steps: int = DEFAULTS["bucket_reso_steps"]
+    network_multiplier: float = DEFAULTS["network_multiplier"]
     subsets: list[SubsetConfig] = field(default_factory=list)
 
 
