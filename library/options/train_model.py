@@ -53,7 +53,8 @@ class NetworkOptions:
     network_module: str = opt(str, "networks.lora", "network to train: networks.lora, networks.dylora or "
                               "another module with create_network()")
     network_dim: int | None = opt(int, None, "rank of the LoRA modules [4]", check=positive)
-    network_alpha: float = opt(float, 1.0, "alpha: the LoRA output is scaled by alpha / rank", check=positive)
+    network_alpha: float = opt(float, 1.0, "alpha: the LoRA output is scaled by alpha / rank (0: alpha = rank)",
+                               check=non_negative)
     network_dropout: float | None = opt(float, None, "dropout of the rank activations while training (0..1)",
                                         check=lambda v: None if 0 <= v < 1 else "must be in [0, 1)",
                                         meta="ss_network_dropout")
