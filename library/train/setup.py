@@ -177,12 +177,12 @@ def build_dataset(cfg: TrainConfig, seed: int) -> TrainDataset:
         if not cfg.train_data_dir:
             raise ToolkitError("give --train_data_dir (folders named '<repeats>_<name>') or --dataset_config")
         configs = datasets_from_folders(cfg.train_data_dir, cfg.reg_data_dir, cli)
-    for cfg in configs:
-        if cfg.enable_bucket and cfg.bucket_reso_steps % 64:
+    for ds in configs:
+        if ds.enable_bucket and ds.bucket_reso_steps % 64:
             log.warning("bucket_reso_steps %d is not a multiple of 64: SD1/SD2 U-Nets need sizes divisible by "
-                        "64", cfg.bucket_reso_steps)
-        if not cfg.enable_bucket and (cfg.resolution[0] % 64 or cfg.resolution[1] % 64):
-            raise ToolkitError(f"resolution {cfg.resolution[0]}x{cfg.resolution[1]}: both sides must be "
+                        "64", ds.bucket_reso_steps)
+        if not ds.enable_bucket and (ds.resolution[0] % 64 or ds.resolution[1] % 64):
+            raise ToolkitError(f"resolution {ds.resolution[0]}x{ds.resolution[1]}: both sides must be "
                                "multiples of 64 for SD1/SD2")
     dataset = TrainDataset(configs, seed, cfg.prior_loss_weight, cfg.cache_latents or cfg.cache_latents_to_disk)
     buckets = dataset.bucket_info()["buckets"]
