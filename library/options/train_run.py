@@ -205,7 +205,7 @@ class LoggingOptions:
     GROUP = "logging"
     logging_dir: str | None = opt(str, None, "TensorBoard logs go to <logging_dir>/<log_prefix><time>",
                                   metavar="PATH")
-    log_with: str | None = opt(str, None, "logger: tensorboard [when --logging_dir is given]",
+    log_with: str | None = opt(str, None, "logger: tensorboard [when --logging_dir is given]; wandb and all are refused (offline)",
                                choices=("tensorboard", "wandb", "all"),
                                check=lambda v: None if v == "tensorboard" else "only tensorboard is supported "
                                "(this toolkit is offline)")
