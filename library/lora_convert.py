@@ -159,7 +159,9 @@ def read_lora(path: str | os.PathLike) -> LoRAFile:
             parts.setdefault(split[0], {})[split[1]] = value
     sdxl = _is_sdxl(fmt, list(parts), metadata)
     configs = _peft_configs(metadata, adapter_config, path)
-    dora = {re.sub(r"\.(lora_magnitude_vector|dora_scale)(\..*)?$", "", k) for k in ignored}
+    magnitudes = {k: re.sub(r"\.(lora_magnitude_vector|dora_scale)(\..*)?$", "", k) for k in ignored}
+    dora = {m for k, m in magnitudes.items() if m != k and m in parts}
+    ignored = [k for k in ignored if magnitudes[k] not in dora]
     entries = []
     for module_key, roles in parts.items():
         if "down" not in roles or "up" not in roles:
@@ -181,7 +183,7 @@ def read_lora(path: str | os.PathLike) -> LoRAFile:
             alpha = float(rank)
         entry = Entry(LoRAFactors(down, up, alpha if alpha != 0 else float(rank)), component, mpath, module_key)
         if module_key in dora:
-            ignored.append(f"{module_key} (DoRA)")
+            ignored.append(f"{module_key} (DoRA: its magnitude vector has no place in a LoRA)")
             continue
         entries.extend(_split_fused(entry))
     if fmt != "kohya" and not configs and not any("alpha" in r for r in parts.values()):
