@@ -1,0 +1,74 @@
+"""Wall time and peak RSS of tools/convert_diffusers20_original_sd.py on a real-shape random checkpoint.
+
+    python bench/convert.py [--family sd1|sd2|sdxl] [--out bench/out] [--threads 2]
+
+The input (SD1.5 shapes by default, fp16, seeded random weights) is written once into bench/out (gitignored).
+Each conversion runs as the script a user runs, in its own process; its peak RSS comes from wait4, and the
+baseline line is a process that only imports the same libraries, so the difference is what the conversion holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "tools" / "convert_diffusers20_original_sd.py"
+IMPORTS = "import sys; sys.path.insert(0, %r); import torch, diffusers, transformers, library.models" % str(ROOT)
+
+
+def measure(label: str, argv: list[str], model_gib: float, env: dict[str, str]) -> float:
+    """Run one process; print its wall time and peak RSS (and RSS in units of the model's size)."""
+    t = time.perf_counter()
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t
+    err = proc.stderr.read()
+    if status != 0:
+        sys.exit(f"{label} failed:\n{err[-2000:]}")
+    rss = usage.ru_maxrss / 2**20
+    print(f"{label:<44} {wall:6.1f} s   peak RSS {rss:5.2f} GiB ({rss / model_gib:.2f} x model)")
+    return rss
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--family", default="sd1", choices=["sd1", "sd2", "sdxl"])
+    parser.add_argument("--out", default=str(ROOT / "bench" / "out"))
+    parser.add_argument("--threads", type=int, default=2, help="torch/OpenMP threads per process [2]")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    src = out / f"real-{args.family}-fp16.safetensors"
+    if not src.exists():
+        sys.path.insert(0, str(ROOT))
+        import torch
+
+        from library.models.factory import write_random_checkpoint
+
+        t = time.perf_counter()
+        write_random_checkpoint(src, args.family, "real", 0, torch.float16)
+        print(f"wrote {src} in {time.perf_counter() - t:.0f} s")
+    model_gib = src.stat().st_size / 2**30
+    print(f"input: {src.name}, {model_gib:.2f} GiB (fp16), {args.threads} threads")
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1"}
+    folder, single, single32 = out / "conv-diffusers", out / "conv-back.safetensors", out / "conv-fp32.safetensors"
+    for p in (folder, single, single32):
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    py = sys.executable
+    measure("baseline (imports only)", [py, "-c", IMPORTS], model_gib, env)
+    measure("single file -> Diffusers folder (fp16 kept)", [py, str(SCRIPT), str(src), str(folder)], model_gib, env)
+    measure("Diffusers folder -> single file (fp16 kept)", [py, str(SCRIPT), str(folder), str(single)], model_gib, env)
+    measure("single file -> single file --float", [py, str(SCRIPT), str(src), str(single32), "--float"], model_gib, env)
+    print(f"fp32 output: {single32.stat().st_size / 2**30:.2f} GiB")
+    for p in (folder, single, single32):
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    main()
