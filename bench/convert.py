@@ -3,8 +3,9 @@
     python bench/convert.py [--family sd1|sd2|sdxl] [--out bench/out] [--threads 2]
 
 The input (SD1.5 shapes by default, fp16, seeded random weights) is written once into bench/out (gitignored).
-Each conversion runs as the script a user runs, in its own process; its peak RSS comes from wait4, and the
-baseline line is a process that only imports the same libraries, so the difference is what the conversion holds.
+Each conversion runs as the script a user runs, in its own process; its peak RSS comes from wait4 (this process
+never imports torch, so nothing of its own is counted), and the baseline line is a process that only imports the
+same libraries, so the difference is what the conversion holds.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "tools" / "convert_diffusers20_original_sd.py"
-IMPORTS = "import sys; sys.path.insert(0, %r); import torch, diffusers, transformers, library.models" % str(ROOT)
+IMPORTS = f"import sys; sys.path.insert(0, {str(ROOT)!r}); import torch, diffusers, transformers, library.models"
 
 
 def measure(label: str, argv: list[str], model_gib: float, env: dict[str, str]) -> float:
@@ -45,14 +46,11 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     src = out / f"real-{args.family}-fp16.safetensors"
-    if not src.exists():
-        sys.path.insert(0, str(ROOT))
-        import torch
-
-        from library.models.factory import write_random_checkpoint
-
+    if not src.exists():  # in a child: this process stays small, so its children's peak RSS is their own
+        code = (f"{IMPORTS}; from library.models.factory import write_random_checkpoint; "
+                f"write_random_checkpoint({str(src)!r}, {args.family!r}, 'real', 0, torch.float16)")
         t = time.perf_counter()
-        write_random_checkpoint(src, args.family, "real", 0, torch.float16)
+        subprocess.run([sys.executable, "-c", code], check=True, stderr=subprocess.DEVNULL)
         print(f"wrote {src} in {time.perf_counter() - t:.0f} s")
     model_gib = src.stat().st_size / 2**30
     print(f"input: {src.name}, {model_gib:.2f} GiB (fp16), {args.threads} threads")

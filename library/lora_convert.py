@@ -140,6 +140,29 @@ def _alpha_from_config(config: dict, component: str | None, path: str | None, ra
     return alpha * math.sqrt(rank) if config.get("use_rslora") else alpha
 
 
+def _group(sd: Mapping[str, torch.Tensor]) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, list[str]], list[str]]:
+    """(factors by module key and role, extra tensors of a module such as DoRA magnitudes or Tucker cores,
+    tensors belonging to no module)."""
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    other = []
+    for key, value in sd.items():
+        split = lf.split_key(key)
+        if split is None:
+            other.append(key)
+        else:
+            parts.setdefault(split[0], {})[split[1]] = value
+    extras: dict[str, list[str]] = {}
+    loose = []
+    by_length = sorted(parts, key=len, reverse=True)
+    for key in other:
+        owner = next((p for p in by_length if key.startswith(p + ".")), None)
+        if owner is None:
+            loose.append(key)
+        else:
+            extras.setdefault(owner, []).append(key[len(owner) + 1:])
+    return parts, extras, loose
+
+
 def read_lora(path: str | os.PathLike) -> LoRAFile:
     """Read a kohya, Diffusers or PEFT LoRA (file, or PEFT adapter folder); the format comes from the keys."""
     path = Path(path)
@@ -149,24 +172,17 @@ def read_lora(path: str | os.PathLike) -> LoRAFile:
     fmt = detect_format(list(sd))
     if fmt is None:
         raise ToolkitError(f"{path}: not a LoRA file (no lora_down/lora_up, lora.down/up or lora_A/lora_B tensors)")
-    parts: dict[str, dict[str, torch.Tensor]] = {}
-    ignored = []
-    for key, value in sd.items():
-        split = lf.split_key(key)
-        if split is None:
-            ignored.append(key)
-        else:
-            parts.setdefault(split[0], {})[split[1]] = value
+    parts, extras, ignored = _group(sd)
     sdxl = _is_sdxl(fmt, list(parts), metadata)
     configs = _peft_configs(metadata, adapter_config, path)
-    magnitudes = {k: re.sub(r"\.(lora_magnitude_vector|dora_scale)(\..*)?$", "", k) for k in ignored}
-    dora = {m for k, m in magnitudes.items() if m != k and m in parts}
-    ignored = [k for k in ignored if magnitudes[k] not in dora]
     entries = []
     for module_key, roles in parts.items():
         if "down" not in roles or "up" not in roles:
             if set(roles) != {"alpha"}:
                 raise ToolkitError(f"{path}: module {module_key} has a down factor without its up factor or the reverse")
+            continue
+        if module_key in extras:  # DoRA magnitudes, Tucker cores, biases: more than a LoRA can hold
+            ignored.append(f"{module_key} (has {', '.join(extras[module_key])}: not a plain LoRA)")
             continue
         down, up = roles["down"], roles["up"]
         if up.shape[1] != down.shape[0]:
@@ -177,15 +193,11 @@ def read_lora(path: str | os.PathLike) -> LoRAFile:
         if "alpha" in roles:
             alpha = float(roles["alpha"])
         elif fmt != "kohya" and configs:
-            config = configs.get(component) or configs.get(None) or {}
-            alpha = _alpha_from_config(config, component, mpath, rank)
+            alpha = _alpha_from_config(configs.get(component) or configs.get(None) or {}, component, mpath, rank)
         else:
             alpha = float(rank)
-        entry = Entry(LoRAFactors(down, up, alpha if alpha != 0 else float(rank)), component, mpath, module_key)
-        if module_key in dora:
-            ignored.append(f"{module_key} (DoRA: its magnitude vector has no place in a LoRA)")
-            continue
-        entries.extend(_split_fused(entry))
+        factors = LoRAFactors(down, up, alpha if alpha != 0 else float(rank))
+        entries.extend(_split_fused(Entry(factors, component, mpath, module_key)))
     if fmt != "kohya" and not configs and not any("alpha" in r for r in parts.values()):
         log.warning("%s: no alpha stored (no %s or adapter_config.json): alpha = rank (scale 1), as diffusers "
                     "assumes", path, ADAPTER_META)

@@ -246,7 +246,7 @@ def test_inexpressible_modules_in_one_warning(tmp_path, capsys):  # noqa: ANN001
     warnings = [line for line in capsys.readouterr().err.splitlines() if "left out" in line]
     assert len(warnings) == 1 and warnings[0].startswith("WARNING")
     assert "2 module(s)" in warnings[0] and "unet.my_adapter.extra" in warnings[0]
-    assert "unet.mid_block.attentions.0.proj_out (DoRA" in warnings[0]
+    assert "unet.mid_block.attentions.0.proj_out (has lora_magnitude_vector" in warnings[0]  # DoRA
     modules, _ = read_kohya(out)
     assert set(modules) == {"lora_unet_mid_block_attentions_0_proj_in"}
     assert modules["lora_unet_mid_block_attentions_0_proj_in"].alpha == 2.0  # no alpha stored: alpha = rank

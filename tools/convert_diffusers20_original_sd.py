@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         reference = None
     v_param = src.is_file() and read_metadata(src).get("modelspec.prediction_type") == "v"
     log.info("loading %s: %s", "Diffusers folder" if src.is_dir() else "checkpoint", src)
-    bundle = load_models(src, family, v_param, dtype=dtype, variant=args.variant)
+    bundle = load_models(src, family, v_param, dtype=dtype, variant=args.variant, progress=True)
     if to_file and bundle.v_parameterization and dst.suffix.lower() == ".safetensors":
         metadata = {"modelspec.prediction_type": "v", **(metadata or {})}
     log.info("%s model; saving as %s: %s", bundle.family, "checkpoint" if to_file else "Diffusers folder", dst)

@@ -20,10 +20,12 @@ def family_from_flags(v2: bool = False, sdxl: bool = False) -> str | None:
 
 
 def load_models(path: str | Path, family: str | None = None, v_parameterization: bool = False,
-                dtype: torch.dtype | None = torch.float32, variant: str | None = None) -> ModelBundle:
+                dtype: torch.dtype | None = torch.float32, variant: str | None = None,
+                progress: bool = False) -> ModelBundle:
     """Load a single-file checkpoint or a Diffusers folder; the family is detected unless given.
 
-    `dtype=None` keeps the stored dtypes; `variant` (Diffusers folders) picks `*.<variant>.safetensors` weights.
+    `dtype=None` keeps the stored dtypes; `variant` (Diffusers folders) picks `*.<variant>.safetensors` weights;
+    `progress` shows a bar while a single file is read (Diffusers' loaders show their own).
     """
     path = Path(path)
     if path.is_dir():
@@ -31,7 +33,7 @@ def load_models(path: str | Path, family: str | None = None, v_parameterization:
     if not path.exists():
         raise ToolkitError(f"{path}: model not found (give a .safetensors/.ckpt file or a Diffusers folder; "
                            "nothing is downloaded)")
-    return load_single_file(path, family, v_parameterization, dtype)
+    return load_single_file(path, family, v_parameterization, dtype, progress)
 
 
 SINGLE_FILE_EXTS = (".safetensors", ".ckpt", ".pt", ".pth")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -105,6 +106,9 @@ def save_diffusers_dir(bundle: ModelBundle, path: str | Path, dtype: torch.dtype
         raise ToolkitError(f"{path}: output folder exists and is not empty")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the model folder gets the usual permissions
     try:
         parts = {"unet": bundle.unet, "vae": bundle.vae, "text_encoder": bundle.text_encoders[0]}
         if len(bundle.text_encoders) > 1:
