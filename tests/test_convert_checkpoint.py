@@ -11,17 +11,18 @@ from library.models.factory import random_bundle
 from tools import convert_diffusers20_original_sd as convert
 
 
-def save_with_diffusers(bundle, folder, **kwargs):  # noqa: ANN001, ANN201
+def save_with_diffusers(bundle, folder, v_prediction=False, **kwargs):  # noqa: ANN001, ANN201
     """The input folder as diffusers itself writes it (`pipeline.save_pretrained`)."""
     from diffusers import DDPMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
+    scheduler = DDPMScheduler(prediction_type="v_prediction" if v_prediction else "epsilon")
     if bundle.is_sdxl:
         pipe = StableDiffusionXLPipeline(vae=bundle.vae, text_encoder=bundle.text_encoders[0],
                                          text_encoder_2=bundle.text_encoders[1], tokenizer=bundle.tokenizers[0],
-                                         tokenizer_2=bundle.tokenizers[1], unet=bundle.unet, scheduler=DDPMScheduler())
+                                         tokenizer_2=bundle.tokenizers[1], unet=bundle.unet, scheduler=scheduler)
     else:
         pipe = StableDiffusionPipeline(vae=bundle.vae, text_encoder=bundle.text_encoders[0],
-                                       tokenizer=bundle.tokenizers[0], unet=bundle.unet, scheduler=DDPMScheduler(),
+                                       tokenizer=bundle.tokenizers[0], unet=bundle.unet, scheduler=scheduler,
                                        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(folder, **kwargs)
     return folder
@@ -45,13 +46,15 @@ def assert_identical(a, b):  # noqa: ANN001
 def test_diffusers_to_single_file_and_back_is_identical(family, tmp_path):  # noqa: ANN001
     from diffusers import DiffusionPipeline
 
-    src = save_with_diffusers(random_bundle(family, seed=7), tmp_path / "src")
+    v_prediction = family == "sd2"  # an SD2 768-v model: its scheduler's prediction type survives the round trip
+    src = save_with_diffusers(random_bundle(family, seed=7), tmp_path / "src", v_prediction)
     single, back = tmp_path / "model.safetensors", tmp_path / "back"
     convert.main([str(src), str(single)])
     convert.main([str(single), str(back)])
     assert_identical(folder_tensors(src), folder_tensors(back))
     pipe = DiffusionPipeline.from_pretrained(back, local_files_only=True)  # diffusers' own loader opens the result
     assert type(pipe).__name__ == ("StableDiffusionXLPipeline" if family == "sdxl" else "StableDiffusionPipeline")
+    assert pipe.scheduler.config.prediction_type == ("v_prediction" if v_prediction else "epsilon")
 
 
 @pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
@@ -74,6 +77,9 @@ def test_variant_precision_ckpt_and_metadata(tmp_path):  # noqa: ANN001
     for model in (bundle.unet, bundle.vae, bundle.text_encoders[0]):
         model.to(torch.float16)
     src = save_with_diffusers(bundle, tmp_path / "src", variant="fp16")
+    kept = tmp_path / "kept.safetensors"
+    convert.main([str(src), str(kept), "--variant", "fp16"])  # no precision option: the stored dtype is kept
+    assert {v.dtype for v in load_state_dict(kept)[0].values() if v.is_floating_point()} == {torch.float16}
     ckpt = tmp_path / "m.ckpt"
     convert.main([str(src), str(ckpt), "--variant", "fp16", "--float", "--epoch", "3", "--global_step", "70"])
     saved = torch.load(ckpt, weights_only=True)

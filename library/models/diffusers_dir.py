@@ -25,18 +25,16 @@ def is_diffusers_dir(path: str | Path) -> bool:
 
 def stored_dtype(folder: Path, variant: str | None = None) -> torch.dtype | None:
     """dtype of the first floating tensor of a component's safetensors weights (None when unknown)."""
-    stem = "diffusion_pytorch_model" if (folder / "config.json").is_file() and not (folder / "model.safetensors").exists() \
-        else "model"
-    names = [f"{stem}.{variant}.safetensors" if variant else f"{stem}.safetensors"]
-    index = folder / (names[0] + ".index.json")
-    if index.is_file():
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    for name in names:
-        if (folder / name).is_file():
-            tensors = LazySafetensors(folder / name)
-            for key in tensors:
-                if tensors.dtype(key).is_floating_point:
-                    return tensors.dtype(key)
+    suffix = f".{variant}.safetensors" if variant else ".safetensors"
+    for stem in ("diffusion_pytorch_model", "model"):
+        names = [stem + suffix]
+        index = folder / (stem + suffix + ".index.json")
+        if index.is_file():
+            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        for name in names:
+            if (folder / name).is_file():
+                tensors = LazySafetensors(folder / name)
+                return next((tensors.dtype(k) for k in tensors if tensors.dtype(k).is_floating_point), None)
     return None
 
 
