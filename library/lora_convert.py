@@ -262,6 +262,45 @@ def adapter_metadata(entries: list[tuple[str, str, LoRAFactors]]) -> dict[str, o
     return out
 
 
+def _is_sd2(lora: LoRAFile) -> bool:
+    """An SD2 LoRA: said by the metadata, or 1024-wide text-encoder or cross-attention inputs (OpenCLIP ViT-H)."""
+    family = family_from_metadata(lora.metadata)
+    if family or lora.sdxl:
+        return family == "sd2"
+    return any(e.path and e.factors.down.shape[1] == 1024 and
+               (e.component == lf.TE or e.path.endswith(("attn2.to_k", "attn2.to_v"))) for e in lora.entries)
+
+
+def _diffusers_factors(entry: Entry, sd2: bool) -> LoRAFactors:
+    """SD2's proj_in/proj_out are Linear in every Diffusers SD2 model; sd-scripts trains them as 1x1 convs
+    (4-D factors) from single files, which diffusers cannot load onto a Linear: write those factors 2-D."""
+    f = entry.factors
+    if sd2 and f.is_conv and f.kernel_size == (1, 1) and entry.path.endswith((".proj_in", ".proj_out")):
+        return LoRAFactors(f.down2d(), f.up2d(), f.alpha)
+    return f
+
+
+def _plan(lora: LoRAFile, to: str, src: str | os.PathLike) -> dict[str, Entry]:
+    """Target name -> module; what the target cannot name is listed in one warning."""
+    written: dict[str, Entry] = {}
+    lost = []
+    for entry in lora.entries:
+        name = _target_name(entry, to, lora.sdxl)
+        if name is None:
+            lost.append(entry.source)
+        elif name in written:
+            raise ToolkitError(f"{src}: modules {written[name].source} and {entry.source} both become {name}")
+        else:
+            written[name] = entry
+    if lost or lora.ignored:
+        items = lost + lora.ignored
+        log.warning("%s: %d module(s)/tensor(s) cannot be written as %s and are left out: %s", Path(src).name,
+                    len(items), to, ", ".join(items))
+    if not written:
+        raise ToolkitError(f"{src}: none of its modules can be written as a {to} LoRA")
+    return written
+
+
 def convert_lora(src: str | os.PathLike, dst: str | os.PathLike, to: str,
                  dtype: torch.dtype | None = None) -> tuple[LoRAFile, int]:
     """Convert `src` (any format) to `dst` in format `to`; returns the input and the number of modules written."""
@@ -271,34 +310,22 @@ def convert_lora(src: str | os.PathLike, dst: str | os.PathLike, to: str,
     if to != "kohya" and dst.suffix.lower() != ".safetensors":
         raise ToolkitError(f"{dst}: a {to} LoRA keeps its alphas in the safetensors header: use a .safetensors name")
     lora = read_lora(src)
-    written: dict[str, tuple[Entry, str]] = {}
-    lost = []
-    for entry in lora.entries:
-        name = _target_name(entry, to, lora.sdxl)
-        if name is None:
-            lost.append(entry.source)
-        elif name in written:
-            raise ToolkitError(f"{src}: modules {written[name][0].source} and {entry.source} both become {name}")
-        else:
-            written[name] = (entry, name)
-    if lost or lora.ignored:
-        items = lost + lora.ignored
-        log.warning("%s: %d module(s)/tensor(s) cannot be written as %s and are left out: %s", Path(src).name,
-                    len(items), to, ", ".join(items))
-    if not written:
-        raise ToolkitError(f"{src}: none of its modules can be written as a {to} LoRA")
+    written = _plan(lora, to, src)
     if to == "kohya":
-        modules = {name: e.factors for name, (e, _) in written.items()}
+        modules = {name: e.factors for name, e in written.items()}
         save_lora(dst, modules_to_state_dict(modules), kohya_metadata(lora, modules), dtype)
         return lora, len(modules)
-    sd = {}
-    for entry, _ in written.values():
+    sd2 = _is_sd2(lora)
+    sd, mods = {}, []
+    for entry in written.values():
+        factors = _diffusers_factors(entry, sd2)
         down_key, up_key = lf.file_keys(to, entry.component, entry.path)
-        sd[down_key], sd[up_key] = entry.factors.down, entry.factors.up
+        sd[down_key], sd[up_key] = factors.down, factors.up
+        mods.append((entry.component, entry.path, factors))
     if dtype is not None:
         sd = {k: v.to(dtype) for k, v in sd.items()}
     meta = {k: v for k, v in lora.metadata.items() if k != ADAPTER_META and not k.startswith("sshs_")}
-    packed = adapter_metadata([(e.component, e.path, e.factors) for e, _ in written.values()])
+    packed = adapter_metadata(mods)
     meta.update({"format": "pt", ADAPTER_META: json.dumps(packed, indent=2, sort_keys=True)})
     save_state_dict(sd, dst, meta)
     return lora, len(written)

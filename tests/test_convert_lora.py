@@ -285,3 +285,20 @@ def test_errors_are_one_line_and_inputs_untouched(tmp_path, capsys):  # noqa: AN
     assert run_main(convert_lora.main, [str(not_lora), str(tmp_path / "z.safetensors"), "--to", "kohya"]) == 2
     assert "not a LoRA" in capsys.readouterr().err
     assert src.read_bytes() == before and not (tmp_path / "x.ckpt").exists()
+
+
+def test_sd2_conv_projections_become_linear_for_diffusers(tmp_path):  # noqa: ANN001
+    """sd-scripts trains SD2's proj_in/proj_out as 1x1 convs (4-D factors); Diffusers SD2 models have Linear
+    projections, so the Diffusers/PEFT output writes them 2-D and diffusers loads every module."""
+    modules, meta = read_kohya(make_locon(tmp_path / "linear.safetensors", "sd2"))
+    proj = [n for n in modules if n.endswith(("_proj_in", "_proj_out"))]
+    for n in proj:
+        m = modules[n]
+        modules[n] = LoRAFactors(m.down[:, :, None, None], m.up[:, :, None, None], m.alpha)
+    src = tmp_path / "conv.safetensors"
+    save_lora(src, modules_to_state_dict(modules), meta)
+    out = tmp_path / "d.safetensors"
+    convert_lora.main([str(src), str(out), "--to", "diffusers"])
+    sd, _ = load_state_dict(out)
+    assert all(sd[k].ndim == 2 for k in sd if ".proj_in." in k or ".proj_out." in k) and len(proj) == 32
+    assert_loads_in_diffusers([out], read_kohya(src)[0], "sd2")
