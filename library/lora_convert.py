@@ -50,7 +50,7 @@ class LoRAFile:
     metadata: dict[str, str]
     fmt: str
     sdxl: bool
-    ignored: list[str]  # tensors that are not LoRA factors (DoRA magnitudes, biases, ...)
+    ignored: list[str]  # left out: stray tensors, modules holding more than a LoRA (DoRA, Tucker cores, biases)
 
 
 def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str], dict | None]:
