@@ -42,6 +42,20 @@ def make_locon(path, family, seed=0, vary_alpha=True):  # noqa: ANN001, ANN201
     return path
 
 
+@pytest.fixture(scope="module")
+def locons(tmp_path_factory):  # noqa: ANN001, ANN201
+    """make_locon per (family, vary_alpha), built once for the module; tests only read these files."""
+    folder, made = tmp_path_factory.mktemp("locon"), {}
+
+    def get(family, vary_alpha=True):  # noqa: ANN001, ANN202
+        key = (family, vary_alpha)
+        if key not in made:
+            made[key] = make_locon(folder / f"{family}-{vary_alpha}.safetensors", family, vary_alpha=vary_alpha)
+        return made[key]
+
+    return get
+
+
 def read_kohya(path):  # noqa: ANN001, ANN201
     sd, meta = load_state_dict(path)
     return split_modules(sd), meta
@@ -57,8 +71,8 @@ def assert_same_modules(a, b):  # noqa: ANN001
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("via", ["diffusers", "peft"])
-def test_kohya_round_trip_is_identical(family, via, tmp_path):  # noqa: ANN001
-    src = make_locon(tmp_path / "k.safetensors", family)
+def test_kohya_round_trip_is_identical(family, via, tmp_path, locons):  # noqa: ANN001
+    src = locons(family)
     mid, back = tmp_path / f"{via}.safetensors", tmp_path / "back.safetensors"
     convert_lora.main([str(src), str(mid), "--to", via])
     convert_lora.main([str(mid), str(back), "--to", "kohya"])
@@ -109,17 +123,17 @@ def assert_loads_in_diffusers(files, want, family):  # noqa: ANN001
 
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
-def test_results_load_in_diffusers_with_every_module(family, tmp_path):  # noqa: ANN001
+def test_results_load_in_diffusers_with_every_module(family, tmp_path, locons):  # noqa: ANN001
     """Diffusers and PEFT files (per-module ranks and alphas) load completely in diffusers' `load_lora_weights`
     with the right ΔW; so does the kohya file made back from the PEFT file."""
-    src = make_locon(tmp_path / "k.safetensors", family)
+    src = locons(family)
     peft_file, diff_file = tmp_path / "p.safetensors", tmp_path / "d.safetensors"
     convert_lora.main([str(src), str(peft_file), "--to", "peft"])
     convert_lora.main([str(src), str(diff_file), "--to", "diffusers"])
     assert_loads_in_diffusers([diff_file, peft_file], read_kohya(src)[0], family)
     # diffusers' own kohya reader mis-scales attention modules whose alpha differs from the file's most common
     # one (docs/conversion.md), so the kohya check uses per-module ranks with one alpha per module kind
-    src = make_locon(tmp_path / "k1.safetensors", family, vary_alpha=False)
+    src = locons(family, vary_alpha=False)
     convert_lora.main([str(src), str(peft_file), "--to", "peft"])
     kohya = tmp_path / "k2.safetensors"
     convert_lora.main([str(peft_file), str(kohya), "--to", "kohya"])
@@ -252,10 +266,10 @@ def test_inexpressible_modules_in_one_warning(tmp_path, capsys):  # noqa: ANN001
     assert modules["lora_unet_mid_block_attentions_0_proj_in"].alpha == 2.0  # no alpha stored: alpha = rank
 
 
-def test_adapter_metadata_is_a_valid_lora_config(tmp_path):  # noqa: ANN001
+def test_adapter_metadata_is_a_valid_lora_config(tmp_path, locons):  # noqa: ANN001
     from peft import LoraConfig
 
-    src = make_locon(tmp_path / "k.safetensors", "sdxl")
+    src = locons("sdxl")
     out = tmp_path / "d.safetensors"
     convert_lora.main([str(src), str(out), "--to", "diffusers"])
     packed = json.loads(read_metadata(out)["lora_adapter_metadata"])
@@ -268,7 +282,7 @@ def test_adapter_metadata_is_a_valid_lora_config(tmp_path):  # noqa: ANN001
 
 
 def test_errors_are_one_line_and_inputs_untouched(tmp_path, capsys):  # noqa: ANN001
-    src = make_locon(tmp_path / "k.safetensors", "sd1")
+    src = make_locon(tmp_path / "k.safetensors", "sd1")  # its own copy: the test asserts the bytes stay
     before = src.read_bytes()
     cases = [
         ([str(src), str(src), "--to", "diffusers"], "is the input"),
@@ -287,10 +301,10 @@ def test_errors_are_one_line_and_inputs_untouched(tmp_path, capsys):  # noqa: AN
     assert src.read_bytes() == before and not (tmp_path / "x.ckpt").exists()
 
 
-def test_sd2_conv_projections_become_linear_for_diffusers(tmp_path):  # noqa: ANN001
+def test_sd2_conv_projections_become_linear_for_diffusers(tmp_path, locons):  # noqa: ANN001
     """sd-scripts trains SD2's proj_in/proj_out as 1x1 convs (4-D factors); Diffusers SD2 models have Linear
     projections, so the Diffusers/PEFT output writes them 2-D and diffusers loads every module."""
-    modules, meta = read_kohya(make_locon(tmp_path / "linear.safetensors", "sd2"))
+    modules, meta = read_kohya(locons("sd2"))
     proj = [n for n in modules if n.endswith(("_proj_in", "_proj_out"))]
     for n in proj:
         m = modules[n]
