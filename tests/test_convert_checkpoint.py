@@ -118,3 +118,16 @@ def test_refusals_are_one_line_and_leave_inputs_alone(tiny_checkpoints, tmp_path
         assert err.startswith("error: ") and words in err and len(err.splitlines()) == 1, err
     assert ckpt.read_bytes() == before and not (tmp_path / "o.safetensors").exists()
     assert (tmp_path / "full" / "x.txt").read_text() == "keep"
+
+
+def test_reference_model_supplies_scheduler(tiny_checkpoints, tmp_path, capsys):  # noqa: ANN001
+    import json
+
+    ref = save_with_diffusers(random_bundle("sd1"), tmp_path / "ref")  # its scheduler: DDPMScheduler() defaults
+    out, plain = tmp_path / "out", tmp_path / "plain"
+    convert.main([str(tiny_checkpoints["sd1"]), str(out), "--reference_model", str(ref)])
+    convert.main([str(tiny_checkpoints["sd1"]), str(plain), "--reference_model", "runwayml/stable-diffusion-v1-5"])
+    config = json.loads((out / "scheduler" / "scheduler_config.json").read_text())
+    default = json.loads((plain / "scheduler" / "scheduler_config.json").read_text())
+    assert config["beta_schedule"] == "linear" and default["beta_schedule"] == "scaled_linear"
+    assert "nothing is downloaded" in capsys.readouterr().err

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -13,7 +11,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
 from library.errors import ToolkitError
-from library.files import LazySafetensors
+from library.files import LazySafetensors, atomic_dir
 from library.models.bundle import ModelBundle
 from library.models.streaming import write_tensors
 
@@ -99,15 +97,7 @@ def save_diffusers_dir(bundle: ModelBundle, path: str | Path, dtype: torch.dtype
     """
     from tqdm import tqdm
 
-    path = Path(path)
-    if path.exists() and any(path.iterdir()):
-        raise ToolkitError(f"{path}: output folder exists and is not empty")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the model folder gets the usual permissions
-    try:
+    with atomic_dir(path) as tmp:
         parts = {"unet": bundle.unet, "vae": bundle.vae, "text_encoder": bundle.text_encoders[0]}
         if len(bundle.text_encoders) > 1:
             parts["text_encoder_2"] = bundle.text_encoders[1]
@@ -136,12 +126,6 @@ def save_diffusers_dir(bundle: ModelBundle, path: str | Path, dtype: torch.dtype
             if "scheduler" in ref:
                 index["scheduler"] = ref["scheduler"]
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
-        if path.exists():
-            path.rmdir()
-        tmp.rename(path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _copy_reference(reference: Path, tmp: Path) -> None:
