@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from library.cli import add_verbosity, run_main, setup_logging, str_to_dtype  # noqa: E402
 from library.errors import ToolkitError  # noqa: E402
 from library.extract import extract_lora, extract_metadata  # noqa: E402
+from library.files import check_output_file  # noqa: E402
 from library.lora_io import modules_to_state_dict, save_lora  # noqa: E402
 
 log = logging.getLogger("extract_lora_from_models")
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         raise ToolkitError("--v2 and --sdxl cannot be given together")
     family = "sdxl" if args.sdxl else ("sd2" if args.v2 else None)
     save_dtype = str_to_dtype(args.save_precision, None)
+    check_output_file(args.save_to, "--save_to", [("--model_org", args.model_org), ("--model_tuned", args.model_tuned)])
     modules, family = extract_lora(args.model_org, args.model_tuned, args.dim, args.conv_dim, family, args.device,
                                    str_to_dtype(args.load_precision), args.clamp_quantile, args.min_diff)
     v_param = args.v_parameterization if args.v_parameterization is not None else family == "sd2"

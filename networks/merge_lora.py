@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from library.cli import add_verbosity, run_main, setup_logging, str_to_dtype  # noqa: E402
+from library.files import check_output_file  # noqa: E402
 from library.lora_io import modules_to_state_dict, save_lora  # noqa: E402
 from library.lora_merge import merge_loras, merged_lora_metadata  # noqa: E402
 from library.lora_sources import open_sources  # noqa: E402
@@ -62,6 +63,7 @@ def run(args: argparse.Namespace, sdxl: bool) -> None:
     setup_logging(args.verbosity)
     dtype = str_to_dtype(args.precision)
     save_dtype = str_to_dtype(args.save_precision, dtype)
+    check_output_file(args.save_to, "--save_to", [("--sd_model", args.sd_model), *(("--models", m) for m in args.models)])
     sources = open_sources(args.models, args.ratios, args.lbws)
     if args.sd_model:
         if args.concat or args.shuffle:

@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from library.cli import run_main, setup_logging, str_to_dtype  # noqa: E402
+from library.files import check_output_file  # noqa: E402
 from library.resize import aware, kohya  # noqa: E402
 from library.resize.recipe import DEFAULT_RECIPES, parse_recipes  # noqa: E402
 from library.resize.report import Spectrum, draw_report  # noqa: E402
@@ -96,6 +97,9 @@ def run_kohya(argv: list[str]) -> None:
     setup_logging(args.verbosity)
     settings = kohya.KohyaSettings(args.new_rank, args.new_conv_rank, args.dynamic_method, args.dynamic_param,
                                    args.device)
+    check_output_file(args.save_to, "--save_to", [("--model", args.model)])
+    if args.report:
+        check_output_file(args.report, "--report", [("--model", args.model), ("--save_to", args.save_to)])
     result = kohya.resize_file(args.model, args.save_to, settings, str_to_dtype(args.save_precision))
     if args.verbose:
         for line in kohya.verbose_summary(result.reports, bool(args.dynamic_method)):

@@ -18,6 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from library.cli import add_verbosity, run_main, setup_logging, str_to_dtype  # noqa: E402
+from library.files import check_output_file  # noqa: E402
 from library.lora_io import modules_to_state_dict, save_lora  # noqa: E402
 from library.lora_merge import merged_lora_metadata, svd_merge  # noqa: E402
 from library.lora_sources import open_sources  # noqa: E402
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging(args.verbosity)
     dtype = str_to_dtype(args.precision)
     save_dtype = str_to_dtype(args.save_precision, dtype)
+    check_output_file(args.save_to, "--save_to", [("--models", m) for m in args.models])
     sources = open_sources(args.models, args.ratios, args.lbws)
     modules = svd_merge(sources, args.new_rank, args.new_conv_rank, args.device, dtype, args.clamp_quantile)
     conv_rank = args.new_conv_rank or args.new_rank

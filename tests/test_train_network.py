@@ -368,7 +368,7 @@ def test_ctrl_c_keeps_a_resumable_state(env, tmp_path):
     last = states[-1]
     step = json.loads((last / "train_state.json").read_text())["current_step"]
     assert step >= 2 and "--resume" in log
-    assert not list(out.glob(".*partial*")) and not list(out.glob(".*.tmp"))  # no half-written files
+    assert not list(out.glob(".*partial*")) and not list(out.glob(".*.tmp*"))  # no half-written files
     resumed = train_network.main(base_args(env, tmp_path / "r", step + 1, "--cache_latents", "--resume", str(last)))
     assert metadata(resumed)["ss_steps"] == str(step + 1)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from library.cli import add_verbosity, run_main, setup_logging  # noqa: E402
+from library.files import check_output_dir  # noqa: E402
 from library.models.factory import write_random_checkpoint  # noqa: E402
 from library.sample_data import make_sample_dataset  # noqa: E402
 
@@ -25,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     add_verbosity(parser)
     args = parser.parse_args(argv)
     setup_logging(args.verbosity)
-    out = Path(args.out_dir)
+    out = check_output_dir(Path(args.out_dir), "out_dir")
     ckpt = out / CHECKPOINT_NAME
     if not ckpt.exists():
         write_random_checkpoint(ckpt, "sd1", "tiny", args.seed)
