@@ -233,25 +233,28 @@ def _same_path(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
 
 
-def check_output_dir(folder: str | os.PathLike, option: str) -> Path:
+def check_output_dir(folder: str | os.PathLike, option: str, shown: str | os.PathLike | None = None) -> Path:
     """Refuse, before any heavy work, an output folder that cannot be used: a file, a path below a file, or a
-    folder (or the nearest existing parent of one still to be created) where no file can be written."""
+    folder (or the nearest existing parent of one still to be created) where no file can be written.
+    `shown` is the path the message names (the output file, when its folder is checked)."""
     folder = Path(folder) if str(folder) else Path(".")
+    shown = folder if shown is None else shown
     if folder.exists() and not folder.is_dir():
-        raise ToolkitError(f"{option} {folder}: is a file, not a folder")
+        raise ToolkitError(f"{option} {shown}: {folder} is a file, not a folder" if shown != folder else
+                           f"{option} {folder}: is a file, not a folder")
     existing = folder
     while not existing.exists():
         if existing.parent == existing:
             break
         existing = existing.parent
     if not existing.is_dir():
-        raise ToolkitError(f"{option} {folder}: {existing} is a file, so no folder can be made below it")
+        raise ToolkitError(f"{option} {shown}: {existing} is a file, so no folder can be made below it")
     try:  # a real write: permission bits alone say nothing for root, read-only mounts or full quotas
         with tempfile.TemporaryFile(dir=existing, prefix=".write-test."):
             pass
     except OSError as e:
-        where = "folder" if existing == folder else f"folder {existing}, where it would be created,"
-        raise ToolkitError(f"{option} {folder}: {where} is not writable ({e.strerror or e})") from None
+        where = "folder" if existing == shown else f"folder {existing}, where it would be created,"
+        raise ToolkitError(f"{option} {shown}: {where} is not writable ({e.strerror or e})") from None
     return folder
 
 
@@ -267,7 +270,7 @@ def check_output_file(path: str | os.PathLike, option: str,
         if source and _same_path(path, Path(source)):
             raise ToolkitError(f"{option} {path}: is also the input {input_option}; write to another file "
                                "(the input would be replaced)")
-    check_output_dir(path.parent, option)
+    check_output_dir(path.parent, option, shown=path)
     return path
 
 

@@ -18,6 +18,7 @@ from library.data.dataset import TrainDataset
 from library.data.latents import cache_latents, load_cached
 from library.errors import ToolkitError
 from library.models import ModelBundle, family_from_flags, load_models, load_vae_file
+from library.train import guards
 from library.train.distributed import Distributed
 
 log = logging.getLogger(__name__)
@@ -159,8 +160,7 @@ def build_network(args: Namespace, bundle: ModelBundle):  # noqa: ANN201
     train_te = not args.network_train_unet_only
     network.apply_to(te, bundle.unet, train_te, train_unet)
     if args.network_weights:
-        info = network.load_weights(args.network_weights)
-        log.info("loaded network weights from %s: %s", args.network_weights, info)
+        guards.load_network_weights(network, args.network_weights)
     return network, train_unet, train_te
 
 
