@@ -50,9 +50,11 @@ def run_main(main: Callable[[Sequence[str] | None], object], argv: Sequence[str]
     try:
         main(argv)
     except ToolkitError as e:
+        _close_progress_bars()
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _close_progress_bars()
         print("interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `script | head` closed the pipe: the reader has what it wanted
@@ -63,6 +65,14 @@ def run_main(main: Callable[[Sequence[str] | None], object], argv: Sequence[str]
     except BrokenPipeError:
         _silence_stdout()
     return 0
+
+
+def _close_progress_bars() -> None:
+    """End the line of a progress bar left open by the failure, so the message starts a line of its own."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
 
 
 def _silence_stdout() -> None:
