@@ -138,6 +138,11 @@ class LazySafetensors(Mapping):
     def __iter__(self) -> Iterator[str]:
         return iter(self._info)
 
+    def close(self) -> None:
+        """Close the file now (otherwise it closes when the mapping is garbage-collected)."""
+        if self._file is None:
+            self._raw.close()
+
     def __len__(self) -> int:
         return len(self._info)
 
@@ -158,21 +163,32 @@ def check_finite(t: torch.Tensor, path: str | os.PathLike, key: str) -> None:
     a merge, a training run or an image)."""
     if not t.is_floating_point() or t.numel() == 0:
         return
-    if t.element_size() == 1:  # float8: isfinite is not implemented for it
-        t = t.float()
-    if not bool(torch.isfinite(t).all()):
+    flat = t.reshape(-1)
+    # float64 sums: NaN and Inf propagate into them, finite values cannot overflow them; in chunks, because the
+    # sum converts its input, and a whole tensor's float64 copy would double the memory of reading a file
+    total = 0.0
+    for chunk in flat.split(1 << 16):
+        total += float((chunk.float() if chunk.element_size() == 1 else chunk).sum(dtype=torch.float64))
+    if not math.isfinite(total):
         raise ToolkitError(f"{path}: tensor {key} holds NaN or Inf values (a damaged file, or a training run "
                            "that diverged); refusing to use it")
 
 
-def _load_torch(path: Path, finite: bool = True) -> dict[str, torch.Tensor]:
+def _torch_load(path: Path, mmap: bool) -> object:
+    """torch.load; with mmap, None when the file is not in the zip format (mmap needs it)."""
     try:
-        try:  # mmap keeps a large zip-format .ckpt out of memory until each tensor is used
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):
-                raise
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except RuntimeError as e:
+        if mmap and "mmap" in str(e):
+            return None
+        raise
+
+
+def _load_torch(path: Path, finite: bool = True) -> dict[str, torch.Tensor]:
+    try:  # mmap keeps a large zip-format .ckpt out of memory until each tensor is used
+        obj = _torch_load(path, mmap=True)
+        if obj is None:  # outside the handler: what the first attempt read is freed before the second starts
+            obj = _torch_load(path, mmap=False)
     except pickle.UnpicklingError as e:
         raise ToolkitError(f"{path}: refused to load: the file holds more than plain tensors ({_first_line(e)})"
                            ) from None
@@ -197,10 +213,15 @@ def load_state_dict(path: str | os.PathLike, lazy: bool = False, check_finite: b
     path = Path(path)
     _check_exists(path)
     if path.suffix.lower() == SAFETENSORS_EXT:
-        lazy_sd = LazySafetensors(path, check_finite=check_finite)
         if lazy:
+            lazy_sd = LazySafetensors(path, check_finite=check_finite)
             return lazy_sd, lazy_sd.metadata
-        return {k: lazy_sd[k] for k in lazy_sd}, lazy_sd.metadata
+        # plain reads, not mmap: the tensors are the only copy of the data in memory (mapped pages would be a second)
+        reader = LazySafetensors(path, mmap=False, check_finite=check_finite)
+        try:
+            return {k: reader[k] for k in reader}, reader.metadata
+        finally:
+            reader.close()
     return _load_torch(path, check_finite), {}
 
 
