@@ -87,10 +87,14 @@ def test_loss_falls(env, tmp_path, kind):
     sd = load_file(path)
     names = module_names(path)
     assert any(n.startswith("lora_te_text_model_encoder_layers_") for n in names)
-    # every module trained, TE included; except the mid block's self-attention q/k: at 64 px its input is a
-    # single token, where softmax is constant, so q and k get no gradient
-    untrained = {n for n in names if sd[f"{n}.lora_up.weight"].abs().sum() == 0}
-    assert untrained == {f"lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_{x}" for x in "qk"}
+    # every module trained, TE included: lora_up starts at zero, and 40 Adam steps of lr 5e-3 move a weight that
+    # gets gradient by far more than 1e-4. Exempt: the mid block's self-attention q/k. At 64 px its input is a
+    # single token, where softmax is constant, so in exact arithmetic q and k get no gradient; in floating point
+    # they get rounding noise, which Adam may turn into steps or not, depending on the library versions.
+    exempt = {f"lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_{x}" for x in "qk"}
+    assert exempt <= names
+    moved = {n: float(sd[f"{n}.lora_up.weight"].abs().max()) for n in names - exempt}
+    assert min(moved.values()) > 1e-4, sorted(moved.items(), key=lambda kv: kv[1])[:3]
     convs = [k for k, v in sd.items() if k.endswith("lora_down.weight") and v.ndim == 4 and v.shape[-1] == 3]
     assert bool(convs) == (kind == "c3lier")
     # SD1 has 192 LierLa U-Net modules, 278 C3Lier; the tiny model lacks one conv_shortcut (32->32 channels)
