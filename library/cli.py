@@ -60,6 +60,11 @@ def run_main(main: Callable[[Sequence[str] | None], object], argv: Sequence[str]
     except BrokenPipeError:  # `script | head` closed the pipe: the reader has what it wanted
         _silence_stdout()
         return 0
+    except OSError as e:  # the system refused a read or write mid-run (disk full, permissions changed, ...)
+        _close_progress_bars()
+        where = e.filename if e.filename is not None else "I/O"
+        print(f"error: {where}: {e.strerror or e}", file=sys.stderr)
+        return 2
     try:
         sys.stdout.flush()
     except BrokenPipeError:

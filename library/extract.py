@@ -121,7 +121,11 @@ def extract_lora(model_org: str | os.PathLike, model_tuned: str | os.PathLike, d
     for name, delta in tqdm(iter_deltas(org, tuned, targets, load_dtype), total=len(targets), desc="extracting",
                             unit="module"):
         kxk = delta.ndim == 4 and tuple(delta.shape[2:]) != (1, 1)
-        modules[name] = decompose(delta, conv_dim if kxk else dim, dev, clamp_quantile, generator)
+        try:
+            modules[name] = decompose(delta, conv_dim if kxk else dim, dev, clamp_quantile, generator)
+        except torch.linalg.LinAlgError as e:  # finite weights whose difference overflows float32
+            raise ToolkitError(f"{name}: the difference of the models cannot be decomposed "
+                               f"({str(e).splitlines()[0][:120]}); are both models sane?") from None
     return modules, family
 
 

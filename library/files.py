@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save as st_save
@@ -163,13 +164,7 @@ def check_finite(t: torch.Tensor, path: str | os.PathLike, key: str) -> None:
     a merge, a training run or an image)."""
     if not t.is_floating_point() or t.numel() == 0:
         return
-    flat = t.reshape(-1)
-    # float64 sums: NaN and Inf propagate into them, finite values cannot overflow them; in chunks, because the
-    # sum converts its input, and a whole tensor's float64 copy would double the memory of reading a file
-    total = 0.0
-    for chunk in flat.split(1 << 16):
-        total += float((chunk.float() if chunk.element_size() == 1 else chunk).sum(dtype=torch.float64))
-    if not math.isfinite(total):
+    if not _all_finite(t.detach().cpu().reshape(-1)):
         raise ToolkitError(f"{path}: tensor {key} holds NaN or Inf values (a damaged file, or a training run "
                            "that diverged); refusing to use it")
 
@@ -182,6 +177,26 @@ def _torch_load(path: Path, mmap: bool) -> object:
         if mmap and "mmap" in str(e):
             return None
         raise
+
+
+# bits that are all set in a NaN or Inf, for the types numpy cannot add up (bfloat16, float8)
+_NON_FINITE_BITS = {torch.bfloat16: (torch.int16, 0x7F80, 0x7F80), torch.float8_e5m2: (torch.int8, 0x7C, 0x7C),
+                    torch.float8_e4m3fn: (torch.int8, 0x7F, 0x7F)}
+
+
+def _all_finite(flat: torch.Tensor) -> bool:
+    """True when no value is NaN or Inf. A float64 sum in numpy for float16/32/64 (NaN and Inf propagate into it,
+    finite values cannot overflow it; numpy converts in small buffers and uses one thread, so neither memory nor
+    a busy machine's thread contention grows with the tensor); an exponent-bits test in chunks for the others."""
+    if flat.dtype in (torch.float16, torch.float32, torch.float64):
+        with np.errstate(all="ignore"):  # inf + -inf is the NaN this looks for, not a problem to warn about
+            return math.isfinite(float(np.sum(flat.numpy(), dtype=np.float64)))
+    if flat.dtype not in _NON_FINITE_BITS:
+        return bool(torch.isfinite(flat.float()).all())
+    int_type, mask, pattern = _NON_FINITE_BITS[flat.dtype]
+    bits = flat.view(int_type).numpy()
+    step = 1 << 22
+    return not any(np.any((bits[i:i + step] & mask) == pattern) for i in range(0, bits.size, step))
 
 
 def _load_torch(path: Path, finite: bool = True) -> dict[str, torch.Tensor]:
