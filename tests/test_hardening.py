@@ -126,6 +126,8 @@ def test_unusable_output_paths_fail_before_any_work(files, tmp_path, capsys) -> 
     line = fails(capsys, gen_img_diffusers.main, ["--ckpt", ckpt, "--outdir", a_file, "--prompt", "x", "--W", "64",
                                                   "--H", "64", "--steps", "1"], [ckpt, a_file])
     assert line == f"error: --outdir {a_file}: is a file, not a folder"
+    line = fails(capsys, resize_lora.main, [ckpt, good, "-o", a_file, "--no_cache"], [ckpt, good, a_file])
+    assert line == f"error: -o/--output_folder {a_file}: is a file, not a folder"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file.txt", "folder", "img"]
 
 
