@@ -15,6 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from library.cli import run_main  # noqa: E402
+from library.files import check_output_dir  # noqa: E402
 from library.sample_data import make_sample_dataset  # noqa: E402
 
 
@@ -37,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
+    check_output_dir(args.out_dir, "out_dir")
     try:
         train_dir = make_sample_dataset(
             args.out_dir, args.num_images, args.resolution, args.seed, args.aspect_ratios, args.overwrite
@@ -48,4 +51,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

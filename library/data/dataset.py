@@ -26,6 +26,7 @@ from library.data.config import DatasetConfig, SubsetConfig
 from library.data.folders import glob_images, read_caption
 from library.data.images import check_interpolation, color_aug, image_size, load_rgb, resize_and_crop, to_tensor
 from library.errors import ToolkitError
+from library.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 CACHE_INFO_FILE = "metadata_cache.json"
@@ -72,7 +73,7 @@ def _read_sizes(subset: SubsetConfig, images: list[Path]) -> dict[Path, Size | N
     if subset.cache_info and any(p.name not in cached for p in images):
         info = {p.name: {"size": list(s)} for p, s in sizes.items() if s}
         try:
-            cache_file.write_text(json.dumps(info), encoding="utf-8")
+            write_text_atomic(cache_file, json.dumps(info))
         except OSError as e:
             log.warning("%s: cannot write (%s)", cache_file, e)
     return sizes

@@ -19,7 +19,6 @@ import re
 from library.keys import clip, unet
 from library.keys.lora_names import te_lora_name, underscore
 
-FORMATS = ("kohya", "diffusers", "peft")
 UNET, TE, TE2 = "unet", "text_encoder", "text_encoder_2"
 COMPONENTS = (UNET, TE, TE2)
 
