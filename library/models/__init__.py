@@ -31,6 +31,20 @@ def load_models(path: str | Path, family: str | None = None, v_parameterization:
     return load_single_file(path, family, v_parameterization, dtype)
 
 
+def peek_family(path: str | Path) -> str | None:
+    """The family of a model without loading it (safetensors header keys, or a Diffusers folder's parts);
+    None when only loading would tell (a `.ckpt`)."""
+    path = Path(path)
+    if path.is_dir():
+        return "sdxl" if (path / "text_encoder_2").is_dir() else None
+    if path.suffix.lower() != ".safetensors" or not path.is_file():
+        return None
+    from library.files import LazySafetensors
+    from library.keys.families import detect_family
+
+    return detect_family(LazySafetensors(path, mmap=False))
+
+
 def save_models(bundle: ModelBundle, path: str | Path, dtype: torch.dtype | None = None,
                 metadata: dict[str, str] | None = None) -> None:
     """Save as a single file (`.safetensors`/`.ckpt`) or, for a path without extension, a Diffusers folder."""
@@ -41,5 +55,5 @@ def save_models(bundle: ModelBundle, path: str | Path, dtype: torch.dtype | None
         save_diffusers_dir(bundle, path, dtype)
 
 
-__all__ = ["ModelBundle", "family_from_flags", "is_diffusers_dir", "load_models", "load_vae_file", "save_models",
-           "to_original_state_dict"]
+__all__ = ["ModelBundle", "family_from_flags", "is_diffusers_dir", "load_models", "load_vae_file", "peek_family",
+           "save_models", "to_original_state_dict"]

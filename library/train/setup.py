@@ -17,7 +17,7 @@ from library.data.config import datasets_from_config, datasets_from_folders
 from library.data.dataset import TrainDataset
 from library.data.latents import cache_latents, load_cached
 from library.errors import ToolkitError
-from library.models import ModelBundle, family_from_flags, load_models, load_vae_file
+from library.models import ModelBundle, load_models, load_vae_file, peek_family
 from library.train.distributed import Distributed
 
 log = logging.getLogger(__name__)
@@ -54,16 +54,17 @@ def resolve_precision(args: Namespace, device: torch.device) -> Precision:
     return Precision(device, mixed, weight, bool(args.full_fp16 or args.full_bf16), vae)
 
 
-def load_training_models(args: Namespace, precision: Precision) -> ModelBundle:
-    """Load the base model (SD1/SD2), swap in `--vae`, freeze everything and move it to the device."""
+def load_training_models(args: Namespace, precision: Precision, sdxl_script: bool = False) -> ModelBundle:
+    """Load the base model (SD1/SD2/SDXL), swap in `--vae`, freeze everything and move it to the device."""
     if not args.pretrained_model_name_or_path:
         raise ToolkitError("--pretrained_model_name_or_path is required (a .safetensors/.ckpt file or a "
                            "Diffusers folder)")
-    bundle = load_models(args.pretrained_model_name_or_path, family_from_flags(args.v2, False),
-                         args.v_parameterization, torch.float32)
-    if bundle.is_sdxl:
-        raise ToolkitError(f"{args.pretrained_model_name_or_path}: an SDXL model; train_network.py trains SD1.x/"
-                           "SD2.x (SDXL needs sdxl_train_network.py)")
+    forced = "sd2" if args.v2 and peek_family(args.pretrained_model_name_or_path) != "sdxl" else None
+    bundle = load_models(args.pretrained_model_name_or_path, forced, args.v_parameterization, torch.float32)
+    check_family(args, bundle.family, sdxl_script)
+    if bundle.is_sdxl and not sdxl_script:
+        log.info("%s is an SDXL model: training it as SDXL (as sdxl_train_network.py does)",
+                 args.pretrained_model_name_or_path)
     if bundle.is_v2 and not args.v2:
         log.warning("the model is SD2.x; --v2 was not given (training it as SD2.x anyway)")
     if args.v2 and args.clip_skip:
@@ -86,6 +87,16 @@ def load_training_models(args: Namespace, precision: Precision) -> ModelBundle:
         _move(model, precision.device, dtype)
     _attention(args, bundle.unet)
     return bundle
+
+
+def check_family(args: Namespace, family: str | None, sdxl_script: bool) -> None:
+    """Refuse what cannot be trained on this family (`family` None: not known before loading)."""
+    model = args.pretrained_model_name_or_path
+    if family == "sdxl" and args.v2:
+        raise ToolkitError(f"--v2: {model} is an SDXL model; drop --v2")
+    if sdxl_script and family not in (None, "sdxl"):
+        raise ToolkitError(f"--pretrained_model_name_or_path {model}: an {family.upper()} model; "
+                           "sdxl_train_network.py trains SDXL (use train_network.py)")
 
 
 def _move(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
@@ -164,7 +175,7 @@ def build_network(args: Namespace, bundle: ModelBundle):  # noqa: ANN201
     return network, train_unet, train_te
 
 
-def build_dataset(args: Namespace, seed: int) -> TrainDataset:
+def build_dataset(args: Namespace, seed: int, family: str | None = None) -> TrainDataset:
     cli = vars(args)
     if args.dataset_config:
         if args.train_data_dir or args.reg_data_dir:
@@ -174,13 +185,15 @@ def build_dataset(args: Namespace, seed: int) -> TrainDataset:
         if not args.train_data_dir:
             raise ToolkitError("give --train_data_dir (folders named '<repeats>_<name>') or --dataset_config")
         configs = datasets_from_folders(args.train_data_dir, args.reg_data_dir, cli)
+    step = 32 if family == "sdxl" else 64  # the U-Net halves the latents 2 (SDXL) or 3 times
+    what = "SDXL" if family == "sdxl" else "SD1/SD2"
     for cfg in configs:
-        if cfg.enable_bucket and cfg.bucket_reso_steps % 64:
-            log.warning("bucket_reso_steps %d is not a multiple of 64: SD1/SD2 U-Nets need sizes divisible by "
-                        "64", cfg.bucket_reso_steps)
-        if not cfg.enable_bucket and (cfg.resolution[0] % 64 or cfg.resolution[1] % 64):
+        if cfg.enable_bucket and cfg.bucket_reso_steps % step:
+            log.warning("bucket_reso_steps %d is not a multiple of %d: %s U-Nets need sizes divisible by %d",
+                        cfg.bucket_reso_steps, step, what, step)
+        if not cfg.enable_bucket and (cfg.resolution[0] % step or cfg.resolution[1] % step):
             raise ToolkitError(f"resolution {cfg.resolution[0]}x{cfg.resolution[1]}: both sides must be "
-                               "multiples of 64 for SD1/SD2")
+                               f"multiples of {step} for {what}")
     dataset = TrainDataset(configs, seed, args.prior_loss_weight, args.cache_latents or args.cache_latents_to_disk)
     buckets = dataset.bucket_info()["buckets"]
     log.info("%d training images (with repeats), %d regularisation images; buckets: %s", dataset.num_train_images,
