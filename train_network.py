@@ -33,8 +33,7 @@ UNSUPPORTED = {
     "face_crop_aug_range": "face-crop augmentation", "alpha_mask": "alpha-mask loss", "masked_loss": "masked loss",
     "conditioning_data_dir": "masked loss", "weighted_captions": "weighted captions",
     "fp8_base": "fp8 base weights", "fp8_base_unet": "fp8 base weights", "deepspeed": "DeepSpeed",
-    "validation_split": "validation split", "cache_text_encoder_outputs": "text-encoder caching (SDXL)",
-    "cache_text_encoder_outputs_to_disk": "text-encoder caching (SDXL)", "huggingface_repo_id": "uploading",
+    "validation_split": "validation split", "huggingface_repo_id": "uploading",
     "debug_dataset": "--debug_dataset", "dataset_class": "custom dataset classes",
 }
 # accepted and ignored: they tune machinery this toolkit does differently
@@ -276,6 +275,8 @@ def check_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         args.log_with = "tensorboard"
     if args.cache_latents_to_disk:
         args.cache_latents = True
+    if args.cache_text_encoder_outputs_to_disk:
+        args.cache_text_encoder_outputs = True
 
 
 def main(argv: Sequence[str] | None = None) -> Path | None:

@@ -56,6 +56,7 @@ class ImageRecord:
     latents_flipped: torch.Tensor | None = None
     npz: Path | None = None
     te_outputs: object | None = None  # cached text-encoder outputs of the caption (SDXL)
+    te_npz: Path | None = None
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,10 @@ from library.train.setup import (
     build_dataset,
     build_network,
     cache_dataset_latents,
+    cache_dataset_text,
+    caches_text,
     check_family,
+    check_text_cache,
     load_training_models,
     resolve_precision,
 )
@@ -139,14 +142,18 @@ class Trainer:
     def setup(self) -> None:
         a, p = self.args, self.precision
         self.dataset = build_dataset(a, self.seed, self.family)
+        check_text_cache(a, self.dataset, self.family)
         self.bundle = load_training_models(a, p, self.sdxl_script)
         self.latent_scale = LATENT_SCALE[self.bundle.family]
         if a.cache_latents or a.cache_latents_to_disk:
-            cache_dataset_latents(a, self.dataset, self.bundle.vae, self.dist, self.seed)
+            cache_dataset_latents(a, self.dataset, self.bundle.vae, self.dist, self.seed, self.bundle.is_sdxl)
             if not self.prompts:  # nothing decodes or encodes any more: give the VAE's memory back
                 self.bundle.vae = None
                 gc.collect()
         self.text = text_conditioner(self.bundle, a.clip_skip, a.max_token_length)
+        if caches_text(a):
+            cache_dataset_text(a, self.dataset, self.bundle, self.text, self.dist, p)
+            self._release_text_encoders()
         torch.manual_seed(self.seed)  # identical LoRA initialisation on every rank
         self.network, self.train_unet, self.train_te = build_network(a, self.bundle)
         if self.precision.full_half:
@@ -172,6 +179,17 @@ class Trainer:
             self._resume()
         elif a.initial_step or a.initial_epoch:
             self._initial_position()
+
+    def _release_text_encoders(self) -> None:
+        """After caching their outputs the encoders only serve samples: drop them, or park them on the CPU."""
+        if not self.prompts:
+            self.bundle.text_encoders = []
+            self.text.text_encoders = []
+            gc.collect()
+        elif self.precision.device.type != "cpu":
+            for te in self.bundle.text_encoders:
+                te.to("cpu")
+            torch.cuda.empty_cache()
 
     @property
     def te_arg(self):  # noqa: ANN201 - what networks' hooks take: one text encoder, or SDXL's list
@@ -456,6 +474,8 @@ class Trainer:
         if self.dist.is_main:
             p = self.precision
             self.bundle.vae.to(p.device)
+            for te in self.bundle.text_encoders:
+                te.to(p.device)
             self._train_mode(False)
             pipe = None
             if self.bundle.is_sdxl:
@@ -465,6 +485,8 @@ class Trainer:
             sample_images(self.out_dir, self.args.output_name, self.prompts, self.bundle.unet, self.bundle.vae,
                           self.text, self.args.sample_sampler, self.args.v_parameterization, self.latent_scale,
                           p.device, p.weight_dtype, epoch, self.global_step, p.autocast, pipe)
+            if caches_text(self.args):
+                self._release_text_encoders()
             self._train_mode(True)
         self.dist.barrier()
 

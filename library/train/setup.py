@@ -15,10 +15,12 @@ import torch
 
 from library.data.config import datasets_from_config, datasets_from_folders
 from library.data.dataset import TrainDataset
-from library.data.latents import cache_latents, load_cached
+from library.data.latents import SDXL_SUFFIX, SUFFIX, cache_latents, load_cached
 from library.errors import ToolkitError
 from library.models import ModelBundle, load_models, load_vae_file, peek_family
 from library.train.distributed import Distributed
+from library.train.text_cache import cache_text_outputs, check_cacheable, encoders_fingerprint
+from library.train.text_cache import load_cached as load_cached_text
 
 log = logging.getLogger(__name__)
 
@@ -203,14 +205,42 @@ def build_dataset(args: Namespace, seed: int, family: str | None = None) -> Trai
 
 
 def cache_dataset_latents(args: Namespace, dataset: TrainDataset, vae: torch.nn.Module, dist: Distributed,
-                          seed: int) -> None:
+                          seed: int, sdxl: bool = False) -> None:
     """Encode every image once (memory, or `.npz` files shared by the ranks); broken images are dropped."""
     to_disk = bool(args.cache_latents_to_disk)
     kept = cache_latents(dataset.records, vae, args.vae_batch_size or 1, to_disk, args.skip_cache_check, seed,
-                         dist.is_main, dist.rank if to_disk else 0, dist.world if to_disk else 1)
+                         dist.is_main, dist.rank if to_disk else 0, dist.world if to_disk else 1,
+                         SDXL_SUFFIX if sdxl else SUFFIX)
     if to_disk:
         dist.barrier()
         kept = load_cached(kept, args.skip_cache_check)
     dataset.drop_records(kept)
     if not any(not r.subset.is_reg for r in dataset.records):
         raise ToolkitError("no training image could be decoded")
+
+
+def caches_text(args: Namespace) -> bool:
+    return bool(args.cache_text_encoder_outputs or args.cache_text_encoder_outputs_to_disk)
+
+
+def check_text_cache(args: Namespace, dataset: TrainDataset, family: str | None) -> None:
+    """Refuse text-encoder caching where cached outputs would be wrong (decided before any model loads)."""
+    if not caches_text(args):
+        return
+    option = "--cache_text_encoder_outputs" + ("_to_disk" if args.cache_text_encoder_outputs_to_disk else "")
+    subsets = [s for cfg in dataset.configs for s in cfg.subsets]
+    check_cacheable(subsets, not args.network_train_unet_only, option, family in (None, "sdxl"))
+
+
+def cache_dataset_text(args: Namespace, dataset: TrainDataset, bundle: ModelBundle, conditioner,  # noqa: ANN001
+                       dist: Distributed, precision: Precision) -> None:
+    """Encode every caption once (memory, or `_te_outputs.npz` files shared by the ranks)."""
+    check_text_cache(args, dataset, bundle.family)
+    to_disk = bool(args.cache_text_encoder_outputs_to_disk)
+    fingerprint = encoders_fingerprint(bundle.text_encoders, args.max_token_length)
+    cache_text_outputs(dataset.records, conditioner, fingerprint, to_disk, args.skip_cache_check,
+                       autocast=precision.autocast, rank=dist.rank if to_disk else 0,
+                       world=dist.world if to_disk else 1, show_progress=dist.is_main)
+    if to_disk:
+        dist.barrier()
+        load_cached_text(dataset.records, fingerprint, args.skip_cache_check)
