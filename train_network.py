@@ -1,4 +1,4 @@
-"""Train a LoRA / LoCon network for Stable Diffusion 1.x/2.x (sd-scripts' command line and config files).
+"""Train a LoRA / LoCon network for Stable Diffusion 1.x/2.x, and SDXL (sd-scripts' command line and config files).
 
     python train_network.py --config_file examples/quickstart.toml
     accelerate launch --multi_gpu --num_processes 2 train_network.py --config_file my.toml
@@ -279,8 +279,11 @@ def check_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         args.cache_text_encoder_outputs = True
 
 
-def main(argv: Sequence[str] | None = None) -> Path | None:
+def main(argv: Sequence[str] | None = None, sdxl: bool = False) -> Path | None:
+    """Parse and train; `sdxl` is sdxl_train_network.py's entry (same options, SDXL models only)."""
     parser = build_parser()
+    if sdxl:
+        parser.prog = "sdxl_train_network.py"
     args = parse_with_config(parser, argv)
     setup_logging(args.verbosity)
     if args.output_config:
@@ -291,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> Path | None:
     check_options(parser, args)
     from library.train.loop import train
 
-    return train(args)
+    return train(args, sdxl_script=sdxl)
 
 
 if __name__ == "__main__":
