@@ -20,15 +20,17 @@ def family_from_flags(v2: bool = False, sdxl: bool = False) -> str | None:
 
 
 def load_models(path: str | Path, family: str | None = None, v_parameterization: bool = False,
-                dtype: torch.dtype | None = torch.float32) -> ModelBundle:
-    """Load a single-file checkpoint or a Diffusers folder; the family is detected unless given."""
+                dtype: torch.dtype | None = torch.float32, keep_extra: bool = True,
+                vae_dtype: torch.dtype | None = None) -> ModelBundle:
+    """Load a single-file checkpoint or a Diffusers folder; the family is detected unless given. `vae_dtype`
+    (default `dtype`) lets a half-precision model keep a float32 VAE; `keep_extra=False` drops unused keys."""
     path = Path(path)
     if path.is_dir():
-        return load_diffusers_dir(path, family, v_parameterization, dtype)
+        return load_diffusers_dir(path, family, v_parameterization, dtype, vae_dtype)
     if not path.exists():
         raise ToolkitError(f"{path}: model not found (give a .safetensors/.ckpt file or a Diffusers folder; "
                            "nothing is downloaded)")
-    return load_single_file(path, family, v_parameterization, dtype)
+    return load_single_file(path, family, v_parameterization, dtype, keep_extra, vae_dtype)
 
 
 def peek_family(path: str | Path) -> str | None:

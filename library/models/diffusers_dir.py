@@ -21,7 +21,7 @@ def is_diffusers_dir(path: str | Path) -> bool:
 
 
 def load_diffusers_dir(path: str | Path, family: str | None = None, v_parameterization: bool = False,
-                       dtype: torch.dtype | None = torch.float32) -> ModelBundle:
+                       dtype: torch.dtype | None = torch.float32, vae_dtype: torch.dtype | None = None) -> ModelBundle:
     """Load `unet/`, `vae/`, `text_encoder/` (and `text_encoder_2/`, tokenizers) from a local folder."""
     path = Path(path)
     for sub in ("unet", "vae", "text_encoder"):
@@ -32,7 +32,8 @@ def load_diffusers_dir(path: str | Path, family: str | None = None, v_parameteri
         kw["torch_dtype"] = dtype
     try:
         unet = UNet2DConditionModel.from_pretrained(path / "unet", **kw)
-        vae = AutoencoderKL.from_pretrained(path / "vae", **kw)
+        vae_kw = kw if vae_dtype is None else {**kw, "torch_dtype": vae_dtype}
+        vae = AutoencoderKL.from_pretrained(path / "vae", **vae_kw)
         tes = [CLIPTextModel.from_pretrained(path / "text_encoder", **kw)]
         if (path / "text_encoder_2").is_dir():
             tes.append(CLIPTextModelWithProjection.from_pretrained(path / "text_encoder_2", **kw))

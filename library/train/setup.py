@@ -62,7 +62,9 @@ def load_training_models(args: Namespace, precision: Precision, sdxl_script: boo
         raise ToolkitError("--pretrained_model_name_or_path is required (a .safetensors/.ckpt file or a "
                            "Diffusers folder)")
     forced = "sd2" if args.v2 and peek_family(args.pretrained_model_name_or_path) != "sdxl" else None
-    bundle = load_models(args.pretrained_model_name_or_path, forced, args.v_parameterization, torch.float32)
+    # frozen parts load straight in the precision they train in (no float32 copy of the whole model first)
+    bundle = load_models(args.pretrained_model_name_or_path, forced, args.v_parameterization,
+                         precision.weight_dtype, keep_extra=False, vae_dtype=precision.vae_dtype)
     check_family(args, bundle.family, sdxl_script)
     if bundle.is_sdxl and not sdxl_script:
         log.info("%s is an SDXL model: training it as SDXL (as sdxl_train_network.py does)",
