@@ -364,3 +364,20 @@ def test_two_processes_identical_weights(env, tmp_path):
     sums = dict(re.findall(r"rank (\d): LoRA checksum ([0-9a-f]{64})", log))
     assert set(sums) == {"0", "1"} and sums["0"] == sums["1"], sums
     assert (tmp_path / "out" / "lora.safetensors").exists()
+
+
+def test_text_encoder_lr_one_or_two_values():
+    from library.models.factory import random_bundle
+    from networks import lora
+
+    b = random_bundle("sdxl")
+    net = lora.create_network(1.0, 4, 1, b.vae, b.text_encoders, b.unet)
+    net.apply_to(b.text_encoders, b.unet)
+
+    def lrs(te_lr):  # noqa: ANN001, ANN202
+        groups, names = net.prepare_optimizer_params(te_lr, 1e-3, 5e-4)
+        return dict(zip(names, (g.get("lr") for g in groups)))
+
+    assert lrs([1e-4, 2e-4]) == {"textencoder 1": 1e-4, "textencoder 2": 2e-4, "unet": 1e-3}
+    assert lrs([1e-4]) == {"textencoder 1": 1e-4, "textencoder 2": 1e-4, "unet": 1e-3}
+    assert lrs([]) == lrs(None) == {"textencoder 1": 5e-4, "textencoder 2": 5e-4, "unet": 1e-3}
