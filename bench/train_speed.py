@@ -110,7 +110,12 @@ def child_ours(argv: list[str], sdxl: bool = False) -> dict:
         return original_run(self)
 
     loop.Trainer.run = run
-    train_network.main(argv, sdxl=sdxl)
+    if sdxl:
+        import sdxl_train_network
+
+        sdxl_train_network.main(argv)
+    else:
+        train_network.main(argv)
     vram = torch.cuda.max_memory_allocated() / 2 ** 20 if torch.cuda.is_available() else None
     return {"step_times": [b - a for a, b in zip(stamps, stamps[1:])], "cpu_times": [b - a for a, b in zip(cpu, cpu[1:])],
             "train_peak_mib": peak_rss_mib(), "vram_peak_mib": vram, **marks}

@@ -6,17 +6,19 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
-
-import torch
+from typing import TYPE_CHECKING
 
 from library.errors import ToolkitError
 
+if TYPE_CHECKING:
+    import torch
+
 log = logging.getLogger(__name__)
 
-_DTYPES = {
-    "float": torch.float32, "fp32": torch.float32, "float32": torch.float32,
-    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+_DTYPES = {  # names of torch dtypes (torch is imported only when one is needed)
+    "float": "float32", "fp32": "float32", "float32": "float32",
+    "fp16": "float16", "float16": "float16", "half": "float16",
+    "bf16": "bfloat16", "bfloat16": "bfloat16",
 }
 
 
@@ -24,8 +26,10 @@ def str_to_dtype(name: str | None, default: torch.dtype | None = None) -> torch.
     """`float`/`fp16`/`bf16` (sd-scripts' precision names) to a torch dtype; None gives `default`."""
     if name is None or name == "none":
         return default
+    import torch
+
     try:
-        return _DTYPES[name.lower()]
+        return getattr(torch, _DTYPES[name.lower()])
     except KeyError:
         raise ToolkitError(f"unknown precision {name!r}: use float, fp16 or bf16") from None
 

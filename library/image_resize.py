@@ -23,11 +23,11 @@ from tqdm import tqdm
 
 from library.errors import ToolkitError
 from library.files import atomic_path
+from library.options.choices import INTERPOLATIONS
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-INTERPOLATIONS = ("area", "cubic", "lanczos4", "nearest", "linear", "box")
 _CV2 = {"area": cv2.INTER_AREA, "cubic": cv2.INTER_CUBIC, "linear": cv2.INTER_LINEAR,
         "nearest": cv2.INTER_NEAREST_EXACT}
 _PIL = {"lanczos4": Image.Resampling.LANCZOS, "box": Image.Resampling.BOX}

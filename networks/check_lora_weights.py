@@ -14,8 +14,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from library.cli import add_verbosity, run_main, setup_logging  # noqa: E402
-from library.lora_check import check_state_dict  # noqa: E402
-from library.lora_io import load_lora  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     add_verbosity(parser)
     args = parser.parse_args(argv)
     setup_logging(args.verbosity)
+    from library.lora_check import check_state_dict
+    from library.lora_io import load_lora
+
     sd, meta = load_lora(args.file)
     reports, other = check_state_dict(sd, args.file)
     print(f"file: {args.file}")

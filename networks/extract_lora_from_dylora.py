@@ -17,7 +17,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from library.cli import add_verbosity, run_main, setup_logging  # noqa: E402
-from library.dylora_split import split_file  # noqa: E402
 
 
 def setup_parser() -> argparse.ArgumentParser:
@@ -38,6 +37,8 @@ def setup_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> list[Path]:
     args = setup_parser().parse_args(argv)
     setup_logging(args.verbosity)
+    from library.dylora_split import split_file
+
     return split_file(args.model, args.save_to, args.unit, args.alpha_mode)
 
 

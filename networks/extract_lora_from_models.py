@@ -18,8 +18,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from library.cli import add_verbosity, run_main, setup_logging, str_to_dtype  # noqa: E402
 from library.errors import ToolkitError  # noqa: E402
-from library.extract import extract_lora, extract_metadata  # noqa: E402
-from library.lora_io import modules_to_state_dict, save_lora  # noqa: E402
 
 log = logging.getLogger("extract_lora_from_models")
 PRECISIONS = ["float", "fp16", "bf16"]
@@ -53,6 +51,9 @@ def main(argv: list[str] | None = None) -> None:
     add_verbosity(parser)
     args = parser.parse_args(argv)
     setup_logging(args.verbosity)
+    from library.extract import extract_lora, extract_metadata
+    from library.lora_io import modules_to_state_dict, save_lora
+
     if args.v2 and args.sdxl:  # (library.models.family_from_flags would import diffusers: seconds for nothing)
         raise ToolkitError("--v2 and --sdxl cannot be given together")
     family = "sdxl" if args.sdxl else ("sd2" if args.v2 else None)

@@ -19,10 +19,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from library.cli import add_verbosity, run_main, setup_logging, str_to_dtype  # noqa: E402
-from library.lora_io import modules_to_state_dict, save_lora  # noqa: E402
-from library.lora_merge import merge_loras, merged_lora_metadata  # noqa: E402
-from library.lora_sources import open_sources  # noqa: E402
-from library.merge import merge_into_checkpoint  # noqa: E402
 
 log = logging.getLogger("merge_lora")
 PRECISIONS = ["float", "fp16", "bf16"]
@@ -59,6 +55,11 @@ def build_parser(sdxl: bool) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace, sdxl: bool) -> None:
     """Shared by merge_lora.py and sdxl_merge_lora.py."""
+    from library.lora_io import modules_to_state_dict, save_lora
+    from library.lora_merge import merge_loras, merged_lora_metadata
+    from library.lora_sources import open_sources
+    from library.merge import merge_into_checkpoint
+
     setup_logging(args.verbosity)
     dtype = str_to_dtype(args.precision)
     save_dtype = str_to_dtype(args.save_precision, dtype)

@@ -22,9 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from library.cli import run_main, setup_logging, str_to_dtype  # noqa: E402
-from library.resize import aware, kohya  # noqa: E402
+from library.options.choices import DYNAMIC_METHODS  # noqa: E402
 from library.resize.recipe import DEFAULT_RECIPES, parse_recipes  # noqa: E402
-from library.resize.report import Spectrum, draw_report  # noqa: E402
 
 log = logging.getLogger("resize_lora")
 KOHYA_OPTIONS = ("--model", "--save_to", "--new_rank", "--new_conv_rank", "--dynamic_method", "--dynamic_param",
@@ -39,7 +38,7 @@ def kohya_parser() -> argparse.ArgumentParser:
     p.add_argument("--new_rank", type=int, default=4, help="rank of Linear modules; cap for dynamic methods [4]")
     p.add_argument("--new_conv_rank", type=int, default=None,
                    help="rank of conv modules (1x1 and 3x3) [same as --new_rank]")
-    p.add_argument("--dynamic_method", choices=kohya.DYNAMIC_METHODS, default=None,
+    p.add_argument("--dynamic_method", choices=DYNAMIC_METHODS, default=None,
                    help="choose each module's rank from its singular values (capped by --new_rank)")
     p.add_argument("--dynamic_param", type=float, default=None,
                    help="sv_ratio: max σ0/σk ratio; sv_fro: Frobenius share kept; sv_cumulative: Σσ share kept")
@@ -94,6 +93,9 @@ def _default_device() -> str:
 def run_kohya(argv: list[str]) -> None:
     args = kohya_parser().parse_args(argv)
     setup_logging(args.verbosity)
+    from library.resize import kohya  # heavy (torch): only once the work starts
+    from library.resize.report import Spectrum, draw_report
+
     settings = kohya.KohyaSettings(args.new_rank, args.new_conv_rank, args.dynamic_method, args.dynamic_param,
                                    args.device)
     result = kohya.resize_file(args.model, args.save_to, settings, str_to_dtype(args.save_precision))
@@ -120,6 +122,8 @@ def run_aware(argv: list[str]) -> None:
     setup_logging(1 if args.verbosity >= 2 else 0)
     logging.getLogger("library.resize.details").setLevel(
         logging.DEBUG if args.verbosity >= 2 else logging.INFO if args.verbosity == 1 else logging.WARNING)
+    from library.resize import aware  # heavy (torch): only once the work starts
+
     settings = aware.AwareSettings(
         checkpoint=args.checkpoint, loras=args.loras, recipes=parse_recipes(args.score_recipes),
         output_folder=args.output_folder, dtype=str_to_dtype("fp16" if args.output_dtype == "16" else "float"),

@@ -18,9 +18,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from library.cli import add_verbosity, run_main, setup_logging, str_to_dtype  # noqa: E402
-from library.lora_io import modules_to_state_dict, save_lora  # noqa: E402
-from library.lora_merge import merged_lora_metadata, svd_merge  # noqa: E402
-from library.lora_sources import open_sources  # noqa: E402
 
 log = logging.getLogger("svd_merge_lora")
 PRECISIONS = ["float", "fp16", "bf16"]
@@ -49,6 +46,10 @@ def main(argv: list[str] | None = None) -> None:
     add_verbosity(parser)
     args = parser.parse_args(argv)
     setup_logging(args.verbosity)
+    from library.lora_io import modules_to_state_dict, save_lora
+    from library.lora_merge import merged_lora_metadata, svd_merge
+    from library.lora_sources import open_sources
+
     dtype = str_to_dtype(args.precision)
     save_dtype = str_to_dtype(args.save_precision, dtype)
     sources = open_sources(args.models, args.ratios, args.lbws)

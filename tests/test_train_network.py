@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 import train_network  # noqa: E402
 from library.cli import run_main  # noqa: E402
 from library.lora_io import precalculate_hashes  # noqa: E402
+from library.options.train import TrainConfig  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -200,7 +201,7 @@ def test_bucketing_three_aspect_ratios(env, tmp_path):
     assert nu.select(2000, 1000).bucket == (640, 320) and nu.select(1000, 3000).bucket == (256, 768)
 
     # the sample dataset (64x64, 96x64, 64x96) at 128 px, 32 px steps: one bucket per aspect ratio
-    cli = {**vars(train_network.build_parser().parse_args([])), "resolution": "128", "enable_bucket": True,
+    cli = {**vars(TrainConfig()), "resolution": "128", "enable_bucket": True,
            "min_bucket_reso": 64, "max_bucket_reso": 256, "bucket_reso_steps": 32}
     ds = TrainDataset(datasets_from_folders(env["img"], None, cli))
     sizes: dict = {}

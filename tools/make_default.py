@@ -11,8 +11,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from library.cli import add_verbosity, run_main, setup_logging  # noqa: E402
-from library.models.factory import write_random_checkpoint  # noqa: E402
-from library.sample_data import make_sample_dataset  # noqa: E402
 
 log = logging.getLogger("make_default")
 CHECKPOINT_NAME = "tiny-sd1.safetensors"
@@ -25,6 +23,9 @@ def main(argv: list[str] | None = None) -> None:
     add_verbosity(parser)
     args = parser.parse_args(argv)
     setup_logging(args.verbosity)
+    from library.models.factory import write_random_checkpoint
+    from library.sample_data import make_sample_dataset
+
     out = Path(args.out_dir)
     ckpt = out / CHECKPOINT_NAME
     if not ckpt.exists():

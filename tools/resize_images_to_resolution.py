@@ -13,7 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from library.cli import add_verbosity, run_main, setup_logging  # noqa: E402
-from library.image_resize import INTERPOLATIONS, parse_resolutions, resize_folder  # noqa: E402
+from library.options.choices import INTERPOLATIONS  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbosity)
+    from library.image_resize import parse_resolutions, resize_folder
+
     resize_folder(args.src_img_folder, args.dst_img_folder, parse_resolutions(args.max_resolution),
                   args.divisible_by, args.interpolation, args.save_as_png, args.copy_associated_files)
 

@@ -7,10 +7,13 @@ never enlarges it. Either way the image is then cropped to the bucket, never pad
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
 from library.errors import ToolkitError
+
+log = logging.getLogger(__name__)
 
 Size = tuple[int, int]  # (width, height)
 
@@ -54,8 +57,17 @@ class BucketSelector:
             return
         if bucket_reso_steps <= 0:
             raise ToolkitError(f"bucket_reso_steps must be positive, got {bucket_reso_steps}")
+        if min_bucket_reso < self.step:  # would round down to 0 (sd-scripts then divides by zero)
+            raise ToolkitError(f"min_bucket_reso ({min_bucket_reso}) must be at least bucket_reso_steps "
+                               f"({self.step})")
         self.min_size = min_bucket_reso - min_bucket_reso % self.step
         self.max_size = max_bucket_reso + (-max_bucket_reso) % self.step
+        if self.min_size != min_bucket_reso:
+            log.warning("min_bucket_reso %d adjusted to %d, a multiple of bucket_reso_steps %d", min_bucket_reso,
+                        self.min_size, self.step)
+        if self.max_size != max_bucket_reso:
+            log.warning("max_bucket_reso %d adjusted to %d, a multiple of bucket_reso_steps %d", max_bucket_reso,
+                        self.max_size, self.step)
         if self.min_size > min(resolution):
             raise ToolkitError(f"min_bucket_reso ({min_bucket_reso}) must not exceed the smaller side of "
                                f"resolution {resolution[0]}x{resolution[1]}")

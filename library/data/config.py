@@ -20,11 +20,12 @@ import toml
 from library.data.captions import CaptionOptions
 from library.data.folders import dreambooth_subsets
 from library.errors import ToolkitError
+from library.options.spec import DATASET, GENERAL, SUBSET
+from library.options.train import dataset_cli_names, dataset_keys, refused_dataset_keys
 
 log = logging.getLogger(__name__)
 
-G, D, S = "general", "dataset", "subset"
-ALL = (G, D, S)
+G, D, S = GENERAL, DATASET, SUBSET
 
 
 def _is_bool(v: object) -> bool:
@@ -55,67 +56,30 @@ def _is_table(v: object) -> bool:
     return isinstance(v, dict)
 
 
-# key -> (levels where it may appear, type check, type name for messages)
-SCHEMA: dict[str, tuple[tuple[str, ...], Callable[[object], bool], str]] = {
-    "resolution": ((G, D), _is_resolution, "an integer or [width, height]"),
-    "batch_size": ((G, D), _is_int, "an integer"),
-    "enable_bucket": ((G, D), _is_bool, "true or false"),
-    "bucket_no_upscale": ((G, D), _is_bool, "true or false"),
-    "min_bucket_reso": ((G, D), _is_int, "an integer"),
-    "max_bucket_reso": ((G, D), _is_int, "an integer"),
-    "bucket_reso_steps": ((G, D), _is_int, "an integer"),
-    "network_multiplier": ((G, D), _is_float, "a number"),
-    "validation_seed": ((G, D), _is_int, "an integer"),
-    "validation_split": ((G, D), _is_float, "a number"),
-    "resize_interpolation": (ALL, _is_str, "a string"),
-    "num_repeats": (ALL, _is_int, "an integer"),
-    "shuffle_caption": (ALL, _is_bool, "true or false"),
-    "enable_wildcard": (ALL, _is_bool, "true or false"),
-    "color_aug": (ALL, _is_bool, "true or false"),
-    "flip_aug": (ALL, _is_bool, "true or false"),
-    "random_crop": (ALL, _is_bool, "true or false"),
-    "caption_separator": (ALL, _is_str, "a string"),
-    "keep_tokens_separator": (ALL, _is_str, "a string"),
-    "secondary_separator": (ALL, _is_str, "a string"),
-    "caption_prefix": (ALL, _is_str, "a string"),
-    "caption_suffix": (ALL, _is_str, "a string"),
-    "keep_tokens": (ALL, _is_int, "an integer"),
-    "token_warmup_min": (ALL, _is_int, "an integer"),
-    "token_warmup_step": (ALL, _is_float, "a number"),
-    "face_crop_aug_range": (ALL, _is_pair, "[low, high]"),
-    "custom_attributes": (ALL, _is_table, "a table"),
-    "caption_dropout_rate": (ALL, _is_float, "a number"),
-    "caption_tag_dropout_rate": (ALL, _is_float, "a number"),
-    "caption_dropout_every_n_epochs": (ALL, _is_int, "an integer"),
-    "caption_extension": (ALL, _is_str, "a string"),
-    "class_tokens": (ALL, _is_str, "a string"),
-    "cache_info": (ALL, _is_bool, "true or false"),
-    "image_dir": ((S,), _is_str, "a folder path"),
-    "is_reg": ((S,), _is_bool, "true or false"),
-    "alpha_mask": ((S,), _is_bool, "true or false"),
-    "metadata_file": ((S,), _is_str, "a file path"),
-    "conditioning_data_dir": ((S,), _is_str, "a folder path"),
+# TOML shape of each declared type (the command line reads some as text: resolution "512,768" is [512, 768] here)
+_KINDS: dict[object, tuple[Callable[[object], bool], str]] = {
+    None: (_is_bool, "true or false"), int: (_is_int, "an integer"), float: (_is_float, "a number"),
+    str: (_is_str, "a string"), dict: (_is_table, "a table"),
 }
+_SHAPES = {"resolution": (_is_resolution, "an integer or [width, height]"),
+           "face_crop_aug_range": (_is_pair, "[low, high]")}
+
+
+def _schema() -> dict[str, tuple[tuple[str, ...], Callable[[object], bool], str]]:
+    out = {}
+    for key, o in dataset_keys().items():
+        check, kind = _SHAPES.get(key) or _KINDS[o.type]
+        out[key] = (o.dataset, check, kind)
+    return out
+
+
+# key -> (levels where it may appear, type check, type name for messages); all from library/options
+SCHEMA = _schema()
 TOP_LEVEL = {"general", "datasets"}
-
-DEFAULTS: dict[str, object] = {
-    "batch_size": 1, "enable_bucket": False, "bucket_no_upscale": False, "min_bucket_reso": 256,
-    "max_bucket_reso": 1024, "bucket_reso_steps": 64, "network_multiplier": 1.0, "validation_split": 0.0,
-    "num_repeats": 1, "shuffle_caption": False, "enable_wildcard": False, "color_aug": False, "flip_aug": False,
-    "random_crop": False, "caption_separator": ",", "keep_tokens_separator": "", "keep_tokens": 0,
-    "token_warmup_min": 1, "token_warmup_step": 0, "caption_dropout_rate": 0.0, "caption_tag_dropout_rate": 0.0,
-    "caption_dropout_every_n_epochs": 0, "caption_extension": ".caption", "cache_info": False, "is_reg": False,
-    "alpha_mask": False,
-}
-
+DEFAULTS: dict[str, object] = {k: o.default for k, o in dataset_keys().items() if o.default is not None}
 # dataset keys that fall back to a command-line option of another name
-CLI_NAMES = {"batch_size": "train_batch_size", "num_repeats": "dataset_repeats"}
-_UNSUPPORTED = {
-    "face_crop_aug_range": "face-crop augmentation",
-    "alpha_mask": "alpha-mask loss",
-    "conditioning_data_dir": "mask images (masked loss)",
-    "metadata_file": "fine-tuning metadata datasets (use image folders with caption files)",
-}
+CLI_NAMES = dataset_cli_names()
+_UNSUPPORTED = refused_dataset_keys()
 
 
 @dataclass
@@ -123,10 +87,10 @@ class SubsetConfig:
     """One image folder and how its images and captions are used."""
 
     image_dir: Path
-    num_repeats: int = 1
+    num_repeats: int = DEFAULTS["num_repeats"]
     class_tokens: str | None = None
     is_reg: bool = False
-    caption_extension: str = ".caption"
+    caption_extension: str = DEFAULTS["caption_extension"]
     caption: CaptionOptions = field(default_factory=CaptionOptions)
     color_aug: bool = False
     flip_aug: bool = False
@@ -140,13 +104,13 @@ class DatasetConfig:
     """One dataset: a resolution and bucket settings shared by its subsets, and one batch size."""
 
     resolution: tuple[int, int]
-    batch_size: int = 1
+    batch_size: int = DEFAULTS["batch_size"]
     enable_bucket: bool = False
     bucket_no_upscale: bool = False
-    min_bucket_reso: int = 256
-    max_bucket_reso: int = 1024
-    bucket_reso_steps: int = 64
-    network_multiplier: float = 1.0
+    min_bucket_reso: int = DEFAULTS["min_bucket_reso"]
+    max_bucket_reso: int = DEFAULTS["max_bucket_reso"]
+    bucket_reso_steps: int = DEFAULTS["bucket_reso_steps"]
+    network_multiplier: float = DEFAULTS["network_multiplier"]
     subsets: list[SubsetConfig] = field(default_factory=list)
 
 
@@ -236,9 +200,9 @@ def _subset(tables: list[Mapping], cli: Mapping, image_dir: Path, where: str) ->
     def get(key: str) -> object:
         return _lookup(key, tables, cli)
 
-    for key, what in _UNSUPPORTED.items():
-        if get(key):
-            raise ToolkitError(f"{where}: {key} ({what}) is not supported by this toolkit")
+    for key, why in _UNSUPPORTED.items():
+        if S in SCHEMA[key][0] and get(key):
+            raise ToolkitError(f"{where}: {key}: {why}")
     caption = CaptionOptions(**{k: get(k) for k in CaptionOptions.__dataclass_fields__})
     return SubsetConfig(
         image_dir=image_dir, num_repeats=int(get("num_repeats")), class_tokens=get("class_tokens"),
@@ -252,8 +216,15 @@ def _dataset(tables: list[Mapping], cli: Mapping, subsets: list[SubsetConfig], w
     def get(key: str) -> object:
         return _lookup(key, tables, cli)
 
-    if get("validation_split"):
-        raise ToolkitError(f"{where}: validation_split is not supported by this toolkit")
+    for key, why in _UNSUPPORTED.items():
+        if S not in SCHEMA[key][0] and get(key):
+            raise ToolkitError(f"{where}: {key}: {why}")
+    for key in ("batch_size", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps"):
+        if int(get(key)) <= 0:
+            raise ToolkitError(f"{where}: {key} {get(key)}: must be greater than 0")
+    if get("enable_bucket") and int(get("min_bucket_reso")) < int(get("bucket_reso_steps")):
+        raise ToolkitError(f"{where}: min_bucket_reso {get('min_bucket_reso')}: must be at least bucket_reso_steps "
+                           f"{get('bucket_reso_steps')}")
     return DatasetConfig(
         resolution=parse_resolution(get("resolution"), f"{where}: resolution"), batch_size=int(get("batch_size")),
         enable_bucket=bool(get("enable_bucket")), bucket_no_upscale=bool(get("bucket_no_upscale")),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -17,52 +16,13 @@ from library.generate.pipeline import BatchRunner, silence_cast_notice
 from library.generate.plan import Defaults, ImageJob, batches, plan_jobs
 from library.generate.text import PromptEncoder
 from library.models import ModelBundle, family_from_flags, load_models
+from library.options.generate import GEN_EXCLUSIVE, GenerationConfig, gen_options
+from library.options.spec import GEN
 from library.prompts import PromptSpec, load_prompt_file, parse_prompt_line
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-
-
-@dataclass
-class GenerationConfig:
-    """Everything gen_img_diffusers.py takes; field names are the command-line option names."""
-
-    ckpt: str
-    outdir: str = "outputs"
-    prompt: str | None = None
-    from_file: str | None = None
-    negative_prompt: str | None = None
-    v2: bool = False
-    sdxl: bool = False
-    v_parameterization: bool = False
-    images_per_prompt: int = 1
-    n_iter: int = 1
-    steps: int = 50
-    scale: float = 7.5
-    sampler: str = "ddim"
-    W: int | None = None
-    H: int | None = None
-    seed: int | None = None
-    iter_same_seed: bool = False
-    batch_size: int = 1
-    fp16: bool = False
-    bf16: bool = False
-    xformers: bool = False
-    sdpa: bool = False
-    clip_skip: int | None = None
-    max_embeddings_multiples: int | None = None
-    image_path: str | None = None
-    strength: float | None = None
-    network_module: list[str] = field(default_factory=list)
-    network_weights: list[str] = field(default_factory=list)
-    network_mul: list[float] = field(default_factory=list)
-    network_args: list[str] = field(default_factory=list)
-    network_merge: bool = False
-    network_merge_n_models: int | None = None
-    network_show_meta: bool = False
-    sequential_file_name: bool = False
-    use_original_file_name: bool = False
 
 
 def device_and_dtype(fp16: bool, bf16: bool) -> tuple[torch.device, torch.dtype]:
@@ -79,15 +39,9 @@ def device_and_dtype(fp16: bool, bf16: bool) -> tuple[torch.device, torch.dtype]
 def _check(config: GenerationConfig) -> None:
     if not config.prompt and not config.from_file and not config.image_path:
         raise ToolkitError("give --prompt or --from_file (or --image_path with images made by this script)")
-    if config.prompt and config.from_file:
-        raise ToolkitError("--prompt and --from_file cannot be given together")
-    for name in ("images_per_prompt", "n_iter", "batch_size", "steps"):
-        if getattr(config, name) < 1:
-            raise ToolkitError(f"--{name} must be 1 or more, got {getattr(config, name)}")
-    if config.max_embeddings_multiples is not None and config.max_embeddings_multiples < 1:
-        raise ToolkitError("--max_embeddings_multiples must be 1 or more")
-    if config.strength is not None and not 0.0 < config.strength <= 1.0:
-        raise ToolkitError(f"--strength must be in (0, 1], got {config.strength}")
+    from library.options.parse import check_values
+
+    check_values(gen_options(), vars(config), GEN, GEN_EXCLUSIVE)  # the command line's checks, for library callers
     if config.network_weights and not config.network_module:
         raise ToolkitError("--network_weights needs --network_module (e.g. networks.lora)")
     if config.network_module and not config.network_weights:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import inspect
 import warnings
-
-import diffusers
+from typing import TYPE_CHECKING
 
 from library.errors import ToolkitError
+from library.options.choices import SAMPLER_ALIASES, SAMPLERS
+
+if TYPE_CHECKING:
+    import diffusers
 
 # name -> (diffusers class name, extra constructor arguments)
 _SCHEDULERS: dict[str, tuple[str, dict]] = {
@@ -25,8 +28,8 @@ _SCHEDULERS: dict[str, tuple[str, dict]] = {
     "dpmsolver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
     "dpmsingle": ("DPMSolverSinglestepScheduler", {}),
 }
-_ALIASES = {"k_lms": "lms", "k_euler": "euler", "k_euler_a": "euler_a", "k_dpm_2": "dpm_2", "k_dpm_2_a": "dpm_2_a"}
-SAMPLERS: tuple[str, ...] = tuple(n for n in _SCHEDULERS if n != "ddpm") + tuple(_ALIASES)
+_ALIASES = SAMPLER_ALIASES
+assert SAMPLERS == tuple(n for n in _SCHEDULERS if n != "ddpm") + tuple(_ALIASES)
 
 # the Stable Diffusion training schedule (SD1, SD2 and SDXL share it)
 SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
@@ -35,6 +38,8 @@ SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.01
 
 def make_scheduler(name: str, v_parameterization: bool = False) -> diffusers.SchedulerMixin:
     """A fresh scheduler for a sampler name (case-insensitive; `k_*` aliases accepted)."""
+    import diffusers
+
     key = _ALIASES.get(name.lower(), name.lower())
     if key not in _SCHEDULERS:
         raise ToolkitError(f"unknown sampler {name!r}: use one of {', '.join(SAMPLERS)}")

@@ -17,12 +17,12 @@ import torch
 
 from library.errors import ToolkitError
 from library.lora_io import LoRAFactors, save_lora
+from library.options.choices import DYNAMIC_METHODS
 from library.resize.decompose import Decomposed, decompose, parallel_map
 
 log = logging.getLogger(__name__)
 
 MIN_SV = 1e-6
-DYNAMIC_METHODS = ("sv_ratio", "sv_fro", "sv_cumulative")
 # (down, up) part names sd-scripts recognises: its own, PEFT, ControlLoRA
 PAIR_NAMES = (("lora_down", "lora_up"), ("lora_A", "lora_B"), ("down", "up"))
 SAVE_SUFFIXES = (".ckpt", ".pt", ".pth", ".safetensors")

@@ -13,8 +13,8 @@ import math
 import random
 import signal
 import time
-from argparse import Namespace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -43,6 +43,9 @@ from library.train.setup import (
 )
 from library.train.state import load_state, read_position, save_state
 from library.train.text import text_conditioner
+
+if TYPE_CHECKING:
+    from library.options.train import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -102,27 +105,27 @@ class _StopFlag:
 
 
 class Trainer:
-    """One training run of `train_network.py` (arguments as parsed there)."""
+    """One training run, configured by a TrainConfig (library/options: the options of train_network.py)."""
 
-    def __init__(self, args: Namespace, sdxl_script: bool = False) -> None:
-        self.args = args
+    def __init__(self, cfg: TrainConfig, sdxl_script: bool = False) -> None:
+        self.cfg = cfg
         self.sdxl_script = sdxl_script
-        self.dist = Distributed(cpu=bool(getattr(args, "cpu", False)))
-        self.precision = resolve_precision(args, self.dist.device)
-        seed = args.seed if args.seed is not None else random.randint(0, 2 ** 31 - 1)
-        self.seed = args.seed = self.dist.broadcast_int(seed)
-        self.out_dir = Path(args.output_dir or ".")
-        self.ext = saving.EXTENSIONS.get(args.save_model_as or "safetensors")
+        self.dist = Distributed()
+        self.precision = resolve_precision(cfg, self.dist.device)
+        seed = cfg.seed if cfg.seed is not None else random.randint(0, 2 ** 31 - 1)
+        self.seed = cfg.seed = self.dist.broadcast_int(seed)
+        self.out_dir = Path(cfg.output_dir or ".")
+        self.ext = saving.EXTENSIONS.get(cfg.save_model_as or "safetensors")
         if self.ext is None:
-            raise ToolkitError(f"--save_model_as {args.save_model_as}: a LoRA is saved as safetensors, ckpt or pt")
-        self.save_dtype = str_to_dtype(args.save_precision)
-        if args.log_with not in (None, "tensorboard"):
-            raise ToolkitError(f"--log_with {args.log_with}: only tensorboard is supported (this toolkit is offline)")
+            raise ToolkitError(f"--save_model_as {cfg.save_model_as}: a LoRA is saved as safetensors, ckpt or pt")
+        self.save_dtype = str_to_dtype(cfg.save_precision)
+        if cfg.log_with not in (None, "tensorboard"):
+            raise ToolkitError(f"--log_with {cfg.log_with}: only tensorboard is supported (this toolkit is offline)")
         self._seed_everything(self.seed)
-        self.objective = Objective(ObjectiveConfig(**{k: getattr(args, k) for k in
+        self.objective = Objective(ObjectiveConfig(**{k: getattr(cfg, k) for k in
                                                       ObjectiveConfig.__dataclass_fields__}))
-        self.prompts = load_prompts(args.sample_prompts) if args.sample_prompts else []
-        model = args.pretrained_model_name_or_path
+        self.prompts = load_prompts(cfg.sample_prompts) if cfg.sample_prompts else []
+        model = cfg.pretrained_model_name_or_path
         if not model:
             raise ToolkitError("--pretrained_model_name_or_path is required (a .safetensors/.ckpt file or a "
                                "Diffusers folder)")
@@ -130,7 +133,7 @@ class Trainer:
             raise ToolkitError(f"--pretrained_model_name_or_path {model}: not found (nothing is downloaded: give a "
                                "local .safetensors/.ckpt file or Diffusers folder)")
         self.family = peek_family(model) or ("sdxl" if sdxl_script else None)
-        check_family(args, self.family, sdxl_script)
+        check_family(cfg, self.family, sdxl_script)
 
     @staticmethod
     def _seed_everything(seed: int) -> None:
@@ -140,7 +143,7 @@ class Trainer:
 
     # ---- setup ------------------------------------------------------------------------------------------------
     def setup(self) -> None:
-        a, p = self.args, self.precision
+        a, p = self.cfg, self.precision
         self.dataset = build_dataset(a, self.seed, self.family)
         check_text_cache(a, self.dataset, self.family)
         self.bundle = load_training_models(a, p, self.sdxl_script)
@@ -197,7 +200,7 @@ class Trainer:
         return tes[0] if len(tes) == 1 else tes
 
     def _schedule(self) -> None:
-        a = self.args
+        a = self.cfg
         from library.data.dataset import EpochSampler
 
         self.sampler = EpochSampler(self.dataset, self.dist.rank, self.dist.world, a.gradient_accumulation_steps)
@@ -225,7 +228,7 @@ class Trainer:
                  len(self.sampler), spe, self.num_epochs, a.max_train_steps)
 
     def _resume(self) -> None:
-        path = Path(self.args.resume)
+        path = Path(self.cfg.resume)
         if not path.is_dir():
             raise ToolkitError(f"--resume {path}: folder not found")
         read_position(path)
@@ -234,12 +237,12 @@ class Trainer:
         _, step = read_position(path)
         self.global_step = step
         self.start_epoch, within = divmod(step, self.steps_per_epoch)
-        self.skip_batches = within * self.args.gradient_accumulation_steps
+        self.skip_batches = within * self.cfg.gradient_accumulation_steps
         log.info("resumed from %s at step %d (epoch %d, batch %d)", path, step, self.start_epoch + 1,
                  self.skip_batches)
 
     def _initial_position(self) -> None:
-        a = self.args
+        a = self.cfg
         step = a.initial_step if a.initial_step else (a.initial_epoch - 1) * self.steps_per_epoch
         self.global_step = step
         self.start_epoch, within = divmod(step, self.steps_per_epoch)
@@ -270,7 +273,7 @@ class Trainer:
         return self.objective.loss(pred, target, t, batch["loss_weights"])
 
     def _optimizer_step(self) -> None:
-        a = self.args
+        a = self.cfg
         if self.scaler.unscale(self.params):
             if a.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(self.params, a.max_grad_norm)
@@ -285,7 +288,7 @@ class Trainer:
 
     # ---- run --------------------------------------------------------------------------------------------------
     def run(self) -> Path | None:
-        a = self.args
+        a = self.cfg
         loader = torch.utils.data.DataLoader(
             self.dataset, batch_size=None, sampler=self.sampler, num_workers=self._workers(),
             persistent_workers=bool(a.persistent_data_loader_workers and self._workers()),
@@ -360,18 +363,18 @@ class Trainer:
     def _workers(self) -> int:
         import os
 
-        return max(0, min(self.args.max_data_loader_n_workers, os.cpu_count() or 1))
+        return max(0, min(self.cfg.max_data_loader_n_workers, os.cpu_count() or 1))
 
     def _train_mode(self, on: bool) -> None:
         # Models run in train mode only for gradient checkpointing (SD models have no dropout to switch)
-        ckpt = bool(self.args.gradient_checkpointing) and on
+        ckpt = bool(self.cfg.gradient_checkpointing) and on
         self.bundle.unet.train(ckpt)
         for te in self.bundle.text_encoders:
             te.train(ckpt and self.train_te)
         self.network.train(on)
 
     def _writer(self):  # noqa: ANN202
-        a = self.args
+        a = self.cfg
         if not a.logging_dir or not self.dist.is_main:
             return None
         from torch.utils.tensorboard import SummaryWriter
@@ -416,7 +419,7 @@ class Trainer:
                    self.global_step, self.dist.rank, self.dist.barrier, {"loss_scale": self.scaler.scale})
 
     def _after_step(self, epoch: int) -> None:
-        a, s = self.args, self.global_step
+        a, s = self.cfg, self.global_step
         if a.save_every_n_steps and s % a.save_every_n_steps == 0 and s < a.max_train_steps:
             self._save_lora(saving.step_name(a.output_name, s), epoch + 1)
             if a.save_state:
@@ -433,7 +436,7 @@ class Trainer:
             self._sample(epoch=None)
 
     def _after_epoch(self, epoch: int) -> None:
-        a, e = self.args, epoch + 1
+        a, e = self.cfg, epoch + 1
         if a.save_every_n_epochs and e % a.save_every_n_epochs == 0 and e < self.num_epochs:
             self._save_lora(saving.epoch_name(a.output_name, e), e)
             if a.save_state:
@@ -450,7 +453,7 @@ class Trainer:
             self._sample(epoch=e)
 
     def _save_final(self) -> Path:
-        a = self.args
+        a = self.cfg
         epoch = min(self.num_epochs, math.ceil(self.global_step / self.steps_per_epoch))
         path = self._save_lora(saving.last_name(a.output_name), epoch, final=True)
         if a.save_state or a.save_state_on_train_end:
@@ -458,7 +461,7 @@ class Trainer:
         return path
 
     def _on_interrupt(self) -> None:
-        a = self.args
+        a = self.cfg
         epoch = self.global_step // self.steps_per_epoch
         if a.save_state:
             stem = saving.step_name(a.output_name, self.global_step)
@@ -482,18 +485,18 @@ class Trainer:
                 from library.generate.pipeline import build_pipeline
 
                 pipe = build_pipeline(self.bundle)
-            sample_images(self.out_dir, self.args.output_name, self.prompts, self.bundle.unet, self.bundle.vae,
-                          self.text, self.args.sample_sampler, self.args.v_parameterization, self.latent_scale,
+            sample_images(self.out_dir, self.cfg.output_name, self.prompts, self.bundle.unet, self.bundle.vae,
+                          self.text, self.cfg.sample_sampler, self.cfg.v_parameterization, self.latent_scale,
                           p.device, p.weight_dtype, epoch, self.global_step, p.autocast, pipe)
-            if caches_text(self.args):
+            if caches_text(self.cfg):
                 self._release_text_encoders()
             self._train_mode(True)
         self.dist.barrier()
 
 
-def train(args: Namespace, sdxl_script: bool = False) -> Path | None:
-    """Run `train_network.py` (or `sdxl_train_network.py`: `sdxl_script`) with parsed arguments; returns the
-    final LoRA file."""
-    trainer = Trainer(args, sdxl_script)
+def train(cfg: TrainConfig, sdxl_script: bool = False) -> Path | None:
+    """Run one training from its typed configuration (`sdxl_script`: sdxl_train_network.py, which refuses
+    non-SDXL models); returns the final LoRA file."""
+    trainer = Trainer(cfg, sdxl_script)
     trainer.setup()
     return trainer.run()

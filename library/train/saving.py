@@ -9,11 +9,15 @@ import os
 import random
 import shutil
 import time
-from argparse import Namespace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from library.lora_io import file_hashes
 from library.metadata import minimum_metadata, modelspec
+from library.options.train import options_metadata
+
+if TYPE_CHECKING:
+    from library.options.train import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +65,16 @@ def old_step_to_remove(step: int, every: int, keep: int | None) -> int | None:
 class MetadataBuilder:
     """Collects the run's `ss_*` values once; `for_save` adds the per-save values (epoch, step, title)."""
 
-    def __init__(self, args: Namespace, family: str, dataset, num_batches: int, num_epochs: int,  # noqa: ANN001
+    def __init__(self, cfg: TrainConfig, family: str, dataset, num_batches: int, num_epochs: int,  # noqa: ANN001
                  optimizer_description: str, world: int) -> None:
-        self.args = args
+        self.cfg = cfg
         self.family = family
         self.started = time.time()
         self.session_id = random.randint(0, 2 ** 32)
-        self.base = self._base(args, family, dataset, num_batches, num_epochs, optimizer_description, world)
+        self.base = self._base(cfg, family, dataset, num_batches, num_epochs, optimizer_description, world)
 
     def _network_args(self) -> dict | None:
-        a = self.args
+        a = self.cfg
         if not a.network_args:
             return None
         out: dict[str, object] = {}
@@ -80,39 +84,15 @@ class MetadataBuilder:
         out.setdefault("dropout", a.network_dropout)  # sd-scripts passes --network_dropout along (null if unset)
         return out
 
-    def _base(self, a: Namespace, family: str, dataset, num_batches: int, num_epochs: int,  # noqa: ANN001
+    def _base(self, a: TrainConfig, family: str, dataset, num_batches: int, num_epochs: int,  # noqa: ANN001
               optimizer: str, world: int) -> dict[str, str]:
-        meta: dict[str, object] = {
+        meta: dict[str, object] = options_metadata(a)  # every option declared with an ss_* key
+        meta.update({
             "ss_session_id": self.session_id, "ss_training_started_at": self.started,
-            "ss_output_name": a.output_name, "ss_learning_rate": a.learning_rate,
-            "ss_text_encoder_lr": a.text_encoder_lr, "ss_unet_lr": a.unet_lr,
             "ss_num_train_images": dataset.num_train_images, "ss_num_reg_images": dataset.num_reg_images,
             "ss_num_validation_images": 0, "ss_num_batches_per_epoch": num_batches, "ss_num_epochs": num_epochs,
-            "ss_gradient_checkpointing": a.gradient_checkpointing,
-            "ss_gradient_accumulation_steps": a.gradient_accumulation_steps,
-            "ss_max_train_steps": a.max_train_steps, "ss_lr_warmup_steps": a.lr_warmup_steps,
-            "ss_lr_scheduler": a.lr_scheduler, "ss_network_dropout": a.network_dropout,
-            "ss_mixed_precision": a.mixed_precision, "ss_full_fp16": a.full_fp16, "ss_clip_skip": a.clip_skip,
-            "ss_max_token_length": a.max_token_length, "ss_cache_latents": a.cache_latents, "ss_seed": a.seed,
-            "ss_lowram": a.lowram, "ss_noise_offset": a.noise_offset,
-            "ss_multires_noise_iterations": a.multires_noise_iterations,
-            "ss_multires_noise_discount": a.multires_noise_discount,
-            "ss_adaptive_noise_scale": a.adaptive_noise_scale, "ss_zero_terminal_snr": a.zero_terminal_snr,
-            "ss_training_comment": a.training_comment, "ss_sd_scripts_commit_hash": "",
-            "ss_optimizer": optimizer, "ss_max_grad_norm": a.max_grad_norm,
-            "ss_caption_dropout_rate": a.caption_dropout_rate,
-            "ss_caption_dropout_every_n_epochs": a.caption_dropout_every_n_epochs,
-            "ss_caption_tag_dropout_rate": a.caption_tag_dropout_rate, "ss_face_crop_aug_range": None,
-            "ss_prior_loss_weight": a.prior_loss_weight, "ss_min_snr_gamma": a.min_snr_gamma,
-            "ss_scale_weight_norms": a.scale_weight_norms, "ss_ip_noise_gamma": a.ip_noise_gamma,
-            "ss_debiased_estimation": a.debiased_estimation_loss,
-            "ss_noise_offset_random_strength": a.noise_offset_random_strength,
-            "ss_ip_noise_gamma_random_strength": a.ip_noise_gamma_random_strength, "ss_loss_type": a.loss_type,
-            "ss_huber_schedule": a.huber_schedule, "ss_huber_scale": a.huber_scale, "ss_huber_c": a.huber_c,
-            "ss_fp8_base": False, "ss_fp8_base_unet": False, "ss_validation_seed": None,
-            "ss_validation_split": 0.0, "ss_max_validation_steps": None, "ss_validate_every_n_epochs": None,
-            "ss_validate_every_n_steps": None, "ss_resize_interpolation": a.resize_interpolation,
-        }
+            "ss_sd_scripts_commit_hash": "", "ss_optimizer": optimizer,
+        })
         meta.update(self._dataset_meta(a, dataset, world))
         model = Path(a.pretrained_model_name_or_path)
         meta["ss_sd_model_name"] = model.name
@@ -126,7 +106,7 @@ class MetadataBuilder:
         return {k: str(v) for k, v in meta.items()}
 
     @staticmethod
-    def _dataset_meta(a: Namespace, dataset, world: int) -> dict[str, object]:  # noqa: ANN001
+    def _dataset_meta(a: TrainConfig, dataset, world: int) -> dict[str, object]:  # noqa: ANN001
         tags = json.dumps(dataset.tag_frequency())
         dirs = json.dumps(dataset.dataset_dirs())
         if a.dataset_config:
@@ -170,7 +150,7 @@ class MetadataBuilder:
 
     def for_save(self, epoch: int, step: int, final: bool = False) -> dict[str, str]:
         """Metadata of one file: minimum set, full set unless `--no_metadata`, and modelspec."""
-        a = self.args
+        a = self.cfg
         meta = minimum_metadata(self.family, a.v_parameterization, a.network_module, a.network_dim,
                                 a.network_alpha, self._network_args())
         if not a.no_metadata:

@@ -1,5 +1,5 @@
 """Everything a run needs before its first step: precision, models, the LoRA network, the dataset and its
-latent cache. Each function takes the run's arguments (the `train_network.py` namespace) and fails early with a
+latent cache. Each function takes the run's TrainConfig (library/options) and fails early with a
 message naming the option when a combination cannot work."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
-from argparse import Namespace
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -21,6 +21,9 @@ from library.models import ModelBundle, load_models, load_vae_file, peek_family
 from library.train.distributed import Distributed
 from library.train.text_cache import cache_text_outputs, check_cacheable, encoders_fingerprint
 from library.train.text_cache import load_cached as load_cached_text
+
+if TYPE_CHECKING:
+    from library.options.train import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -41,62 +44,62 @@ class Precision:
         return torch.autocast(self.device.type, dtype=self.weight_dtype)
 
 
-def resolve_precision(args: Namespace, device: torch.device) -> Precision:
-    mixed = (args.mixed_precision or "no").lower()
+def resolve_precision(cfg: TrainConfig, device: torch.device) -> Precision:
+    mixed = (cfg.mixed_precision or "no").lower()
     if mixed not in ("no", "fp16", "bf16"):
-        raise ToolkitError(f"--mixed_precision {args.mixed_precision!r}: use no, fp16 or bf16")
+        raise ToolkitError(f"--mixed_precision {cfg.mixed_precision!r}: use no, fp16 or bf16")
     if mixed == "fp16" and device.type == "cpu":
         raise ToolkitError("--mixed_precision fp16 needs a CUDA GPU; on CPU use --mixed_precision bf16 or no")
-    if args.full_fp16 and mixed != "fp16":
+    if cfg.full_fp16 and mixed != "fp16":
         raise ToolkitError("--full_fp16 needs --mixed_precision fp16")
-    if args.full_bf16 and mixed != "bf16":
+    if cfg.full_bf16 and mixed != "bf16":
         raise ToolkitError("--full_bf16 needs --mixed_precision bf16")
     weight = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[mixed]
-    vae = torch.float32 if args.no_half_vae or device.type == "cpu" else weight
-    return Precision(device, mixed, weight, bool(args.full_fp16 or args.full_bf16), vae)
+    vae = torch.float32 if cfg.no_half_vae or device.type == "cpu" else weight
+    return Precision(device, mixed, weight, bool(cfg.full_fp16 or cfg.full_bf16), vae)
 
 
-def load_training_models(args: Namespace, precision: Precision, sdxl_script: bool = False) -> ModelBundle:
+def load_training_models(cfg: TrainConfig, precision: Precision, sdxl_script: bool = False) -> ModelBundle:
     """Load the base model (SD1/SD2/SDXL), swap in `--vae`, freeze everything and move it to the device."""
-    if not args.pretrained_model_name_or_path:
+    if not cfg.pretrained_model_name_or_path:
         raise ToolkitError("--pretrained_model_name_or_path is required (a .safetensors/.ckpt file or a "
                            "Diffusers folder)")
-    forced = "sd2" if args.v2 and peek_family(args.pretrained_model_name_or_path) != "sdxl" else None
+    forced = "sd2" if cfg.v2 and peek_family(cfg.pretrained_model_name_or_path) != "sdxl" else None
     # frozen parts load straight in the precision they train in (no float32 copy of the whole model first)
-    bundle = load_models(args.pretrained_model_name_or_path, forced, args.v_parameterization,
+    bundle = load_models(cfg.pretrained_model_name_or_path, forced, cfg.v_parameterization,
                          precision.weight_dtype, keep_extra=False, vae_dtype=precision.vae_dtype)
-    check_family(args, bundle.family, sdxl_script)
+    check_family(cfg, bundle.family, sdxl_script)
     if bundle.is_sdxl and not sdxl_script:
         log.info("%s is an SDXL model: training it as SDXL (as sdxl_train_network.py does)",
-                 args.pretrained_model_name_or_path)
-    if bundle.is_v2 and not args.v2:
+                 cfg.pretrained_model_name_or_path)
+    if bundle.is_v2 and not cfg.v2:
         log.warning("the model is SD2.x; --v2 was not given (training it as SD2.x anyway)")
-    if args.v2 and args.clip_skip:
+    if cfg.v2 and cfg.clip_skip:
         log.warning("--clip_skip with --v2: SD2 already uses the penultimate text-encoder layer")
-    merge_base_weights(args, bundle)
-    if args.vae:
-        vae_path = Path(args.vae)
+    merge_base_weights(cfg, bundle)
+    if cfg.vae:
+        vae_path = Path(cfg.vae)
         if vae_path.is_dir():
             from diffusers import AutoencoderKL
 
             bundle.vae = AutoencoderKL.from_pretrained(vae_path, local_files_only=True)
         else:
             bundle.vae = load_vae_file(vae_path, bundle.family)
-        log.info("VAE replaced by %s", args.vae)
+        log.info("VAE replaced by %s", cfg.vae)
     for model in (bundle.unet, bundle.vae, *bundle.text_encoders):
         model.requires_grad_(False)
         model.eval()
     for model, dtype in ((bundle.unet, precision.weight_dtype), (bundle.vae, precision.vae_dtype),
                          *((te, precision.weight_dtype) for te in bundle.text_encoders)):
         _move(model, precision.device, dtype)
-    _attention(args, bundle.unet)
+    _attention(cfg, bundle.unet)
     return bundle
 
 
-def check_family(args: Namespace, family: str | None, sdxl_script: bool) -> None:
+def check_family(cfg: TrainConfig, family: str | None, sdxl_script: bool) -> None:
     """Refuse what cannot be trained on this family (`family` None: not known before loading)."""
-    model = args.pretrained_model_name_or_path
-    if family == "sdxl" and args.v2:
+    model = cfg.pretrained_model_name_or_path
+    if family == "sdxl" and cfg.v2:
         raise ToolkitError(f"--v2: {model} is an SDXL model; drop --v2")
     if sdxl_script and family not in (None, "sdxl"):
         raise ToolkitError(f"--pretrained_model_name_or_path {model}: an {family.upper()} model; "
@@ -112,15 +115,15 @@ def _move(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> N
         model.to(dtype)
 
 
-def _attention(args: Namespace, unet: torch.nn.Module) -> None:
-    if args.xformers:
+def _attention(cfg: TrainConfig, unet: torch.nn.Module) -> None:
+    if cfg.xformers:
         try:
             unet.enable_xformers_memory_efficient_attention()
             log.info("attention: xformers")
             return
         except Exception as e:  # xformers missing or not built for this device
             log.warning("--xformers unavailable (%s); using PyTorch SDPA", str(e).splitlines()[0][:100])
-    if args.mem_eff_attn:
+    if cfg.mem_eff_attn:
         log.info("--mem_eff_attn: PyTorch SDPA picks a memory-efficient kernel itself")
     # Diffusers uses torch's scaled_dot_product_attention by default: that is --sdpa
 
@@ -135,70 +138,70 @@ def parse_network_args(items: list[str] | None) -> dict[str, str]:
     return out
 
 
-def merge_base_weights(args: Namespace, bundle: ModelBundle) -> None:
+def merge_base_weights(cfg: TrainConfig, bundle: ModelBundle) -> None:
     """`--base_weights`: bake LoRAs into the model before training (each with its multiplier)."""
-    if not args.base_weights:
+    if not cfg.base_weights:
         return
-    multipliers = list(args.base_weights_multiplier or [])
-    module = importlib.import_module(args.network_module or "networks.lora")
+    multipliers = list(cfg.base_weights_multiplier or [])
+    module = importlib.import_module(cfg.network_module or "networks.lora")
     te = bundle.text_encoders[0] if len(bundle.text_encoders) == 1 else bundle.text_encoders
-    for i, path in enumerate(args.base_weights):
+    for i, path in enumerate(cfg.base_weights):
         m = multipliers[i] if i < len(multipliers) else 1.0
         network, weights = module.create_network_from_weights(m, path, bundle.vae, te, bundle.unet, for_inference=True)
         network.merge_to(te, bundle.unet, weights, None, None)
         log.info("merged %s into the model (multiplier %g)", path, m)
 
 
-def build_network(args: Namespace, bundle: ModelBundle):  # noqa: ANN201
+def build_network(cfg: TrainConfig, bundle: ModelBundle):  # noqa: ANN201
     """Create the network from `--network_module` and apply it to the sides being trained."""
-    if args.network_train_unet_only and args.network_train_text_encoder_only:
+    if cfg.network_train_unet_only and cfg.network_train_text_encoder_only:
         raise ToolkitError("--network_train_unet_only and --network_train_text_encoder_only exclude each other")
-    name = args.network_module or "networks.lora"
+    name = cfg.network_module or "networks.lora"
     try:
         module = importlib.import_module(name)
     except ImportError as e:
         raise ToolkitError(f"--network_module {name}: cannot import it ({e})") from None
-    kwargs = parse_network_args(args.network_args)
-    if args.network_dropout is not None and "dropout" not in kwargs:
-        kwargs["dropout"] = args.network_dropout
+    kwargs = parse_network_args(cfg.network_args)
+    if cfg.network_dropout is not None and "dropout" not in kwargs:
+        kwargs["dropout"] = cfg.network_dropout
     te = bundle.text_encoders[0] if len(bundle.text_encoders) == 1 else bundle.text_encoders
-    if args.dim_from_weights:
-        if not args.network_weights:
+    if cfg.dim_from_weights:
+        if not cfg.network_weights:
             raise ToolkitError("--dim_from_weights needs --network_weights")
-        network, _ = module.create_network_from_weights(1.0, args.network_weights, bundle.vae, te, bundle.unet,
+        network, _ = module.create_network_from_weights(1.0, cfg.network_weights, bundle.vae, te, bundle.unet,
                                                         **kwargs)
     else:
-        network = module.create_network(1.0, args.network_dim, args.network_alpha, bundle.vae, te, bundle.unet,
-                                        neuron_dropout=args.network_dropout, **kwargs)
-    train_unet = not args.network_train_text_encoder_only
-    train_te = not args.network_train_unet_only
+        network = module.create_network(1.0, cfg.network_dim, cfg.network_alpha, bundle.vae, te, bundle.unet,
+                                        neuron_dropout=cfg.network_dropout, **kwargs)
+    train_unet = not cfg.network_train_text_encoder_only
+    train_te = not cfg.network_train_unet_only
     network.apply_to(te, bundle.unet, train_te, train_unet)
-    if args.network_weights:
-        info = network.load_weights(args.network_weights)
-        log.info("loaded network weights from %s: %s", args.network_weights, info)
+    if cfg.network_weights:
+        info = network.load_weights(cfg.network_weights)
+        log.info("loaded network weights from %s: %s", cfg.network_weights, info)
     return network, train_unet, train_te
 
 
-def build_dataset(args: Namespace, seed: int, family: str | None = None) -> TrainDataset:
-    cli = vars(args)
-    if args.dataset_config:
-        if args.train_data_dir or args.reg_data_dir:
+def build_dataset(cfg: TrainConfig, seed: int, family: str | None = None) -> TrainDataset:
+    cli = vars(cfg)
+    if cfg.dataset_config:
+        if cfg.train_data_dir or cfg.reg_data_dir:
             log.warning("--dataset_config given: --train_data_dir and --reg_data_dir are ignored")
-        configs = datasets_from_config(args.dataset_config, cli)
+        configs = datasets_from_config(cfg.dataset_config, cli)
     else:
-        if not args.train_data_dir:
+        if not cfg.train_data_dir:
             raise ToolkitError("give --train_data_dir (folders named '<repeats>_<name>') or --dataset_config")
-        configs = datasets_from_folders(args.train_data_dir, args.reg_data_dir, cli)
+        configs = datasets_from_folders(cfg.train_data_dir, cfg.reg_data_dir, cli)
     step = 32 if family == "sdxl" else 64  # the U-Net halves the latents 2 (SDXL) or 3 times
     what = "SDXL" if family == "sdxl" else "SD1/SD2"
-    for cfg in configs:
-        if cfg.enable_bucket and cfg.bucket_reso_steps % step:
+    for ds in configs:
+        if ds.enable_bucket and ds.bucket_reso_steps % step:
             log.warning("bucket_reso_steps %d is not a multiple of %d: %s U-Nets need sizes divisible by %d",
-                        cfg.bucket_reso_steps, step, what, step)
-        if not cfg.enable_bucket and (cfg.resolution[0] % step or cfg.resolution[1] % step):
-            raise ToolkitError(f"resolution {cfg.resolution[0]}x{cfg.resolution[1]}: both sides must be "
+                        ds.bucket_reso_steps, step, what, step)
+        if not ds.enable_bucket and (ds.resolution[0] % step or ds.resolution[1] % step):
+            raise ToolkitError(f"resolution {ds.resolution[0]}x{ds.resolution[1]}: both sides must be "
                                f"multiples of {step} for {what}")
-    dataset = TrainDataset(configs, seed, args.prior_loss_weight, args.cache_latents or args.cache_latents_to_disk)
+    dataset = TrainDataset(configs, seed, cfg.prior_loss_weight, cfg.cache_latents or cfg.cache_latents_to_disk)
     buckets = dataset.bucket_info()["buckets"]
     log.info("%d training images (with repeats), %d regularisation images; buckets: %s", dataset.num_train_images,
              dataset.num_reg_images, ", ".join(f"{b['resolution'][0]}x{b['resolution'][1]}:{b['count']}"
@@ -206,43 +209,43 @@ def build_dataset(args: Namespace, seed: int, family: str | None = None) -> Trai
     return dataset
 
 
-def cache_dataset_latents(args: Namespace, dataset: TrainDataset, vae: torch.nn.Module, dist: Distributed,
+def cache_dataset_latents(cfg: TrainConfig, dataset: TrainDataset, vae: torch.nn.Module, dist: Distributed,
                           seed: int, sdxl: bool = False) -> None:
     """Encode every image once (memory, or `.npz` files shared by the ranks); broken images are dropped."""
-    to_disk = bool(args.cache_latents_to_disk)
-    kept = cache_latents(dataset.records, vae, args.vae_batch_size or 1, to_disk, args.skip_cache_check, seed,
+    to_disk = bool(cfg.cache_latents_to_disk)
+    kept = cache_latents(dataset.records, vae, cfg.vae_batch_size or 1, to_disk, cfg.skip_cache_check, seed,
                          dist.is_main, dist.rank if to_disk else 0, dist.world if to_disk else 1,
                          SDXL_SUFFIX if sdxl else SUFFIX)
     if to_disk:
         dist.barrier()
-        kept = load_cached(kept, args.skip_cache_check)
+        kept = load_cached(kept, cfg.skip_cache_check)
     dataset.drop_records(kept)
     if not any(not r.subset.is_reg for r in dataset.records):
         raise ToolkitError("no training image could be decoded")
 
 
-def caches_text(args: Namespace) -> bool:
-    return bool(args.cache_text_encoder_outputs or args.cache_text_encoder_outputs_to_disk)
+def caches_text(cfg: TrainConfig) -> bool:
+    return bool(cfg.cache_text_encoder_outputs or cfg.cache_text_encoder_outputs_to_disk)
 
 
-def check_text_cache(args: Namespace, dataset: TrainDataset, family: str | None) -> None:
+def check_text_cache(cfg: TrainConfig, dataset: TrainDataset, family: str | None) -> None:
     """Refuse text-encoder caching where cached outputs would be wrong (decided before any model loads)."""
-    if not caches_text(args):
+    if not caches_text(cfg):
         return
-    option = "--cache_text_encoder_outputs" + ("_to_disk" if args.cache_text_encoder_outputs_to_disk else "")
+    option = "--cache_text_encoder_outputs" + ("_to_disk" if cfg.cache_text_encoder_outputs_to_disk else "")
     subsets = [s for cfg in dataset.configs for s in cfg.subsets]
-    check_cacheable(subsets, not args.network_train_unet_only, option, family in (None, "sdxl"))
+    check_cacheable(subsets, not cfg.network_train_unet_only, option, family in (None, "sdxl"))
 
 
-def cache_dataset_text(args: Namespace, dataset: TrainDataset, bundle: ModelBundle, conditioner,  # noqa: ANN001
+def cache_dataset_text(cfg: TrainConfig, dataset: TrainDataset, bundle: ModelBundle, conditioner,  # noqa: ANN001
                        dist: Distributed, precision: Precision) -> None:
     """Encode every caption once (memory, or `_te_outputs.npz` files shared by the ranks)."""
-    check_text_cache(args, dataset, bundle.family)
-    to_disk = bool(args.cache_text_encoder_outputs_to_disk)
-    fingerprint = encoders_fingerprint(bundle.text_encoders, args.max_token_length)
-    cache_text_outputs(dataset.records, conditioner, fingerprint, to_disk, args.skip_cache_check,
+    check_text_cache(cfg, dataset, bundle.family)
+    to_disk = bool(cfg.cache_text_encoder_outputs_to_disk)
+    fingerprint = encoders_fingerprint(bundle.text_encoders, cfg.max_token_length)
+    cache_text_outputs(dataset.records, conditioner, fingerprint, to_disk, cfg.skip_cache_check,
                        autocast=precision.autocast, rank=dist.rank if to_disk else 0,
                        world=dist.world if to_disk else 1, show_progress=dist.is_main)
     if to_disk:
         dist.barrier()
-        load_cached_text(dataset.records, fingerprint, args.skip_cache_check)
+        load_cached_text(dataset.records, fingerprint, cfg.skip_cache_check)

@@ -1,19 +1,17 @@
-"""`--config_file`: a TOML of command-line arguments (sd-scripts' format). Tables are flattened into one set of
-option values that replace the parser defaults, so anything given on the command line still wins.
-`--output_config` writes the non-default arguments of a command line to such a file."""
+"""`--config_file`: a TOML of command-line options (sd-scripts' format). Tables are flattened into one set of option
+values that replace the parser defaults, so anything given on the command line still wins. `--output_config` writes
+the options of a command line that differ from their defaults to such a file, never over an existing one."""
 
 from __future__ import annotations
 
 import argparse
 import difflib
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 
 import toml
 
 from library.errors import ToolkitError
-from library.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +54,17 @@ def _coerce_one(action: argparse.Action, value: object, key: str, path: Path) ->
     return value
 
 
-def read_config_file(parser: argparse.ArgumentParser, path: str | Path) -> dict:
-    """Option values from a config TOML, checked against the parser (a typo with a close match is an error)."""
+def config_path(path: str | Path) -> Path:
+    """`x` -> `x.toml` as sd-scripts does, unless `x` exists as given."""
     path = Path(path)
     if not path.exists() and path.suffix != ".toml":
         path = path.with_name(path.name + ".toml")
+    return path
+
+
+def read_config_file(parser: argparse.ArgumentParser, path: str | Path, skip: tuple[str, ...] = ()) -> dict:
+    """Option values from a config TOML, checked against the parser (a typo with a close match is an error)."""
+    path = config_path(path)
     if not path.is_file():
         raise ToolkitError(f"--config_file {path}: file not found")
     try:
@@ -76,33 +80,22 @@ def read_config_file(parser: argparse.ArgumentParser, path: str | Path) -> dict:
                 raise ToolkitError(f"{path}: unknown option {key!r} (did you mean {close[0]!r}?)")
             log.warning("%s: %r is not an option of this script; ignored", path, key)
             continue
-        if key in ("config_file", "output_config"):
+        if key in skip:
             continue
         out[key] = _coerce(actions[key], value, key, path)
     return out
 
 
-def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
-    """Parse `argv`; values from `--config_file` become the defaults the command line overrides."""
-    args = parser.parse_args(argv)
-    if args.config_file and not getattr(args, "output_config", False):  # with --output_config it is the output
-        parser.set_defaults(**read_config_file(parser, args.config_file))
-        args = parser.parse_args(argv)
-    return args
-
-
-def write_config_file(parser: argparse.ArgumentParser, args: argparse.Namespace, path: str | Path) -> Path:
-    """Write the arguments that differ from the parser defaults as a flat TOML (for `--config_file`)."""
+def write_config_file(values: dict, path: str | Path) -> Path:
+    """Write option values as a flat TOML for `--config_file`; an existing file is never replaced."""
     path = Path(path)
     if path.suffix != ".toml":
         path = path.with_name(path.name + ".toml")
-    values = {}
-    for action in parser._actions:
-        if action.dest in ("help", "config_file", "output_config", argparse.SUPPRESS):
-            continue
-        value = getattr(args, action.dest, None)
-        if value is not None and value != action.default:
-            values[action.dest] = value
+    if path.exists():
+        raise ToolkitError(f"--config_file {path}: already exists; --output_config never overwrites a file "
+                           "(remove it or name a new file)")
+    from library.files import atomic_path  # imports torch: only when a file is written
+
     with atomic_path(path) as tmp:
         tmp.write_text(toml.dumps(values), encoding="utf-8")
     return path
