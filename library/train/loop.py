@@ -187,7 +187,7 @@ class Trainer:
         """After caching their outputs the encoders only serve samples: drop them, or park them on the CPU."""
         if not self.prompts:
             self.bundle.text_encoders = []
-            self.text.text_encoders = []
+            self.text.release_encoders()
             gc.collect()
         elif self.precision.device.type != "cpu":
             for te in self.bundle.text_encoders:

@@ -117,6 +117,12 @@ class SdxlTextConditioner:
         self.windows = [TextConditioner(tok, te, None, max_token_length) for tok, te in zip(tokenizers, text_encoders)]
         self.text_encoders = list(text_encoders)
 
+    def release_encoders(self) -> None:
+        """Drop every reference to the encoders (after their outputs were cached), so their memory can go."""
+        self.text_encoders = []
+        for window in self.windows:
+            window.text_encoder = None
+
     def tokenize(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids [B, windows, 77] for each encoder (te2 pads with `!`, te1 with EOS)."""
         return self.windows[0].tokenize(captions), self.windows[1].tokenize(captions)
