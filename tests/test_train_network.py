@@ -90,8 +90,10 @@ def test_loss_falls(env, tmp_path, kind):
     assert any(n.startswith("lora_te_text_model_encoder_layers_") for n in names)
     # every module trained, TE included; except the mid block's self-attention q/k: at 64 px its input is a
     # single token, where softmax is constant, so q and k get no gradient
+    # (their gradient is rounding noise: exactly 0 with some SDPA kernels; tiny but nonzero with others, which
+    # Adam's normalised step turns into a full-size update, so they may look trained)
     untrained = {n for n in names if sd[f"{n}.lora_up.weight"].abs().sum() == 0}
-    assert untrained == {f"lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_{x}" for x in "qk"}
+    assert untrained <= {f"lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_{x}" for x in "qk"}
     convs = [k for k, v in sd.items() if k.endswith("lora_down.weight") and v.ndim == 4 and v.shape[-1] == 3]
     assert bool(convs) == (kind == "c3lier")
     # SD1 has 192 LierLa U-Net modules, 278 C3Lier; the tiny model lacks one conv_shortcut (32->32 channels)

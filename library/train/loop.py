@@ -7,7 +7,6 @@ Ctrl-C or SIGTERM stops after the current optimizer step (all ranks agree throug
 
 from __future__ import annotations
 
-import gc
 import logging
 import math
 import random
@@ -38,6 +37,7 @@ from library.train.setup import (
     caches_text,
     check_family,
     check_text_cache,
+    give_back_memory,
     load_training_models,
     resolve_precision,
 )
@@ -152,7 +152,7 @@ class Trainer:
             cache_dataset_latents(a, self.dataset, self.bundle.vae, self.dist, self.seed, self.bundle.is_sdxl)
             if not self.prompts:  # nothing decodes or encodes any more: give the VAE's memory back
                 self.bundle.vae = None
-                gc.collect()
+                give_back_memory()
         self.text = text_conditioner(self.bundle, a.clip_skip, a.max_token_length)
         if caches_text(a):
             cache_dataset_text(a, self.dataset, self.bundle, self.text, self.dist, p)
@@ -188,7 +188,7 @@ class Trainer:
         if not self.prompts:
             self.bundle.text_encoders = []
             self.text.release_encoders()
-            gc.collect()
+            give_back_memory()
         elif self.precision.device.type != "cpu":
             for te in self.bundle.text_encoders:
                 te.to("cpu")

@@ -249,3 +249,18 @@ def cache_dataset_text(cfg: TrainConfig, dataset: TrainDataset, bundle: ModelBun
     if to_disk:
         dist.barrier()
         load_cached_text(dataset.records, fingerprint, cfg.skip_cache_check)
+
+
+def give_back_memory() -> None:
+    """Return freed model memory to the system now: collect, trim glibc's heap (freed tensors that came from
+    it stay in the process's RSS otherwise), empty the CUDA cache."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
