@@ -271,6 +271,18 @@ def test_dataset_defaults_come_from_the_declarations():
     assert DEFAULTS["min_bucket_reso"] == TrainConfig().min_bucket_reso == 256
 
 
+def test_library_configs_agree_with_the_declarations():
+    """Dataclasses the library builds from a TrainConfig take the declared defaults (None timesteps mean 0/1000)."""
+    from dataclasses import fields
+
+    from library.train.objective import ObjectiveConfig
+
+    run = TrainConfig()
+    for f in fields(ObjectiveConfig):
+        expected = {"min_timestep": 0, "max_timestep": 1000}.get(f.name, getattr(run, f.name))
+        assert f.default == expected, f.name
+
+
 def test_dataset_toml_bad_bucket_settings(tmp_path):
     from library.data.config import datasets_from_config
     from library.errors import ToolkitError

@@ -136,15 +136,19 @@ def test_text_encoder_only_and_samples(env, tmp_path):
     assert Image.open(samples[0]).size == (64, 64)
 
 
-def test_quickstart_config_runs(env, tmp_path):
-    """README command 1's config, pointed at this test's default files and cut to 2 steps."""
+def test_quickstart_config_runs(env, tmp_path, capsys):
+    """README command 1's config, pointed at this test's default files and cut to 2 steps; an ignored option is
+    noted in one line and the run goes on."""
     out = tmp_path / "out"
     path = train_network.main(["--config_file", str(ROOT / "examples" / "quickstart.toml"),
                                "--pretrained_model_name_or_path", str(env["ckpt"]), "--train_data_dir",
                                str(env["img"]), "--output_dir", str(out), "--logging_dir", str(out / "logs"),
                                "--max_train_epochs", "0", "--max_train_steps", "2", "--sample_prompts",
-                               str(ROOT / "examples" / "quickstart_prompts.txt"), "--sample_at_first"])
+                               str(ROOT / "examples" / "quickstart_prompts.txt"), "--sample_at_first",
+                               "--highvram"])
     assert path == out / "quickstart.safetensors" and len(tb_losses(out / "logs")) == 2
+    assert [ln for ln in capsys.readouterr().err.splitlines() if "highvram" in ln] == [
+        "INFO: --highvram: ignored (memory is managed by PyTorch here)"]
     assert len(list((out / "sample").glob("quickstart_000000_00_*_1.png"))) == 1
     assert metadata(path)["ss_shuffle_caption"] == "True" and metadata(path)["ss_lr_scheduler"] == "cosine"
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import sys
 from collections.abc import Iterable, Sequence
 
 from library.errors import ToolkitError
@@ -80,7 +79,3 @@ def build_option_parser(options: Iterable[Option], script: str, description: str
         add_option(groups[o.group], o, script)
     return p
 
-
-def wants_help(argv: Sequence[str] | None) -> bool:
-    words = sys.argv[1:] if argv is None else argv
-    return any(w in ("-h", "--help") for w in words)

@@ -68,8 +68,7 @@ def train_options(script: str = TRAIN) -> list[Option]:
 
 def dataset_keys() -> dict[str, Option]:
     """Keys of a dataset TOML: the options that may be set per dataset/subset, and the TOML-only keys."""
-    out = {o.name: o for cls in (*TRAIN_GROUPS, DatasetFileKeys) for o in options_of(cls) if o.dataset}
-    return out
+    return {o.name: o for cls in (*TRAIN_GROUPS, DatasetFileKeys) for o in options_of(cls) if o.dataset}
 
 
 def dataset_cli_names() -> dict[str, str]:

@@ -23,6 +23,20 @@ ISSUE_13 = "is not implemented yet"
 RESIZE_METHODS = ("lanczos", "nearest", "bilinear", "linear", "bicubic", "cubic", "area")
 
 
+def _rate(value: float) -> str | None:
+    return None if 0 <= value <= 1 else "must be between 0 and 1"
+
+
+def _resolution_problem(value: str) -> str | None:
+    try:
+        parts = [int(p) for p in str(value).replace("x", ",").split(",")]
+    except ValueError:
+        return "expected 'SIZE' or 'WIDTH,HEIGHT'"
+    if len(parts) not in (1, 2):
+        return "expected 'SIZE' or 'WIDTH,HEIGHT'"
+    return None if min(parts) > 0 else "sizes must be greater than 0"
+
+
 @dataclass
 class ModelOptions:
     GROUP = "model"
@@ -88,7 +102,7 @@ class DatasetOptions:
     dataset_repeats: int = opt(int, 1, "repeats of each image (the default num_repeats of dataset TOML subsets)",
                                check=positive, dataset_key="num_repeats")
     resolution: str | None = opt(str, None, "training size: '512' or 'width,height'", dataset=GD,
-                                 check=lambda v: _resolution_problem(v))
+                                 check=_resolution_problem)
     enable_bucket: bool = flag("aspect-ratio buckets: train each image near its own aspect ratio", dataset=GD)
     min_bucket_reso: int = opt(int, 256, "smallest bucket side", check=positive, dataset=GD)
     max_bucket_reso: int = opt(int, 1024, "largest bucket side", check=positive, dataset=GD)
@@ -110,11 +124,11 @@ class DatasetOptions:
     caption_prefix: str | None = opt(str, None, "text put before every caption", dataset=ALL_LEVELS)
     caption_suffix: str | None = opt(str, None, "text put after every caption", dataset=ALL_LEVELS)
     caption_dropout_rate: float = opt(float, 0.0, "share of steps that train with an empty caption (0..1)",
-                                      check=lambda v: _rate(v), dataset=ALL_LEVELS, meta="ss_caption_dropout_rate")
+                                      check=_rate, dataset=ALL_LEVELS, meta="ss_caption_dropout_rate")
     caption_dropout_every_n_epochs: int = opt(int, 0, "drop all captions every N-th epoch", check=non_negative,
                                               dataset=ALL_LEVELS, meta="ss_caption_dropout_every_n_epochs")
     caption_tag_dropout_rate: float = opt(float, 0.0, "chance that each tag is left out (0..1)",
-                                          check=lambda v: _rate(v), dataset=ALL_LEVELS,
+                                          check=_rate, dataset=ALL_LEVELS,
                                           meta="ss_caption_tag_dropout_rate")
     token_warmup_min: int = opt(int, 1, "tags used at the start of the caption warm-up", check=positive,
                                 dataset=ALL_LEVELS)
@@ -193,18 +207,3 @@ class DatasetFileKeys:
     metadata_file: str | None = opt(str, None, "fine-tuning metadata file of the subset", dataset=(SUBSET,),
                                     scripts=(), **refused("fine-tuning metadata datasets are not supported; use "
                                                           "image_dir with caption files"))
-
-
-def _rate(value: float) -> str | None:
-    return None if 0 <= value <= 1 else "must be between 0 and 1"
-
-
-def _resolution_problem(value: str) -> str | None:
-    try:
-        parts = [int(p) for p in str(value).replace("x", ",").split(",")]
-    except ValueError:
-        return "expected 'SIZE' or 'WIDTH,HEIGHT'"
-    if len(parts) not in (1, 2):
-        return "expected 'SIZE' or 'WIDTH,HEIGHT'"
-    return None if min(parts) > 0 else "sizes must be greater than 0"
-
