@@ -20,11 +20,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from library.data.buckets import BucketSelector, Size, bucket_info
+from library.data.buckets import BucketSelector, Size, bucket_info, crop_offsets
 from library.data.captions import caption_text, process_caption
 from library.data.config import DatasetConfig, SubsetConfig
 from library.data.folders import glob_images, read_caption
-from library.data.images import check_interpolation, color_aug, image_size, load_rgb, resize_and_crop, to_tensor
+from library.data.images import (
+    check_interpolation,
+    choose_crop,
+    color_aug,
+    image_size,
+    load_rgb,
+    resize_and_crop,
+    to_tensor,
+)
 from library.errors import ToolkitError
 from library.files import write_text_atomic
 
@@ -48,6 +56,8 @@ class ImageRecord:
     latents: torch.Tensor | None = None
     latents_flipped: torch.Tensor | None = None
     npz: Path | None = None
+    te_outputs: object | None = None  # cached text-encoder outputs of the caption (SDXL)
+    te_npz: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -199,17 +209,31 @@ class TrainDataset(torch.utils.data.Dataset):
     def _rng(self, req: BatchRequest, slot: int) -> random.Random:
         return random.Random(((self.seed * 1_000_003 + req.epoch) * 1_000_003 + req.position) * 1024 + slot)
 
-    def _pixels(self, r: ImageRecord, rng: random.Random) -> np.ndarray:
+    def _pixels(self, r: ImageRecord, rng: random.Random) -> tuple[np.ndarray, tuple[int, int]]:
+        """The augmented bucket-sized image and its crop (top, left) in the flipped-if-flipped resized image."""
         img = load_rgb(r.path)
-        img = resize_and_crop(img, r.resized, r.bucket, r.subset.random_crop, rng, r.subset.resize_interpolation)
+        left, top = choose_crop(r.resized, r.bucket, r.subset.random_crop, rng)
+        img = resize_and_crop(img, r.resized, r.bucket, interpolation=r.subset.resize_interpolation,
+                              offset=(left, top))
         if r.subset.flip_aug and rng.random() < 0.5:
             img = img[:, ::-1]
+            left = r.resized[0] - r.bucket[0] - left
         if r.subset.color_aug:
             img = color_aug(np.ascontiguousarray(img), rng)
-        return img
+        return img, (top, left)
+
+    def _sample(self, r: ImageRecord, rng: random.Random) -> tuple[torch.Tensor, bool, tuple[int, int]]:
+        """(latents or pixels, whether they are latents, crop (top, left)) of one record."""
+        if r.latents is not None:
+            left, top = crop_offsets(r.resized, r.bucket)  # cached latents are always centre-cropped
+            if r.latents_flipped is not None and rng.random() < 0.5:
+                return r.latents_flipped, True, (top, r.resized[0] - r.bucket[0] - left)
+            return r.latents, True, (top, left)
+        img, crop = self._pixels(r, rng)
+        return to_tensor(img), False, crop
 
     def __getitem__(self, req: BatchRequest) -> dict:
-        captions, weights, latents, pixels = [], [], [], []
+        captions, weights, latents, pixels, size_cond, te_outputs = [], [], [], [], [], []
         usable = [i for i in req.indices if i not in self._bad] or list(req.indices)
         for slot, index in enumerate(req.indices):
             if index in self._bad:
@@ -219,25 +243,29 @@ class TrainDataset(torch.utils.data.Dataset):
             captions.append(process_caption(r.caption, r.subset.caption, rng, req.epoch, req.step,
                                             self.max_train_steps))
             weights.append(self.prior_loss_weight if r.subset.is_reg else 1.0)
-            if r.latents is not None:
-                flip = r.latents_flipped is not None and rng.random() < 0.5
-                latents.append(r.latents_flipped if flip else r.latents)
-                continue
             try:
-                pixels.append(to_tensor(self._pixels(r, rng)))
+                tensor, is_latent, crop = self._sample(r, rng)
             except ToolkitError as e:
                 if len(usable) <= 1:
                     raise
                 log.warning("%s; using another image of the batch instead", e)
                 self._bad.add(index)
                 usable = [i for i in usable if i != index]
-                pixels.append(to_tensor(self._pixels(self.records[usable[0]], rng)))
+                r = self.records[usable[0]]
+                tensor, is_latent, crop = self._sample(r, rng)
+            (latents if is_latent else pixels).append(tensor)
+            # SDXL's size conditioning: original (h, w), crop (top, left), target (h, w)
+            size_cond.append((r.size[1], r.size[0], *crop, r.bucket[1], r.bucket[0]))
+            if r.te_outputs is not None:
+                te_outputs.append(r.te_outputs)
         multiplier = self.configs[self.records[req.indices[0]].dataset_index].network_multiplier
         return {
             "latents": torch.stack(latents) if latents else None,
             "images": torch.stack(pixels) if pixels else None,
             "captions": captions,
             "loss_weights": torch.tensor(weights, dtype=torch.float32),
+            "size_cond": torch.tensor(size_cond, dtype=torch.long),
+            "te_outputs": te_outputs if len(te_outputs) == len(captions) else None,
             "network_multiplier": multiplier,
             "position": req.position,
         }
