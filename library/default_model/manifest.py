@@ -33,7 +33,7 @@ def write(checkpoint: Path, config: dict, command: list[str], wall_s: float, los
         "sha256": sha256(checkpoint),
         "command": " ".join(command),
         "seed": config["seed"],
-        "steps": {"vae": config["vae_steps"], "diffusion": config["steps"]},
+        "steps": config["steps"],
         "config": config,
         "final_losses": {k: round(v, 5) for k, v in losses.items()},
         "wall_time_s": round(wall_s),

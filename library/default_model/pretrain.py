@@ -1,9 +1,7 @@
-"""Pretrain the embedded default model on CPU: first the VAE (an autoencoder of 64x64 scenes into 8x8x4 latents),
-then the U-Net and the CLIP text encoder together on the diffusion loss over captioned scenes.
-
-The VAE is trained as a plain autoencoder (latent noise for robustness, no KL term); its latents are then shifted
-and scaled inside `quant_conv`/`post_quant_conv` so that `latent * 0.18215` has zero mean and unit variance, as the
-SD1 convention every trainer and sampler assumes. The text encoder learns the templated captions from scratch with
+"""Pretrain the embedded default model on CPU: the VAE is written (8x8 block averages, `vae.py`), its latents are
+shifted and scaled inside `quant_conv`/`post_quant_conv` so that `latent * 0.18215` has zero mean and unit
+variance (the SD1 convention every trainer and sampler assumes), then the U-Net and the CLIP text encoder learn
+together on the diffusion loss over captioned scenes. The text encoder learns the templated captions from scratch with
 the real CLIP vocabulary; "sks" and "orange" stay untrained tokens, free for the quickstart LoRA.
 """
 
@@ -23,6 +21,7 @@ from tqdm import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from library.default_model import scenes
+from library.default_model.vae import block_average_vae
 from library.generate.schedulers import SCHEDULE
 from library.models.arch import LATENT_SCALE
 from library.models.bundle import ModelBundle
@@ -37,18 +36,14 @@ class PretrainConfig:
     """Every choice that changes the weights (the manifest records them all)."""
 
     seed: int = 0
-    vae_steps: int = 150
-    vae_batch: int = 8
-    vae_crop: int = 32  # the VAE is convolutional: it learns on 32x32 crops of scenes (4x cheaper per image)
-    vae_lr: float = 2e-3
-    pool: int = 2048  # captioned 64x64 scenes encoded once for the diffusion phase
+    pool: int = 4096  # captioned 64x64 scenes encoded once for the diffusion phase (flipped at random)
     steps: int = 3000
     batch: int = 16
     lr: float = 1.5e-3
     caption_dropout: float = 0.1  # empty caption: the unconditional branch that CFG needs
     min_snr_gamma: float = 5.0
-    ema: float = 0.99
-    threads: int = 2
+    ema: float = 0.995
+    threads: int = 1  # tiny models gain nothing from threads, and on a shared CPU OpenMP spin-waits cost 10x
 
 
 @dataclass
@@ -80,12 +75,6 @@ def _to_tensor(images: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
-def _crop(rng: np.random.Generator, image: np.ndarray, size: int) -> np.ndarray:
-    """A random size x size crop, on the 8-pixel latent grid."""
-    y, x = (int(v) * 8 for v in rng.integers(0, (image.shape[0] - size) // 8 + 1, 2))
-    return image[y:y + size, x:x + size]
-
-
 def _lr_factor(step: int, total: int | None, warmup: int) -> float:
     """Linear warm-up, then cosine decay to a tenth (`total` None: constant, so a run stopped at step N holds
     the same weights as a run of N steps)."""
@@ -94,31 +83,6 @@ def _lr_factor(step: int, total: int | None, warmup: int) -> float:
     if total is None:
         return 1.0
     return 0.1 + 0.45 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-
-def train_vae(vae: AutoencoderKL, cfg: PretrainConfig, rng: np.random.Generator, losses: Losses) -> None:
-    """Autoencoder training on random-colour scenes (any shape) mixed with captioned ones."""
-    vae.train()
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg.vae_steps, 30))
-    bar = tqdm(range(cfg.vae_steps), desc="vae", dynamic_ncols=True)
-    for step in bar:
-        x = _to_tensor([_crop(rng, scenes.render(scenes.vae_scene(rng) if rng.random() < 0.6
-                                                 else scenes.caption_scene(rng)[0]), cfg.vae_crop)
-                        for _ in range(cfg.vae_batch)])
-        z = vae.encode(x).latent_dist.mean
-        noisy = z + 0.05 * z.detach().std() * torch.randn_like(z)
-        y = vae.decode(noisy).sample
-        recon = F.mse_loss(y, x) + 0.5 * F.l1_loss(y, x)
-        loss = recon + 1e-4 * z.pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.add("vae", step, recon.item())
-        bar.set_postfix(loss=f"{losses.final['vae']:.4f}")
-    vae.eval()
 
 
 @torch.no_grad()
@@ -181,6 +145,8 @@ def train_diffusion(bundle: ModelBundle, latents: torch.Tensor, captions: list[s
         drop = torch.rand(cfg.batch, generator=gen) < cfg.caption_dropout
         batch_ids[drop] = empty
         x0 = latents[idx]
+        flip = torch.rand(cfg.batch, generator=gen) < 0.5  # exact in latent space: blocks are 8x8-aligned
+        x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (cfg.batch,), generator=gen)
         xt = noise_sched.add_noise(x0, noise, t)
@@ -204,13 +170,14 @@ def train_diffusion(bundle: ModelBundle, latents: torch.Tensor, captions: list[s
 
 def pretrain(cfg: PretrainConfig, checkpoint: Callable[[ModelBundle, int, Losses], None], save_every: int = 250
              ) -> tuple[ModelBundle, Losses]:
-    """The whole run, deterministic for a seed (and a thread count): VAE, latent pool, U-Net + text encoder."""
+    """The whole run, deterministic for a seed (and a thread count): written VAE, latent pool, U-Net + text
+    encoder."""
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     bundle = build_models(cfg.seed)
     losses = Losses()
-    train_vae(bundle.vae, cfg, rng, losses)
+    block_average_vae(bundle.vae)
     normalise_latents(bundle.vae, rng)
     for p in bundle.vae.parameters():
         p.requires_grad_(False)
