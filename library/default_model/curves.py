@@ -27,6 +27,8 @@ def _smooth(values: list[float], window: int) -> list[float]:
 def write_png(rows: list[tuple[str, int, float]], path: Path, width: int = 640, height: int = 240) -> None:
     """One panel per phase, log-scale loss against step, smoothed over 2% of the steps."""
     phases = list(dict.fromkeys(p for p, _, _ in rows))
+    if not phases:
+        return
     img = Image.new("RGB", (width, height * len(phases)), "white")
     draw = ImageDraw.Draw(img)
     for i, phase in enumerate(phases):

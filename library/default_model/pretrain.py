@@ -183,6 +183,5 @@ def pretrain(cfg: PretrainConfig, checkpoint: Callable[[ModelBundle, int, Losses
         p.requires_grad_(False)
     latents, captions = encode_pool(bundle, cfg, rng)
     log.info("latent pool: %d, std %.3f", len(latents), float(latents.std()))
-    checkpoint(bundle, 0, losses)
     ema = train_diffusion(bundle, latents, captions, cfg, losses, checkpoint, save_every)
     return ema, losses
