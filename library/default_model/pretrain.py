@@ -37,10 +37,14 @@ class PretrainConfig:
 
     seed: int = 0
     pool: int = 4096  # captioned 64x64 scenes encoded once for the diffusion phase (flipped at random)
-    steps: int = 3000
+    steps: int = 4000
     batch: int = 16
     lr: float = 1.5e-3
     caption_dropout: float = 0.1  # empty caption: the unconditional branch that CFG needs
+    # With 8x8 latents of mostly flat colour, the SD schedule's last step still leaks the image's mean colour
+    # (signal std 0.07 at t=999 against a noise mean of std 1/8): a model trusts that leak and draws the colour
+    # of the seed's noise, not the prompt's. A per-channel noise offset makes the leak unreliable.
+    noise_offset: float = 0.25
     min_snr_gamma: float = 5.0
     ema: float = 0.995
     threads: int = 1  # tiny models gain nothing from threads, and on a shared CPU OpenMP spin-waits cost 10x
@@ -148,6 +152,7 @@ def train_diffusion(bundle: ModelBundle, latents: torch.Tensor, captions: list[s
         flip = torch.rand(cfg.batch, generator=gen) < 0.5  # exact in latent space: blocks are 8x8-aligned
         x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
         noise = torch.randn(x0.shape, generator=gen)
+        noise = noise + cfg.noise_offset * torch.randn(x0.shape[:2] + (1, 1), generator=gen)
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (cfg.batch,), generator=gen)
         xt = noise_sched.add_noise(x0, noise, t)
         pred = unet(xt, t, te(batch_ids).last_hidden_state).sample
