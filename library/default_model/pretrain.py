@@ -37,7 +37,7 @@ class PretrainConfig:
 
     seed: int = 0
     pool: int = 4096  # captioned 64x64 scenes encoded once for the diffusion phase (flipped at random)
-    steps: int = 4000
+    steps: int = 2200
     batch: int = 16
     lr: float = 1.5e-3
     caption_dropout: float = 0.1  # empty caption: the unconditional branch that CFG needs
