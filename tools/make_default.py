@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     shipped = manifest.ROOT / manifest.SHIPPED
     digest = manifest.verify(shipped)
     log.info("pretrained model: %s (sha256 %s... matches %s)", shipped, digest[:12], manifest.MANIFEST)
+    out.mkdir(parents=True, exist_ok=True)
     target = out / shipped.name
     if target.resolve() != shipped.resolve() and not target.exists():
         shutil.copyfile(shipped, target.with_suffix(".partial"))
