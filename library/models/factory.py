@@ -42,9 +42,9 @@ def _vae(channels: list[int], layers: int, family: str) -> dict:
 def default_configs() -> dict:
     """The embedded default (`tools/pretrain_default.py`): SD1 blocks sized for 8x8 latents and CPU training --
     a 64-wide text encoder, a U-Net of three levels (32-64-64 channels, one res block each, cross-attention on
-    the first two) and a VAE of 64 channels at every level: two per norm group, which the
-    last GroupNorm of encoder and decoder needs to pass absolute colour (with one channel per group each map's
-    spatial mean is normalised away, and a solid colour with it). About 5M parameters, most of them the 49408-token embedding; 64x64 images, 8x8x4 latents."""
+    the first two) and a 4-level VAE of 64 channels (even, so every norm group holds a signal pair; see
+    `library.default_model.vae`). About 6M parameters, half of them the 49408-token embedding; 64x64 images,
+    8x8x4 latents."""
     cfg = configs("sd1", "tiny")
     cfg["unet"].update(down_block_types=["CrossAttnDownBlock2D"] * 2 + ["DownBlock2D"],
                        up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 2,
