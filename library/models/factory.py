@@ -39,6 +39,21 @@ def _vae(channels: list[int], layers: int, family: str) -> dict:
                 sample_size=1024 if family == "sdxl" else 512)
 
 
+def default_configs() -> dict:
+    """The embedded default (`tools/pretrain_default.py`): SD1 blocks sized for 8x8 latents and CPU training --
+    a 64-wide text encoder, a U-Net of three levels (32-64-64 channels, one res block each, cross-attention on
+    the first two) and a 4-level VAE of 64 channels (even, so every norm group holds a signal pair; see
+    `library.default_model.vae`). About 6M parameters, half of them the 49408-token embedding; 64x64 images,
+    8x8x4 latents."""
+    cfg = configs("sd1", "tiny")
+    cfg["unet"].update(down_block_types=["CrossAttnDownBlock2D"] * 2 + ["DownBlock2D"],
+                       up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 2,
+                       block_out_channels=[32, 64, 64], layers_per_block=1, cross_attention_dim=64)
+    cfg["vae"] = _vae([64, 64, 64, 64], 1, "sd1")
+    cfg["text_encoders"] = [_te(64, 2, 256, openclip=False)]
+    return cfg
+
+
 def configs(family: str, size: str = "tiny") -> dict:
     """Configs for `unet`, `vae` and `text_encoders` of a family at `tiny` or `real` size."""
     tiny = size == "tiny"
