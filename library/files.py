@@ -373,9 +373,9 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write a small text file (JSON, TOML) atomically."""
+    """Write a small text file (JSON, TOML) atomically, UTF-8 with LF line endings."""
     with atomic_path(path) as tmp:
-        Path(tmp).write_text(text, encoding="utf-8")
+        Path(tmp).write_text(text, encoding="utf-8", newline="\n")
 
 
 def serialize_safetensors(sd: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:

@@ -21,7 +21,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from library.files import atomic_path  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -85,9 +84,10 @@ def write_files(vocab: dict[str, int], merges: list[str], out_dir: Path) -> list
     merges_path = out_dir / "merges.txt"
     vocab_text = json.dumps(vocab, ensure_ascii=False, separators=(",", ":")) + "\n"
     merges_text = "#version: 0.2\n" + "\n".join(merges) + "\n"
+    from library.files import write_text_atomic  # imports torch: only once the work starts
+
     for path, text in ((vocab_path, vocab_text), (merges_path, merges_text)):
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(text.encode("utf-8"))
+        write_text_atomic(path, text)
     return [vocab_path, merges_path]
 
 
