@@ -109,6 +109,30 @@ def test_help_is_fast_no_heavy_imports():
     assert out.returncode == 0 and "--network_dim" in out.stdout
 
 
+
+def _command_line_scripts() -> list[str]:
+    found = [*ROOT.glob("*.py"), *ROOT.glob("networks/*.py"), *ROOT.glob("tools/*.py")]
+    return sorted(p.relative_to(ROOT).as_posix() for p in found if "__main__" in p.read_text(encoding="utf-8"))
+
+
+def test_every_script_answers_help_without_heavy_imports():
+    """`-h` of every script (training, generation, networks/ and tools/) prints its help and has imported none of
+    torch, diffusers or transformers: that is what keeps it under 2 s."""
+    scripts = _command_line_scripts()
+    assert {"train_network.py", "sdxl_train_network.py", "networks/convert_lora.py"} <= set(scripts)
+    code = ("import runpy, sys, io, contextlib\n"
+            "for path in sys.argv[1:]:\n"
+            "    sys.argv = [path, '-h']; out = io.StringIO()\n"
+            "    with contextlib.redirect_stdout(out):\n"
+            "        try: runpy.run_path(path, run_name='__main__')\n"
+            "        except SystemExit: pass\n"
+            "    heavy = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]\n"
+            "    print(path, 'usage' in out.getvalue(), heavy)\n")
+    for script in scripts:  # one process each: an earlier script's imports must not hide a later one's
+        out = subprocess.run([sys.executable, "-c", code, script], cwd=ROOT, capture_output=True, text=True)
+        assert out.stdout.strip() == f"{script} True []", (script, out.stdout, out.stderr[-2000:])
+
+
 # ---- one run, configured three ways --------------------------------------------------------------------------
 RUN = ["--pretrained_model_name_or_path", "model.safetensors", "--train_data_dir", "data", "--resolution", "512,768",
        "--network_dim", "16", "--network_alpha", "8", "--network_args", "conv_dim=4", "conv_alpha=2",
