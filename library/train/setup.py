@@ -167,7 +167,8 @@ def build_network(cfg: TrainConfig, bundle: ModelBundle):  # noqa: ANN201
     return network, train_unet, train_te
 
 
-def build_dataset(cfg: TrainConfig, seed: int) -> TrainDataset:
+def dataset_configs(cfg: TrainConfig) -> list:
+    """The run's datasets (TOML or DreamBooth folders), checked against what SD1/SD2 U-Nets accept."""
     cli = vars(cfg)
     if cfg.dataset_config:
         if cfg.train_data_dir or cfg.reg_data_dir:
@@ -184,6 +185,13 @@ def build_dataset(cfg: TrainConfig, seed: int) -> TrainDataset:
         if not ds.enable_bucket and (ds.resolution[0] % 64 or ds.resolution[1] % 64):
             raise ToolkitError(f"resolution {ds.resolution[0]}x{ds.resolution[1]}: both sides must be "
                                "multiples of 64 for SD1/SD2")
+    if cfg.masked_loss and not any(s.conditioning_data_dir or s.alpha_mask for ds in configs for s in ds.subsets):
+        log.warning("--masked_loss: no subset has conditioning_data_dir or alpha_mask; the loss is not masked")
+    return configs
+
+
+def build_dataset(cfg: TrainConfig, seed: int) -> TrainDataset:
+    configs = dataset_configs(cfg)
     dataset = TrainDataset(configs, seed, cfg.prior_loss_weight, cfg.cache_latents or cfg.cache_latents_to_disk)
     buckets = dataset.bucket_info()["buckets"]
     log.info("%d training images (with repeats), %d regularisation images; buckets: %s", dataset.num_train_images,

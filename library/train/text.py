@@ -1,5 +1,7 @@
 """Captions to U-Net conditioning for SD1/SD2: tokenise (optionally 150/225 tokens in 75-token chunks) and run
-the text encoder with `--clip_skip`, exactly as sd-scripts does, so a LoRA sees the same context either way."""
+the text encoder with `--clip_skip`, exactly as sd-scripts does, so a LoRA sees the same context either way.
+With `--weighted_captions` captions are read by the prompt parser of library/generate/text.py and each token's
+hidden state is multiplied by its weight."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from library.errors import ToolkitError
+from library.generate.text import scale_tokens, weighted_batch
 
 log = logging.getLogger(__name__)
 
@@ -17,7 +20,7 @@ class TextConditioner:
     """One CLIP tokenizer + text encoder pair (SD1/SD2)."""
 
     def __init__(self, tokenizer, text_encoder: torch.nn.Module, clip_skip: int | None = None,  # noqa: ANN001
-                 max_token_length: int | None = None) -> None:
+                 max_token_length: int | None = None, weighted: bool = False) -> None:
         if max_token_length not in (None, 75, 150, 225):
             raise ToolkitError(f"--max_token_length must be 75, 150 or 225, got {max_token_length}")
         if clip_skip is not None and clip_skip < 1:
@@ -28,6 +31,7 @@ class TextConditioner:
         self.chunk = tokenizer.model_max_length  # 77
         self.max_length = self.chunk if max_token_length is None else max_token_length + 2
         self.eos, self.pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+        self.weighted = weighted
 
     def tokenize(self, captions: Sequence[str]) -> torch.Tensor:
         """Token ids [B, chunks, 77]: each chunk is `<BOS> 75 tokens <EOS|PAD>`."""
@@ -69,4 +73,7 @@ class TextConditioner:
         return torch.cat(parts, dim=1)
 
     def __call__(self, captions: Sequence[str]) -> torch.Tensor:
-        return self.encode(self.tokenize(captions))
+        if not self.weighted:
+            return self.encode(self.tokenize(captions))
+        ids, weights = weighted_batch(self.tokenizer, list(captions), (self.max_length - 2) // (self.chunk - 2))
+        return scale_tokens(self.encode(ids), weights)
