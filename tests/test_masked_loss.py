@@ -18,12 +18,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from train_fixtures import base_args, make_env  # noqa: E402
+
 import train_network  # noqa: E402
 from library.cli import run_main  # noqa: E402
 from library.data.config import DatasetConfig, SubsetConfig  # noqa: E402
 from library.data.dataset import BatchRequest, TrainDataset  # noqa: E402
 from library.train.objective import Objective, ObjectiveConfig  # noqa: E402
-from train_fixtures import base_args, make_env  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)

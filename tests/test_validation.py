@@ -15,12 +15,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from train_fixtures import base_args, make_env, tb_scalars  # noqa: E402
+
 import train_network  # noqa: E402
 from library.data.captions import CaptionOptions  # noqa: E402
 from library.data.config import DatasetConfig, SubsetConfig  # noqa: E402
 from library.data.dataset import TrainDataset  # noqa: E402
 from library.options.parse import parse_training_args  # noqa: E402
-from train_fixtures import base_args, make_env, tb_scalars  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
