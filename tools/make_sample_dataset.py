@@ -6,7 +6,8 @@ Usage:
 
 The images land in OUT_DIR/img/10_sks circle/; pass OUT_DIR/img as train_data_dir. With --masks, also the circle
 masks in OUT_DIR/mask/ (for --masked_loss --conditioning_data_dir) and RGBA copies of the images, the mask as
-their alpha channel, in OUT_DIR/img_alpha/10_sks circle/ (for --alpha_mask).
+their alpha channel, in OUT_DIR/img_alpha/10_sks circle/ (for --alpha_mask); when OUT_DIR/img exists already
+(the embedded default: `python tools/make_sample_dataset.py default --masks`) only the masks are written.
 """
 
 from __future__ import annotations
@@ -42,13 +43,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    try:
-        train_dir = make_sample_dataset(
-            args.out_dir, args.num_images, args.resolution, args.seed, args.aspect_ratios, args.overwrite
-        )
-    except (ValueError, FileExistsError) as exc:
-        parser.error(str(exc))
-    logging.getLogger(__name__).info("train_data_dir: %s", train_dir)
+    if args.masks and (args.out_dir / "img").exists() and not args.overwrite:
+        # masks for an existing dataset (e.g. the embedded default): they match it when the arguments do
+        logging.getLogger(__name__).info("%s exists: writing the masks only", args.out_dir / "img")
+    else:
+        try:
+            train_dir = make_sample_dataset(
+                args.out_dir, args.num_images, args.resolution, args.seed, args.aspect_ratios, args.overwrite
+            )
+        except (ValueError, FileExistsError) as exc:
+            parser.error(str(exc))
+        logging.getLogger(__name__).info("train_data_dir: %s", train_dir)
     if args.masks:
         masks, alpha = make_sample_masks(args.out_dir, args.num_images, args.resolution, args.seed, args.aspect_ratios)
         logging.getLogger(__name__).info("conditioning_data_dir: %s; alpha_mask train_data_dir: %s", masks, alpha)
