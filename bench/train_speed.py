@@ -10,6 +10,11 @@ with the same models, LoRA modules and settings; it is not sd-scripts itself (wh
 
     python bench/train_speed.py                      # tiny and real, all four settings
     python bench/train_speed.py --models tiny --steps 20
+    python bench/train_speed.py --models real --extras   # masked loss vs plain per step; validation s/image
+
+`--extras` (cached latents, no checkpointing): s/step with `--masked_loss` (circle masks from
+`conditioning_data_dir`) next to the same run without, and the time of one validation pass per held-out image
+(`--validation_split 0.25`: 2 of the 8 images, each at the 4 validation timesteps).
 """
 
 from __future__ import annotations
@@ -100,9 +105,18 @@ def child_ours(argv: list[str]) -> dict:
         return original_run(self)
 
     loop.Trainer.run = run
+    validations: list[float] = []
+    original_validate = loop.Trainer._validate
+
+    def validate(self, *a):  # noqa: ANN001, ANN002, ANN202
+        start = time.perf_counter()
+        original_validate(self, *a)
+        validations.append((time.perf_counter() - start) / len(self.validator.dataset.records))
+
+    loop.Trainer._validate = validate
     train_network.main(argv)
     return {"step_times": [b - a for a, b in zip(stamps, stamps[1:])], "cpu_times": [b - a for a, b in zip(cpu, cpu[1:])],
-            "train_peak_mib": peak_rss_mib(), **marks}
+            "train_peak_mib": peak_rss_mib(), "validation_s_per_image": validations, **marks}
 
 
 def child_reference(argv: list[str]) -> dict:
@@ -184,6 +198,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=0, help="steps per run [tiny 30, real 6]")
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for the runs (default: torch's choice)")
     parser.add_argument("--no_reference", action="store_true")
+    parser.add_argument("--extras", action="store_true", help="masked loss and validation figures instead")
     parser.add_argument("--child")
     args, rest = parser.parse_known_args()
     if args.child:
@@ -197,6 +212,9 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, threads {args.threads or torch.get_num_threads()}, "
           f"load average {os.getloadavg()[0]:.1f}")
+    if args.extras:
+        extras(args)
+        return
     print("s/step: median wall time per step; cpu s/step: median CPU time per step (all threads), which a busy\n"
           "machine disturbs less; RSS peaks in MiB: setup (load, network, cache), training, whole process")
     print(f"{'model':5} {'cached':6} {'ckpt':5} {'loop':10} {'s/step':>8} {'cpu s/step':>10} {'setup peak':>11} "
@@ -216,6 +234,29 @@ def main() -> None:
                     print(f"{model:5} {str(cached):6} {str(ckpting):5} {label:10} {statistics.median(times):8.3f} "
                           f"{statistics.median(cpu):10.3f} {r['setup_peak']:11.0f} {r['train_peak_mib']:11.0f} "
                           f"{r['peak_rss_mib']:13.0f}", flush=True)
+
+
+def extras(args: argparse.Namespace) -> None:
+    """Masked loss against plain (cached latents) and one validation pass per image."""
+    from library.sample_data import make_sample_masks
+
+    print(f"{'model':5} {'run':10} {'s/step':>8} {'cpu s/step':>10} {'validation s/image':>19}")
+    for model in args.models.split(","):
+        ckpt, img = prepare(model)
+        masks = OUT / "data256" / "mask"
+        if not masks.exists():
+            make_sample_masks(OUT / "data256", num_images=8, resolution=256, seed=0, aspect_ratios=False)
+        steps = args.steps or (30 if model == "tiny" else 8)
+        base = common_args(ckpt, img, steps, True, False)
+        runs = {"plain": base, "masked": [*base, "--masked_loss", "--conditioning_data_dir", str(masks)],
+                "validation": [*base, "--validation_split", "0.25", "--validation_seed", "0"]}
+        for name, argv in runs.items():
+            r = run_child("ours", argv, args.threads)
+            times = r["step_times"][1:] or r["step_times"]
+            cpu = r["cpu_times"][1:] or r["cpu_times"]
+            val = f"{statistics.median(r['validation_s_per_image']):19.3f}" if r["validation_s_per_image"] else ""
+            print(f"{model:5} {name:10} {statistics.median(times):8.3f} {statistics.median(cpu):10.3f} {val}",
+                  flush=True)
 
 
 if __name__ == "__main__":
