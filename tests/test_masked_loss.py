@@ -207,3 +207,15 @@ validation_seed = 42
     for c in caches:
         with np.load(c) as npz:
             assert ("alpha_mask" in npz) == (c.parent == alpha)
+
+
+def test_folder_masks_apply_to_training_images_only(env, tmp_path):
+    from library.data.config import datasets_from_folders
+
+    reg = tmp_path / "reg" / "1_circle"
+    reg.mkdir(parents=True)
+    cli = {"masked_loss": True, "conditioning_data_dir": str(env["masks"]), "resolution": "64"}
+    (ds,) = datasets_from_folders(env["img"], reg.parent, cli)
+    assert [(s.is_reg, s.conditioning_data_dir) for s in ds.subsets] == [(False, env["masks"]), (True, None)]
+    (ds,) = datasets_from_folders(env["img"], None, {**cli, "masked_loss": False})  # masks only with --masked_loss
+    assert ds.subsets[0].conditioning_data_dir is None

@@ -284,5 +284,7 @@ def datasets_from_folders(train_data_dir: str | Path, reg_data_dir: str | Path |
             continue
         for folder, repeats, tokens in dreambooth_subsets(Path(parent), option):
             sub = _subset([{"num_repeats": repeats, "class_tokens": tokens, "is_reg": is_reg}], cli, folder, option)
+            if is_reg:  # --conditioning_data_dir holds the training images' masks; regularisation images train whole
+                sub.conditioning_data_dir = None
             subsets.append(sub)
     return [_dataset([], cli, subsets, "command line")]
