@@ -83,9 +83,14 @@ def decompose(delta: torch.Tensor, rank: int, device: torch.device, clamp_quanti
 
 def extract_lora(model_org: str | os.PathLike, model_tuned: str | os.PathLike, dim: int = 4,
                  conv_dim: int | None = None, family: str | None = None, device: str | None = None,
-                 load_dtype: torch.dtype | None = None, clamp_quantile: float | None = 0.99,
+                 load_dtype: torch.dtype | None = None, clamp_quantile: float | None = None,
                  min_diff: float = 0.01, seed: int = 0) -> tuple[dict[str, LoRAFactors], str]:
-    """LoRA modules of tuned − original (rank `dim`, kxk convs `conv_dim`) and the family of the models."""
+    """LoRA modules of tuned − original (rank `dim`, kxk convs `conv_dim`) and the family of the models.
+
+    `clamp_quantile` None (the default) keeps the exact truncated SVD; 0.99 reproduces sd-scripts' clamp.
+    """
+    if clamp_quantile is not None and not 0 < clamp_quantile <= 1:
+        raise ToolkitError(f"--clamp_quantile {clamp_quantile}: must be in (0, 1] (1 or omitted: no clamp)")
     if dim < 1 or (conv_dim is not None and conv_dim < 1):
         raise ToolkitError("--dim and --conv_dim must be at least 1")
     org_path, tuned_path = Path(model_org), Path(model_tuned)

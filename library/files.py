@@ -14,6 +14,7 @@ import json
 import math
 import os
 import pickle
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -153,6 +154,28 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     return _safetensors_header(path).get("__metadata__") or {}
 
 
+def check_output(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (), folder: bool = False) -> Path:
+    """Decide before any heavy work that `path` can be written: it is no input (nor inside an input folder), a
+    file output is not a folder, a folder output is absent or empty, and its parent exists or can be created."""
+    path = Path(path)
+    real = path.resolve()
+    for item in inputs:
+        src = Path(item).resolve()
+        if real == src or (src.is_dir() and src in real.parents):
+            raise ToolkitError(f"{path}: is the input {item} (or inside it); write the output elsewhere")
+    if folder:
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise ToolkitError(f"{path}: output folder exists and is not empty")
+    elif path.is_dir():
+        raise ToolkitError(f"{path}: is a folder; give an output file name")
+    parent = real.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ToolkitError(f"{path}: cannot write there ({parent} is not a writable folder)")
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it into place only if the block succeeds."""
@@ -169,6 +192,28 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside `path` (absent or an empty folder); it becomes `path` only if the block
+    succeeds, and is removed otherwise."""
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise ToolkitError(f"{path}: output folder exists and is not empty")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; outputs get the usual permissions
+    try:
+        yield tmp
+        if path.exists():
+            path.rmdir()
+        tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

@@ -50,9 +50,14 @@ def split_factors(u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor, k: int) ->
 
 
 def quantile_abs_clamp(up: torch.Tensor, down: torch.Tensor, q: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clamp both factors to ±(q-quantile of their joined values), with no size limit (sort, not torch.quantile)."""
-    values = torch.cat([up.flatten(), down.flatten()]).float()
-    hi = torch.sort(values).values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+    """Clamp both factors to ±(q-quantile of their joined values), with no size limit (sort, not torch.quantile).
+
+    The quantile interpolates linearly between neighbours, as `torch.quantile` (and so sd-scripts) does.
+    """
+    values = torch.sort(torch.cat([up.flatten(), down.flatten()]).float()).values
+    pos = q * (len(values) - 1)
+    lo = min(int(pos), len(values) - 1)
+    hi = values[lo] + (pos - lo) * (values[min(lo + 1, len(values) - 1)] - values[lo])
     return up.clamp(-hi, hi), down.clamp(-hi, hi)
 
 

@@ -4,7 +4,8 @@
         --save_to extracted.safetensors --dim 32 --conv_dim 16
 
 Both checkpoints are read one weight at a time; each difference is decomposed with a randomized SVD whose
-error is within 1% of an exact SVD's. The text encoders are skipped when no weight differs by more than --min_diff.
+error is within 1% of an exact SVD's. No clamp by default (the faithful truncated SVD); `--clamp_quantile 0.99`
+gives sd-scripts' clamped factors. The text encoders are skipped when no weight differs by more than --min_diff.
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--conv_dim", type=int, default=None,
                         help="also extract 3x3 convs and ResNet layers (LoCon / C3Lier); rank of the 3x3 convs")
     parser.add_argument("--device", default=None, help="device for the SVD, e.g. cuda (default cpu)")
-    parser.add_argument("--clamp_quantile", type=float, default=0.99,
-                        help="clamp the factors to this quantile of their values [0.99]; 1 disables")
+    parser.add_argument("--clamp_quantile", type=float, default=None,
+                        help="clamp the factors to this quantile of their values, as sd-scripts does with 0.99 "
+                             "(default: no clamp, the exact truncated SVD)")
     parser.add_argument("--min_diff", type=float, default=0.01,
                         help="text encoders count as changed when a weight differs by more than this [0.01]")
     parser.add_argument("--no_metadata", action="store_true", help="write no modelspec metadata")

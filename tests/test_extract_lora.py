@@ -63,8 +63,9 @@ def assert_recovers(modules, planted):  # noqa: ANN001
 
 
 def test_extract_recovers_planted_rank8_changes(sd1_pair):  # noqa: ANN001
+    """The default (no clamp) is the faithful truncated SVD: a planted rank-8 change comes back to 1e-2 at dim 8."""
     modules, meta = extract(sd1_pair["org"], sd1_pair["tuned"], sd1_pair["dir"] / "x.safetensors",
-                            "--dim", "8", "--conv_dim", "8", "--clamp_quantile", "1")
+                            "--dim", "8", "--conv_dim", "8")
     assert_recovers(modules, sd1_pair["planted"])
     kinds = {(f.down.ndim, f.kernel_size) for f in modules.values()}
     assert kinds == {(2, (1, 1)), (4, (1, 1)), (4, (3, 3))}
@@ -78,7 +79,7 @@ def test_extract_sd2_and_sdxl_including_packed_qkv(family, tiny_checkpoints, tmp
     tuned = tmp_path / "tuned.safetensors"
     planted = plant(tiny_checkpoints[family], tuned, family, conv_dim=None, seed=22)
     modules, meta = extract(tiny_checkpoints[family], tuned, tmp_path / "x.safetensors", "--dim", "8",
-                            "--save_precision", "fp16", "--clamp_quantile", "1")
+                            "--save_precision", "fp16")
     assert any(n.endswith("self_attn_k_proj") and ("te2" in n or family == "sd2") for n in modules)
     assert_recovers(modules, planted)
     assert meta["ss_v2"] == str(family == "sd2")
@@ -109,17 +110,27 @@ def test_randomized_svd_within_one_percent_of_exact(rank):  # noqa: ANN001
         assert best * (1 - 1e-5) <= err <= 1.01 * best
 
 
-def test_default_clamp_limits_factors_to_the_quantile(sd1_pair):  # noqa: ANN001
-    """sd-scripts' default: up = U·S and down = Vh clamped to ±(0.99 quantile of their joined values)."""
-    modules, _ = extract(sd1_pair["org"], sd1_pair["tuned"], sd1_pair["dir"] / "c.safetensors", "--dim", "8")
-    exact, _ = extract(sd1_pair["org"], sd1_pair["tuned"], sd1_pair["dir"] / "e.safetensors", "--dim", "8",
-                       "--clamp_quantile", "1")
+def test_clamp_quantile_reproduces_sd_scripts(sd1_pair):  # noqa: ANN001
+    """--clamp_quantile 0.99: up = U·S and down = Vh clamped to ±torch.quantile(joined values, 0.99), as sd-scripts."""
+    clamped, _ = extract(sd1_pair["org"], sd1_pair["tuned"], sd1_pair["dir"] / "c.safetensors", "--dim", "8",
+                         "--clamp_quantile", "0.99")
+    exact, _ = extract(sd1_pair["org"], sd1_pair["tuned"], sd1_pair["dir"] / "e.safetensors", "--dim", "8")
     name = "lora_unet_mid_block_attentions_0_transformer_blocks_0_ff_net_2"
-    values = torch.cat([exact[name].up.flatten(), exact[name].down.flatten()]).abs()
-    hi = float(torch.quantile(torch.cat([exact[name].up.flatten(), exact[name].down.flatten()]), 0.99))
-    clamped = torch.cat([modules[name].up.flatten(), modules[name].down.flatten()])
-    assert float(clamped.abs().max()) == pytest.approx(hi, rel=1e-3, abs=1e-6)
-    assert float(values.max()) > hi * 1.2  # the clamp really cut something
+    joined = torch.cat([exact[name].up.flatten(), exact[name].down.flatten()])
+    hi = float(torch.quantile(joined, 0.99))
+    torch.testing.assert_close(clamped[name].up, exact[name].up.clamp(-hi, hi), rtol=0, atol=1e-6)
+    torch.testing.assert_close(clamped[name].down, exact[name].down.clamp(-hi, hi), rtol=0, atol=1e-6)
+    assert float(joined.abs().max()) > hi * 1.2  # the clamp really cut something
+    errors = [float((clamped[n].delta() - sd1_pair["planted"][n]).norm() / sd1_pair["planted"][n].norm())
+              for n in clamped]
+    assert max(errors) > 1e-2  # what the default avoids: the clamp costs accuracy on an exactly low-rank change
+
+
+def test_clamp_quantile_out_of_range_is_one_line(sd1_pair, tmp_path, capsys):  # noqa: ANN001
+    argv = ["--model_org", str(sd1_pair["org"]), "--model_tuned", str(sd1_pair["tuned"]),
+            "--save_to", str(tmp_path / "x.safetensors"), "--clamp_quantile", "1.5"]
+    assert run_main(extract_lora_from_models.main, argv) == 2
+    assert "--clamp_quantile" in capsys.readouterr().err and not (tmp_path / "x.safetensors").exists()
 
 
 def test_ranks_above_512_work():

@@ -20,26 +20,44 @@ def family_from_flags(v2: bool = False, sdxl: bool = False) -> str | None:
 
 
 def load_models(path: str | Path, family: str | None = None, v_parameterization: bool = False,
-                dtype: torch.dtype | None = torch.float32) -> ModelBundle:
-    """Load a single-file checkpoint or a Diffusers folder; the family is detected unless given."""
+                dtype: torch.dtype | None = torch.float32, variant: str | None = None,
+                progress: bool = False) -> ModelBundle:
+    """Load a single-file checkpoint or a Diffusers folder; the family is detected unless given.
+
+    `dtype=None` keeps the stored dtypes; `variant` (Diffusers folders) picks `*.<variant>.safetensors` weights;
+    `progress` shows a bar while a single file is read (Diffusers' loaders show their own).
+    """
     path = Path(path)
     if path.is_dir():
-        return load_diffusers_dir(path, family, v_parameterization, dtype)
+        return load_diffusers_dir(path, family, v_parameterization, dtype, variant)
     if not path.exists():
         raise ToolkitError(f"{path}: model not found (give a .safetensors/.ckpt file or a Diffusers folder; "
                            "nothing is downloaded)")
-    return load_single_file(path, family, v_parameterization, dtype)
+    return load_single_file(path, family, v_parameterization, dtype, progress)
+
+
+SINGLE_FILE_EXTS = (".safetensors", ".ckpt", ".pt", ".pth")
+
+
+def is_single_file_path(path: str | Path) -> bool:
+    """An output path with a checkpoint extension is a single file; anything else names a Diffusers folder."""
+    return Path(path).suffix.lower() in SINGLE_FILE_EXTS
 
 
 def save_models(bundle: ModelBundle, path: str | Path, dtype: torch.dtype | None = None,
-                metadata: dict[str, str] | None = None) -> None:
-    """Save as a single file (`.safetensors`/`.ckpt`) or, for a path without extension, a Diffusers folder."""
+                metadata: dict[str, str] | None = None, epoch: int = 0, global_step: int = 0,
+                reference: str | Path | None = None) -> None:
+    """Save as a single file (`.safetensors`/`.ckpt`) or, for a path without extension, a Diffusers folder.
+
+    Both are streamed tensor by tensor and written atomically; `epoch`/`global_step` go into a `.ckpt`,
+    `metadata` into a safetensors header, `reference` (a local Diffusers folder) supplies scheduler and tokenizers.
+    """
     path = Path(path)
-    if path.suffix.lower() in (".safetensors", ".ckpt", ".pt", ".pth"):
-        save_single_file(bundle, path, dtype, metadata)
+    if is_single_file_path(path):
+        save_single_file(bundle, path, dtype, metadata, epoch, global_step)
     else:
-        save_diffusers_dir(bundle, path, dtype)
+        save_diffusers_dir(bundle, path, dtype, reference)
 
 
-__all__ = ["ModelBundle", "family_from_flags", "is_diffusers_dir", "load_models", "load_vae_file", "save_models",
-           "to_original_state_dict"]
+__all__ = ["ModelBundle", "family_from_flags", "is_diffusers_dir", "is_single_file_path", "load_models",
+           "load_vae_file", "save_models", "to_original_state_dict"]

@@ -17,12 +17,13 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from library.errors import ToolkitError
-from library.files import load_state_dict, save_state_dict
+from library.files import load_state_dict, open_streaming
 from library.keys import UNET_PREFIX, VAE_PREFIX, clip, detect_family, te_specs
 from library.keys import unet as unet_keys
 from library.keys import vae as vae_keys
 from library.models import arch
 from library.models.bundle import ModelBundle
+from library.models.streaming import write_tensors
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +126,13 @@ def split_checkpoint(sd: Mapping[str, torch.Tensor], path: Path, family: str | N
 class _CastingView(Mapping):
     """Reads one tensor at a time from the file and casts it, so peak memory is about one model in `dtype`."""
 
-    def __init__(self, source: Mapping[str, torch.Tensor], dtype: torch.dtype | None) -> None:
-        self.source, self.dtype = source, dtype
+    def __init__(self, source: Mapping[str, torch.Tensor], dtype: torch.dtype | None, bar=None) -> None:  # noqa: ANN001
+        self.source, self.dtype, self.bar = source, dtype, bar
 
     def __getitem__(self, key: str) -> torch.Tensor:
         v = self.source[key]
+        if self.bar is not None:
+            self.bar.update(1)
         return v.to(self.dtype) if self.dtype is not None and v.is_floating_point() else v
 
     def __iter__(self):  # noqa: ANN204
@@ -140,13 +143,19 @@ class _CastingView(Mapping):
 
 
 def load_single_file(path: str | Path, family: str | None = None, v_parameterization: bool = False,
-                     dtype: torch.dtype | None = torch.float32) -> ModelBundle:
-    """Load an original-layout checkpoint; `family` ("sd1"/"sd2"/"sdxl") overrides detection."""
+                     dtype: torch.dtype | None = torch.float32, progress: bool = False) -> ModelBundle:
+    """Load an original-layout checkpoint; `family` ("sd1"/"sd2"/"sdxl") overrides detection.
+
+    `dtype=None` keeps the stored dtypes; `progress` shows a tqdm bar over the tensors read.
+    """
+    from tqdm import tqdm
+
     path = Path(path)
-    raw, _ = load_state_dict(path, lazy=True)
+    raw, _ = open_streaming(path)  # plain reads: pages of tensors already used do not stay mapped
     family, _ = split_checkpoint(raw, path, family)
     keys_ = list(raw.keys())
-    sd = _CastingView(raw, dtype)
+    bar = tqdm(total=len(keys_), desc="loading checkpoint", unit="tensor") if progress else None
+    sd = _CastingView(raw, dtype, bar)
     used = {UNET_PREFIX, VAE_PREFIX, *(s.ckpt_prefix for s in te_specs(family))}
     extra = {k: sd[k] for k in keys_ if not any(k.startswith(p) for p in used)}
     unet = _build_unet(_strip(sd, UNET_PREFIX), family, v_parameterization, path)
@@ -161,6 +170,8 @@ def load_single_file(path: str | Path, family: str | None = None, v_parameteriza
         te, unused = _build_te(part, spec, family, path)
         tes.append(te)
         extra.update({spec.ckpt_prefix + k: v for k, v in unused.items()})
+    if bar is not None:
+        bar.close()
     from library.tokenizer import load_tokenizers
 
     return ModelBundle(family, unet, vae, tes, load_tokenizers(family), extra, path, v_parameterization)
@@ -201,12 +212,16 @@ def _fill_sd2_extras(out: dict[str, torch.Tensor], n: int) -> None:
 
 
 def save_single_file(bundle: ModelBundle, path: str | Path, dtype: torch.dtype | None = None,
-                     metadata: dict[str, str] | None = None) -> None:
-    """Write the bundle in the original layout (safetensors or .ckpt by extension), atomically."""
+                     metadata: dict[str, str] | None = None, epoch: int = 0, global_step: int = 0) -> None:
+    """Write the bundle in the original layout (safetensors or .ckpt by extension), atomically.
+
+    safetensors is streamed tensor by tensor (cast on the way), so the save adds one tensor to the models in memory.
+    """
+    from tqdm import tqdm
+
     sd = to_original_state_dict(bundle)
-    if dtype is not None:
-        sd = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in sd.items()}
-    save_state_dict(sd, path, metadata, extra={"epoch": 0, "global_step": 0})
+    with tqdm(total=len(sd), desc="saving checkpoint", unit="tensor") as bar:
+        write_tensors(path, sd, dtype, metadata, bar, extra={"epoch": epoch, "global_step": global_step})
 
 
 def load_vae_file(path: str | Path, family: str = "sd1", dtype: torch.dtype | None = torch.float32) -> AutoencoderKL:

@@ -89,16 +89,22 @@ class GenNetworkOptions:
     network_merge_n_models: int | None = opt(int, None, "merge only the first N networks", check=positive,
                                              scripts=G)
     network_show_meta: bool = flag("log each network file's metadata", scripts=G)
+
+
+@dataclass
+class GenLoggingOptions:
+    GROUP = "logging"
     verbosity: int = opt(int, 0, "more log detail (-v: debug)", aliases=("-v", "--verbose_log"), nargs="count",
                          scripts=G)
 
 
-GEN_GROUPS: tuple[type, ...] = (GenModelOptions, GenPromptOptions, GenSamplingOptions, GenNetworkOptions)
+GEN_GROUPS: tuple[type, ...] = (GenModelOptions, GenPromptOptions, GenSamplingOptions, GenNetworkOptions,
+                                GenLoggingOptions)
 GEN_EXCLUSIVE: tuple[tuple[str, str], ...] = (("fp16", "bf16"), ("prompt", "from_file"))
 
 
 @dataclass
-class GenerationConfig(GenNetworkOptions, GenSamplingOptions, GenPromptOptions, GenModelOptions):
+class GenerationConfig(GenLoggingOptions, GenNetworkOptions, GenSamplingOptions, GenPromptOptions, GenModelOptions):
     """Everything gen_img_diffusers.py takes; field names are the command-line option names."""
 
 
