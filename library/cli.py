@@ -54,9 +54,42 @@ def run_main(main: Callable[[Sequence[str] | None], object], argv: Sequence[str]
     try:
         main(argv)
     except ToolkitError as e:
+        _close_progress_bars()
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _close_progress_bars()
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `script | head` closed the pipe: the reader has what it wanted
+        _silence_stdout()
+        return 0
+    except OSError as e:  # the system refused a read or write mid-run (disk full, permissions changed, ...)
+        _close_progress_bars()
+        where = e.filename if e.filename is not None else "I/O"
+        print(f"error: {where}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
     return 0
+
+
+def _close_progress_bars() -> None:
+    """End the line of a progress bar left open by the failure, so the message starts a line of its own."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush does not report the closed pipe."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass

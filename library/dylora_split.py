@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from library.errors import ToolkitError
+from library.files import check_output_file
 from library.lora_io import ALPHA, DOWN, UP, load_lora, save_lora, split_modules
 
 log = logging.getLogger(__name__)
@@ -117,10 +118,13 @@ def split_file(model: str | os.PathLike, save_to: str | os.PathLike, unit: int |
     """Write one LoRA per rank step of a DyLoRA file; returns the paths written (smallest rank first)."""
     if alpha_mode not in ALPHA_MODES:
         raise ToolkitError(f"--alpha {alpha_mode!r}: use one of {', '.join(ALPHA_MODES)}")
+    check_output_file(save_to, "--save_to")
     sd, metadata = load_lora(model)
     ranks = {m.rank for m in split_modules(sd, model).values()}
     full = max(ranks)
     unit = _resolve_unit(model, metadata, unit, full)
+    for rank in split_ranks(full, unit):
+        check_output_file(output_path(save_to, rank), "--save_to", [("--model", model)])
     if len(ranks) > 1:
         log.warning("%s: modules have different ranks %s; each output keeps at most r ranks per module",
                     model, sorted(ranks))

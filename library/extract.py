@@ -59,11 +59,13 @@ def _check_pair(org: dict, tuned: dict, targets: Mapping[str, Target], org_path:
                                "both models must be the same architecture")
 
 
-def text_encoder_differs(org: Mapping[str, torch.Tensor], tuned: Mapping[str, torch.Tensor],
-                         targets: Mapping[str, Target], load_dtype: torch.dtype | None, min_diff: float) -> bool:
-    """True as soon as one text-encoder weight changes by more than `min_diff` (sd-scripts' rule)."""
-    te = {n: t for n, t in targets.items() if n.startswith("lora_te")}
-    return any(float(d.abs().max()) > min_diff for _, d in iter_deltas(org, tuned, te, load_dtype))
+def part_differs(org: Mapping[str, torch.Tensor], tuned: Mapping[str, torch.Tensor], targets: Mapping[str, Target],
+                 load_dtype: torch.dtype | None, min_diff: float, text_encoder: bool) -> bool:
+    """True as soon as one weight of the part (text encoders, or U-Net) changes by more than `min_diff`
+    (sd-scripts' rule for the text encoders; the U-Net counts any change). Stops reading at the first one."""
+    part = {n: t for n, t in targets.items() if n.startswith("lora_te") == text_encoder}
+    return any((float(d.abs().max()) if d.numel() else 0.0) > min_diff
+               for _, d in iter_deltas(org, tuned, part, load_dtype))
 
 
 def decompose(delta: torch.Tensor, rank: int, device: torch.device, clamp_quantile: float | None,
@@ -106,16 +108,29 @@ def extract_lora(model_org: str | os.PathLike, model_tuned: str | os.PathLike, d
         raise ToolkitError(f"{org_path} is {FAMILY_NAMES[family]} but {tuned_path} is {FAMILY_NAMES[tuned_family]}")
     targets = select_targets(org_shapes, family, conv_dim)
     _check_pair(org_shapes, tuned_shapes, targets, org_path, tuned_path)
-    if not text_encoder_differs(org, tuned, targets, load_dtype, min_diff):
+    te_differs = part_differs(org, tuned, targets, load_dtype, min_diff, text_encoder=True)
+    unet_differs = part_differs(org, tuned, targets, load_dtype, 0.0, text_encoder=False)
+    if not te_differs and not unet_differs:
+        raise ToolkitError(f"--model_tuned {tuned_path}: does not differ from --model_org {org_path} (U-Net: no "
+                           f"weight differs; text encoders: no weight differs by more than --min_diff {min_diff:g})"
+                           "; nothing to extract, no file written")
+    if not te_differs:
         log.info("Text encoder is same. Extract U-Net only. (no change above --min_diff %g)", min_diff)
         targets = {n: t for n, t in targets.items() if not n.startswith("lora_te")}
+    if not unet_differs:
+        log.warning("U-Net: no weight differs between the models; extracting the text encoders only")
+        targets = {n: t for n, t in targets.items() if n.startswith("lora_te")}
     dev = torch.device(device) if device else torch.device("cpu")
     generator = torch.Generator(device=dev).manual_seed(seed)
     modules = {}
     for name, delta in tqdm(iter_deltas(org, tuned, targets, load_dtype), total=len(targets), desc="extracting",
                             unit="module"):
         kxk = delta.ndim == 4 and tuple(delta.shape[2:]) != (1, 1)
-        modules[name] = decompose(delta, conv_dim if kxk else dim, dev, clamp_quantile, generator)
+        try:
+            modules[name] = decompose(delta, conv_dim if kxk else dim, dev, clamp_quantile, generator)
+        except torch.linalg.LinAlgError as e:  # finite weights whose difference overflows float32
+            raise ToolkitError(f"{name}: the difference of the models cannot be decomposed "
+                               f"({str(e).splitlines()[0][:120]}); are both models sane?") from None
     return modules, family
 
 

@@ -1,8 +1,10 @@
-"""Reading and writing state-dict files safely.
+"""Reading and writing state-dict files safely: the one owner of the rules for input and output files.
 
 safetensors is read lazily and checked; `.ckpt`/`.pt` go through `torch.load(weights_only=True)` so a pickle
-payload is refused; every write goes to a temporary file renamed into place, so a failed run never leaves
-a half-written file or clobbers an existing one.
+payload is refused; every tensor read is checked for NaN/Inf (a damaged input never flows into a result).
+Output paths are checked before any heavy work (`check_output_file`, `check_output_dir`), and every write goes
+to a temporary file renamed into place, so a failed run never leaves a half-written file or clobbers an
+existing one.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save as st_save
@@ -27,6 +30,13 @@ from safetensors.torch import save as st_save
 from library.errors import ToolkitError
 
 SAFETENSORS_EXT = ".safetensors"
+_ST_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.uint16: "U16", torch.uint32: "U32", torch.uint64: "U64",
+    torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
+}
+_ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
 
 
 def _check_exists(path: Path) -> None:
@@ -37,7 +47,8 @@ def _check_exists(path: Path) -> None:
 
 
 def _safetensors_header(path: Path) -> dict:
-    """Parse and validate the header so a truncated file fails here with a clear message."""
+    """Parse and validate the header, so a truncated or corrupt file fails here with one clear line, and no
+    tensor can claim more bytes than the file holds (reading never allocates beyond the file's size)."""
     size = path.stat().st_size
     with open(path, "rb") as f:
         raw = f.read(8)
@@ -48,27 +59,60 @@ def _safetensors_header(path: Path) -> dict:
             raise ToolkitError(f"{path}: truncated or corrupt safetensors file (header of {n} bytes)")
         try:
             header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             raise ToolkitError(f"{path}: corrupt safetensors header") from None
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if not isinstance(header, dict):
+        raise ToolkitError(f"{path}: corrupt safetensors header (not a JSON object)")
+    meta = header.get("__metadata__")
+    if meta is not None and not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
+        raise ToolkitError(f"{path}: corrupt safetensors header (__metadata__ must map names to strings)")
+    spans = sorted(_tensor_span(path, k, v) for k, v in header.items() if k != "__metadata__")
+    for (_, e0, k0), (s1, _, k1) in zip(spans, spans[1:]):
+        if s1 < e0:
+            raise ToolkitError(f"{path}: corrupt safetensors header (tensors {k0} and {k1} overlap)")
+    end = spans[-1][1] if spans else 0
     if 8 + n + end > size:
         raise ToolkitError(f"{path}: truncated safetensors file ({size} bytes, header promises {8 + n + end})")
     return header
 
 
+def _tensor_span(path: Path, key: str, info: object) -> tuple[int, int, str]:
+    """(start, end, key) of one header entry, after checking its dtype, shape and byte count agree."""
+    bad = f"{path}: corrupt safetensors header (tensor {key[:80]}"
+    if not isinstance(info, dict):
+        raise ToolkitError(f"{bad}: not an object)")
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if dtype not in _ST_NAMES:
+        raise ToolkitError(f"{bad}: unknown dtype {str(dtype)[:20]!r})")
+    if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
+        raise ToolkitError(f"{bad}: shape {str(shape)[:40]} is not a list of sizes)")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
+            and 0 <= offsets[0] <= offsets[1]):
+        raise ToolkitError(f"{bad}: data_offsets {str(offsets)[:40]} are not [start, end])")
+    if math.prod(shape) * _ST_NAMES[dtype].itemsize != offsets[1] - offsets[0]:
+        raise ToolkitError(f"{bad}: {offsets[1] - offsets[0]} bytes for shape {shape} of {dtype})")
+    return offsets[0], offsets[1], key
+
+
 class LazySafetensors(Mapping):
     """Read-only mapping over a safetensors file that loads one tensor at a time (streaming merges)."""
 
-    def __init__(self, path: str | os.PathLike, device: str = "cpu", mmap: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike, device: str = "cpu", mmap: bool = True,
+                 check_finite: bool = True) -> None:
         """`mmap=False` reads each tensor with plain file reads: the pages of tensors already read do not stay
-        mapped, so a pass over a whole checkpoint keeps the resident memory at about one tensor."""
+        mapped, so a pass over a whole checkpoint keeps the resident memory at about one tensor.
+        `check_finite` refuses a tensor holding NaN/Inf when it is read (off only for inspection tools)."""
         self.path = Path(path)
+        self.check_finite = check_finite
         _check_exists(self.path)
         header = _safetensors_header(self.path)
         self.metadata: dict[str, str] = header.get("__metadata__") or {}
         self._info = {k: v for k, v in header.items() if k != "__metadata__"}
         if mmap:
-            self._file = safe_open(str(self.path), framework="pt", device=device)
+            try:
+                self._file = safe_open(str(self.path), framework="pt", device=device)
+            except Exception as e:  # safetensors raises its own error types on corrupt data
+                raise ToolkitError(f"{self.path}: corrupt safetensors file ({_first_line(e)})") from None
         else:
             self._file = None
             self._raw = open(self.path, "rb")  # kept open for the mapping's lifetime
@@ -78,16 +122,28 @@ class LazySafetensors(Mapping):
         if key not in self._info:
             raise KeyError(key)
         if self._file is not None:
-            return self._file.get_tensor(key)
-        start, end = self._info[key]["data_offsets"]
-        buf = torch.empty(end - start, dtype=torch.uint8)
-        self._raw.seek(self._data_start + start)
-        if self._raw.readinto(buf.numpy()) != end - start:
-            raise ToolkitError(f"{self.path}: truncated while reading {key}")
-        return buf.view(self.dtype(key)).reshape(self.shape(key))
+            try:
+                t = self._file.get_tensor(key)
+            except Exception as e:  # safetensors raises its own error types on corrupt data
+                raise ToolkitError(f"{self.path}: corrupt safetensors file ({_first_line(e)})") from None
+        else:
+            start, end = self._info[key]["data_offsets"]
+            buf = torch.empty(end - start, dtype=torch.uint8)
+            self._raw.seek(self._data_start + start)
+            if self._raw.readinto(buf.numpy()) != end - start:
+                raise ToolkitError(f"{self.path}: truncated while reading {key}")
+            t = buf.view(self.dtype(key)).reshape(self.shape(key))
+        if self.check_finite:
+            check_finite(t, self.path, key)
+        return t
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._info)
+
+    def close(self) -> None:
+        """Close the file now (otherwise it closes when the mapping is garbage-collected)."""
+        if self._file is None:
+            self._raw.close()
 
     def __len__(self) -> int:
         return len(self._info)
@@ -96,42 +152,93 @@ class LazySafetensors(Mapping):
         return tuple(self._info[key]["shape"])
 
     def dtype(self, key: str) -> torch.dtype:
-        return {v: k for k, v in _ST_DTYPES.items()}[self._info[key]["dtype"]]
+        return _ST_NAMES[self._info[key]["dtype"]]
 
 
-def _load_torch(path: Path) -> dict[str, torch.Tensor]:
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:160]
+
+
+def check_finite(t: torch.Tensor, path: str | os.PathLike, key: str) -> None:
+    """Refuse a tensor holding NaN or Inf, naming the file and the tensor (a damaged input must not flow into
+    a merge, a training run or an image)."""
+    if not t.is_floating_point() or t.numel() == 0:
+        return
+    if not _all_finite(t.detach().cpu().reshape(-1)):
+        raise ToolkitError(f"{path}: tensor {key} holds NaN or Inf values (a damaged file, or a training run "
+                           "that diverged); refusing to use it")
+
+
+def _torch_load(path: Path, mmap: bool) -> object:
+    """torch.load; with mmap, None when the file is not in the zip format (mmap needs it)."""
     try:
-        try:  # mmap keeps a large zip-format .ckpt out of memory until each tensor is used
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):
-                raise
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except RuntimeError as e:
+        if mmap and "mmap" in str(e):
+            return None
+        raise
+
+
+# bits that are all set in a NaN or Inf, for the types numpy cannot add up (bfloat16, float8)
+_NON_FINITE_BITS = {torch.bfloat16: (torch.int16, 0x7F80, 0x7F80), torch.float8_e5m2: (torch.int8, 0x7C, 0x7C),
+                    torch.float8_e4m3fn: (torch.int8, 0x7F, 0x7F)}
+
+
+def _all_finite(flat: torch.Tensor) -> bool:
+    """True when no value is NaN or Inf. A float64 sum in numpy for float16/32/64 (NaN and Inf propagate into it,
+    finite values cannot overflow it; numpy converts in small buffers and uses one thread, so neither memory nor
+    a busy machine's thread contention grows with the tensor); an exponent-bits test in chunks for the others."""
+    if flat.dtype in (torch.float16, torch.float32, torch.float64):
+        with np.errstate(all="ignore"):  # inf + -inf is the NaN this looks for, not a problem to warn about
+            return math.isfinite(float(np.sum(flat.numpy(), dtype=np.float64)))
+    if flat.dtype not in _NON_FINITE_BITS:
+        return bool(torch.isfinite(flat.float()).all())
+    int_type, mask, pattern = _NON_FINITE_BITS[flat.dtype]
+    bits = flat.view(int_type).numpy()
+    step = 1 << 22
+    return not any(np.any((bits[i:i + step] & mask) == pattern) for i in range(0, bits.size, step))
+
+
+def _load_torch(path: Path, finite: bool = True) -> dict[str, torch.Tensor]:
+    try:  # mmap keeps a large zip-format .ckpt out of memory until each tensor is used
+        obj = _torch_load(path, mmap=True)
+        if obj is None:  # outside the handler: what the first attempt read is freed before the second starts
+            obj = _torch_load(path, mmap=False)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe pickle"
-        raise ToolkitError(f"{path}: refused to load: the file holds more than plain tensors ({first[:160]})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise ToolkitError(f"{path}: not a readable .ckpt/.pt file ({str(e).splitlines()[0][:160]})") from None
+        raise ToolkitError(f"{path}: refused to load: the file holds more than plain tensors ({_first_line(e)})"
+                           ) from None
+    except Exception as e:  # a damaged zip or pickle surfaces as many error types; weights_only keeps it safe
+        raise ToolkitError(f"{path}: not a readable .ckpt/.pt file ({_first_line(e)})") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
         raise ToolkitError(f"{path}: expected a state dict, found {type(obj).__name__}")
-    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if finite:
+        for k, v in tensors.items():
+            check_finite(v, path, k)
+    return tensors
 
 
-def load_state_dict(path: str | os.PathLike, lazy: bool = False) -> tuple[Mapping[str, torch.Tensor], dict[str, str]]:
-    """Load a `.safetensors` (lazily if asked) or `.ckpt`/`.pt`/`.pth` state dict; returns (tensors, metadata)."""
+def load_state_dict(path: str | os.PathLike, lazy: bool = False, check_finite: bool = True
+                    ) -> tuple[Mapping[str, torch.Tensor], dict[str, str]]:
+    """Load a `.safetensors` (lazily if asked) or `.ckpt`/`.pt`/`.pth` state dict; returns (tensors, metadata).
+
+    Every tensor is checked for NaN/Inf as it is read unless `check_finite` is False (inspection tools)."""
     path = Path(path)
     _check_exists(path)
     if path.suffix.lower() == SAFETENSORS_EXT:
-        lazy_sd = LazySafetensors(path)
         if lazy:
+            lazy_sd = LazySafetensors(path, check_finite=check_finite)
             return lazy_sd, lazy_sd.metadata
+        # plain reads, not mmap: the tensors are the only copy of the data in memory (mapped pages would be a second)
+        reader = LazySafetensors(path, mmap=False, check_finite=check_finite)
         try:
-            return {k: lazy_sd[k] for k in lazy_sd}, lazy_sd.metadata
-        except Exception as e:  # safetensors raises its own error types on corrupt data
-            raise ToolkitError(f"{path}: corrupt safetensors file ({e})") from None
-    return _load_torch(path), {}
+            return {k: reader[k] for k in reader}, reader.metadata
+        finally:
+            reader.close()
+    return _load_torch(path, check_finite), {}
 
 
 def open_streaming(path: str | os.PathLike) -> tuple[Mapping[str, torch.Tensor], dict[str, str]]:
@@ -154,40 +261,90 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     return _safetensors_header(path).get("__metadata__") or {}
 
 
-def check_output(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (), folder: bool = False) -> Path:
-    """Decide before any heavy work that `path` can be written: it is no input (nor inside an input folder), a
-    file output is not a folder, a folder output is absent or empty, and its parent exists or can be created."""
+def _same_path(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def check_output_dir(folder: str | os.PathLike, option: str, shown: str | os.PathLike | None = None) -> Path:
+    """Refuse, before any heavy work, an output folder that cannot be used: a file, a path below a file, or a
+    folder (or the nearest existing parent of one still to be created) where no file can be written.
+    `shown` is the path the message names (the output file, when its folder is checked)."""
+    folder = Path(folder) if str(folder) else Path(".")
+    shown = folder if shown is None else shown
+    if folder.exists() and not folder.is_dir():
+        raise ToolkitError(f"{option} {shown}: {folder} is a file, not a folder" if shown != folder else
+                           f"{option} {folder}: is a file, not a folder")
+    existing = folder
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ToolkitError(f"{option} {shown}: {existing} is a file, so no folder can be made below it")
+    try:  # a real write: permission bits alone say nothing for root, read-only mounts or full quotas
+        with tempfile.TemporaryFile(dir=existing, prefix=".write-test."):
+            pass
+    except OSError as e:
+        where = "folder" if existing == shown else f"folder {existing}, where it would be created,"
+        raise ToolkitError(f"{option} {shown}: {where} is not writable ({e.strerror or e})") from None
+    return folder
+
+
+def _refuse_inputs(path: Path, option: str, inputs: Iterable[tuple[str, str | os.PathLike | None]]) -> None:
+    for input_option, source in inputs:
+        if source and (_same_path(path, Path(source)) or Path(source).resolve() in path.resolve().parents):
+            raise ToolkitError(f"{option} {path}: is also the input {input_option} (or inside it); write "
+                               "somewhere else (the input would be replaced)")
+
+
+def check_output_file(path: str | os.PathLike, option: str,
+                      inputs: Iterable[tuple[str, str | os.PathLike | None]] = ()) -> Path:
+    """The one output-file rule, checked before any heavy work: not a folder, not one of the `inputs`
+    ((option, path) pairs), and its folder exists or can be created and is writable. The file itself is
+    replaced only by a finished output (`atomic_path`)."""
     path = Path(path)
-    real = path.resolve()
-    for item in inputs:
-        src = Path(item).resolve()
-        if real == src or (src.is_dir() and src in real.parents):
-            raise ToolkitError(f"{path}: is the input {item} (or inside it); write the output elsewhere")
-    if folder:
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
-            raise ToolkitError(f"{path}: output folder exists and is not empty")
-    elif path.is_dir():
-        raise ToolkitError(f"{path}: is a folder; give an output file name")
-    parent = real.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise ToolkitError(f"{path}: cannot write there ({parent} is not a writable folder)")
+    if not str(path) or path.is_dir():
+        raise ToolkitError(f"{option} {path}: is a folder; give a file name, e.g. {path / 'out.safetensors'}")
+    _refuse_inputs(path, option, inputs)
+    check_output_dir(path.parent, option, shown=path)
     return path
+
+
+def check_output_folder(path: str | os.PathLike, option: str,
+                        inputs: Iterable[tuple[str, str | os.PathLike | None]] = ()) -> Path:
+    """The same rule for an output that is a whole folder (a Diffusers model): absent or empty, not an input,
+    and creatable; it is written by `atomic_dir`."""
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise ToolkitError(f"{option} {path}: output folder exists and is not empty")
+    _refuse_inputs(path, option, inputs)
+    check_output_dir(path.parent, option, shown=path)
+    return path
+
+
+def _normal_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it into place only if the block succeeds."""
+    """Yield a temporary path beside `path` (same extension, so writers that choose the format by extension
+    still do); rename it into place only if the block succeeds, with the usual permissions (0666 less the
+    umask) whoever created the file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs get the usual permissions
     try:
         yield Path(tmp)
+        os.chmod(tmp, _normal_mode())  # mkstemp makes 0600, and so may a third-party writer
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -204,9 +361,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         raise ToolkitError(f"{path}: output folder exists and is not empty")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; outputs get the usual permissions
+    os.chmod(tmp, _normal_mode() | 0o111)  # mkdtemp makes 0700; outputs get the usual permissions
     try:
         yield tmp
         if path.exists():
@@ -215,6 +370,12 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write a small text file (JSON, TOML) atomically."""
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text, encoding="utf-8")
 
 
 def serialize_safetensors(sd: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
@@ -273,11 +434,6 @@ def save_state_dict(sd: Mapping[str, torch.Tensor], path: str | os.PathLike,
             torch.save(obj, tmp)
 
 
-_ST_DTYPES = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-    torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
-}
 
 
 def stream_safetensors(path: str | os.PathLike, layout: list[tuple[str, torch.dtype, tuple[int, ...]]],

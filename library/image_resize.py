@@ -21,8 +21,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from library.data.images import read_rgb
 from library.errors import ToolkitError
-from library.files import atomic_path
+from library.files import atomic_path, check_output_dir
 from library.options.choices import INTERPOLATIONS
 
 log = logging.getLogger(__name__)
@@ -95,15 +96,10 @@ def _save(img: np.ndarray, path: Path, as_png: bool) -> None:
             Image.fromarray(img).save(tmp, format="JPEG", quality=100)
 
 
-def _load_rgb(path: Path) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
-
-
 def resize_file(src: Path, dst_dir: Path, targets: Sequence[Target], divisible_by: int = 1,
                 interpolation: str | None = None, save_as_png: bool = False) -> list[Path]:
     """Write one shrunk copy of `src` per target as `<stem>+<WxH>.png|.jpg`; returns the written paths."""
-    img = _load_rgb(src)
+    img = read_rgb(src)
     written = []
     for target in targets:
         h, w = img.shape[:2]
@@ -156,6 +152,7 @@ def resize_folder(src_dir: str | Path, dst_dir: str | Path, targets: Sequence[Ta
         raise ToolkitError(f"--interpolation {interpolation!r}: use one of {', '.join(INTERPOLATIONS)}")
     if not targets:
         raise ToolkitError("--max_resolution: no resolution given")
+    check_output_dir(dst_dir, "dst_img_folder")
     dst_dir.mkdir(parents=True, exist_ok=True)
     images = sorted(p for p in src_dir.iterdir() if p.is_file() and is_image(p))
     counts = {"images": len(images), "written": 0, "failed": 0, "copied": 0}

@@ -82,9 +82,10 @@ def split_modules(sd: Mapping[str, torch.Tensor], path: str | os.PathLike = "<me
     return out
 
 
-def load_lora(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read a LoRA file; fails with the file's name when it holds no lora_down/lora_up tensors."""
-    sd, meta = load_state_dict(path)
+def load_lora(path: str | os.PathLike, check_finite: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a LoRA file; fails with the file's name when it holds no lora_down/lora_up tensors, or (unless
+    `check_finite` is False, for inspection) a tensor with NaN/Inf."""
+    sd, meta = load_state_dict(path, check_finite=check_finite)
     sd = dict(sd)
     if not any(k.endswith(DOWN) for k in sd):
         raise ToolkitError(f"{path}: not a LoRA file (no *.lora_down.weight tensors)")

@@ -134,7 +134,11 @@ def svd_merge(sources: Sequence[LoRASource], new_rank: int, new_conv_rank: int |
             log.debug("%s: every ratio is 0, module left out", n)
             continue
         k = min(conv_rank if kernel else new_rank, n_out, hs[0].delta_shape(n)[1])  # capped as sd-scripts: in channels
-        up, down, _ = lowrank_of_sum(terms, k)
+        try:
+            up, down, _ = lowrank_of_sum(terms, k)
+        except torch.linalg.LinAlgError as e:  # finite inputs whose product overflows float32
+            raise ToolkitError(f"module {n}: the merged change cannot be decomposed ({str(e).splitlines()[0][:120]});"
+                               " check the inputs' values with check_lora_weights.py") from None
         if clamp_quantile is not None and clamp_quantile < 1:
             up, down = quantile_abs_clamp(up, down, clamp_quantile)
         first = hs[0].down_shapes[n]

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     from library.lora_check import check_state_dict
     from library.lora_io import load_lora
 
-    sd, meta = load_lora(args.file)
+    sd, meta = load_lora(args.file, check_finite=False)  # reporting NaN/Inf is this tool's job
     reports, other = check_state_dict(sd, args.file)
     print(f"file: {args.file}")
     print(f"number of LoRA modules: {len(reports)} ({len(sd)} tensors)")

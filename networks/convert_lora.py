@@ -20,8 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from library.cli import add_verbosity, run_main, setup_logging, str_to_dtype  # noqa: E402
-from library.files import check_output  # noqa: E402
-from library.keys.lora_formats import FORMATS  # noqa: E402
+from library.options.choices import LORA_FORMATS  # noqa: E402
 
 log = logging.getLogger("convert_lora")
 
@@ -30,14 +29,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("input", help="LoRA file (.safetensors/.ckpt/.pt) or PEFT adapter folder")
     parser.add_argument("output", help="output file (.safetensors; kohya also .ckpt/.pt)")
-    parser.add_argument("--to", required=True, choices=FORMATS, help="format written")
+    parser.add_argument("--to", required=True, choices=LORA_FORMATS, help="format written")
     parser.add_argument("--save_precision", choices=["float", "fp16", "bf16"], default=None,
                         help="dtype written (default: as stored in the input)")
     add_verbosity(parser)
     args = parser.parse_args(argv)
     setup_logging(args.verbosity)
-    check_output(args.output, [args.input])
+    from library.files import check_output_file
     from library.lora_convert import convert_lora
+
+    check_output_file(args.output, "output", [("input", args.input)])
 
     lora, count = convert_lora(args.input, args.output, args.to, str_to_dtype(args.save_precision))
     log.info("%s (%s%s) -> %s (%s): %d modules", args.input, lora.fmt, ", SDXL" if lora.sdxl else "", args.output,

@@ -55,6 +55,7 @@ def build_parser(sdxl: bool) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace, sdxl: bool) -> None:
     """Shared by merge_lora.py and sdxl_merge_lora.py."""
+    from library.files import check_output_file
     from library.lora_io import modules_to_state_dict, save_lora
     from library.lora_merge import merge_loras, merged_lora_metadata
     from library.lora_sources import open_sources
@@ -63,6 +64,7 @@ def run(args: argparse.Namespace, sdxl: bool) -> None:
     setup_logging(args.verbosity)
     dtype = str_to_dtype(args.precision)
     save_dtype = str_to_dtype(args.save_precision, dtype)
+    check_output_file(args.save_to, "--save_to", [("--sd_model", args.sd_model), *(("--models", m) for m in args.models)])
     sources = open_sources(args.models, args.ratios, args.lbws)
     if args.sd_model:
         if args.concat or args.shuffle:

@@ -93,11 +93,15 @@ def _default_device() -> str:
 def run_kohya(argv: list[str]) -> None:
     args = kohya_parser().parse_args(argv)
     setup_logging(args.verbosity)
+    from library.files import check_output_file
     from library.resize import kohya  # heavy (torch): only once the work starts
     from library.resize.report import Spectrum, draw_report
 
     settings = kohya.KohyaSettings(args.new_rank, args.new_conv_rank, args.dynamic_method, args.dynamic_param,
                                    args.device)
+    check_output_file(args.save_to, "--save_to", [("--model", args.model)])
+    if args.report:
+        check_output_file(args.report, "--report", [("--model", args.model), ("--save_to", args.save_to)])
     result = kohya.resize_file(args.model, args.save_to, settings, str_to_dtype(args.save_precision))
     if args.verbose:
         for line in kohya.verbose_summary(result.reports, bool(args.dynamic_method)):

@@ -46,12 +46,14 @@ def main(argv: list[str] | None = None) -> None:
     add_verbosity(parser)
     args = parser.parse_args(argv)
     setup_logging(args.verbosity)
+    from library.files import check_output_file
     from library.lora_io import modules_to_state_dict, save_lora
     from library.lora_merge import merged_lora_metadata, svd_merge
     from library.lora_sources import open_sources
 
     dtype = str_to_dtype(args.precision)
     save_dtype = str_to_dtype(args.save_precision, dtype)
+    check_output_file(args.save_to, "--save_to", [("--models", m) for m in args.models])
     sources = open_sources(args.models, args.ratios, args.lbws)
     modules = svd_merge(sources, args.new_rank, args.new_conv_rank, args.device, dtype, args.clamp_quantile)
     conv_rank = args.new_conv_rank or args.new_rank

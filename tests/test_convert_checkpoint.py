@@ -103,8 +103,8 @@ def test_refusals_are_one_line_and_leave_inputs_alone(tiny_checkpoints, tmp_path
     (tmp_path / "full" / "x.txt").write_text("keep")
     before = ckpt.read_bytes()
     cases = [
-        ([str(ckpt), str(ckpt)], "is the input"),
-        ([str(folder), str(folder / "unet" / "m.safetensors")], "is the input"),
+        ([str(ckpt), str(ckpt)], "is also the input"),
+        ([str(folder), str(folder / "unet" / "m.safetensors")], "is also the input"),
         ([str(ckpt), str(tmp_path / "full")], "not empty"),
         ([str(ckpt), str(tmp_path / "o.safetensors"), "--v1", "--v2"], "--v1 and --v2"),
         ([str(ckpt), str(tmp_path / "o.safetensors"), "--fp16", "--save_precision_as", "bf16"], "conflicting"),

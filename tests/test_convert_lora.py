@@ -285,7 +285,7 @@ def test_errors_are_one_line_and_inputs_untouched(tmp_path, capsys):  # noqa: AN
     src = make_locon(tmp_path / "k.safetensors", "sd1")  # its own copy: the test asserts the bytes stay
     before = src.read_bytes()
     cases = [
-        ([str(src), str(src), "--to", "diffusers"], "is the input"),
+        ([str(src), str(src), "--to", "diffusers"], "is also the input"),
         ([str(src), str(tmp_path / "x.ckpt"), "--to", "peft"], ".safetensors"),
         ([str(tmp_path / "missing.safetensors"), str(tmp_path / "y.safetensors"), "--to", "kohya"], "not found"),
         ([str(src), str(tmp_path), "--to", "kohya"], "is a folder"),

@@ -220,4 +220,4 @@ def test_mismatched_inputs_fail_clearly(sd1, tiny_checkpoints, tmp_path, capsys)
     assert "different model families" in err
     err = _run_fails(["--save_to", str(out), "--models", str(sd1["ckpt"])], out, capsys)
     assert "not a LoRA file" in err
-    assert not list(tmp_path.glob(".*.tmp"))
+    assert not list(tmp_path.glob(".*.tmp*"))

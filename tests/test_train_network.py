@@ -88,10 +88,14 @@ def test_loss_falls(env, tmp_path, kind):
     sd = load_file(path)
     names = module_names(path)
     assert any(n.startswith("lora_te_text_model_encoder_layers_") for n in names)
-    # every module trained, TE included; except the mid block's self-attention q/k: at 64 px its input is a
-    # single token, where softmax is constant, so q and k get no gradient
-    untrained = {n for n in names if sd[f"{n}.lora_up.weight"].abs().sum() == 0}
-    assert untrained == {f"lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_{x}" for x in "qk"}
+    # every module trained, TE included: lora_up starts at zero, and 40 Adam steps of lr 5e-3 move a weight that
+    # gets gradient by far more than 1e-4. Exempt: the mid block's self-attention q/k. At 64 px its input is a
+    # single token, where softmax is constant, so in exact arithmetic q and k get no gradient; in floating point
+    # they get rounding noise, which Adam may turn into steps or not, depending on the library versions.
+    exempt = {f"lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_{x}" for x in "qk"}
+    assert exempt <= names
+    moved = {n: float(sd[f"{n}.lora_up.weight"].abs().max()) for n in names - exempt}
+    assert min(moved.values()) > 1e-4, sorted(moved.items(), key=lambda kv: kv[1])[:3]
     convs = [k for k, v in sd.items() if k.endswith("lora_down.weight") and v.ndim == 4 and v.shape[-1] == 3]
     assert bool(convs) == (kind == "c3lier")
     # SD1 has 192 LierLa U-Net modules, 278 C3Lier; the tiny model lacks one conv_shortcut (32->32 channels)
@@ -363,9 +367,12 @@ def test_ctrl_c_keeps_a_resumable_state(env, tmp_path):
                                                                        "--save_state", "--save_every_n_steps", "2")]
     proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 120
+    deadline = time.time() + 300  # a busy shared machine can take minutes to start Python, torch and diffusers
     while not (out / "lora-step00000002-state").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
+    if not (out / "lora-step00000002-state").exists():
+        proc.kill()
+        pytest.fail(f"no state saved before the deadline: {proc.communicate()[0][-2000:]}")
     proc.send_signal(signal.SIGINT)
     log, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, log
@@ -373,7 +380,7 @@ def test_ctrl_c_keeps_a_resumable_state(env, tmp_path):
     last = states[-1]
     step = json.loads((last / "train_state.json").read_text())["current_step"]
     assert step >= 2 and "--resume" in log
-    assert not list(out.glob(".*partial*")) and not list(out.glob(".*.tmp"))  # no half-written files
+    assert not list(out.glob(".*partial*")) and not list(out.glob(".*.tmp*"))  # no half-written files
     resumed = train_network.main(base_args(env, tmp_path / "r", step + 1, "--cache_latents", "--resume", str(last)))
     assert metadata(resumed)["ss_steps"] == str(step + 1)
 

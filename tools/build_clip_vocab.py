@@ -19,6 +19,10 @@ import sys
 import zipfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from library.files import atomic_path  # noqa: E402
+
 logger = logging.getLogger(__name__)
 
 WHEEL_MEMBER = "open_clip/bpe_simple_vocab_16e6.txt.gz"
@@ -82,9 +86,8 @@ def write_files(vocab: dict[str, int], merges: list[str], out_dir: Path) -> list
     vocab_text = json.dumps(vocab, ensure_ascii=False, separators=(",", ":")) + "\n"
     merges_text = "#version: 0.2\n" + "\n".join(merges) + "\n"
     for path, text in ((vocab_path, vocab_text), (merges_path, merges_text)):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(text.encode("utf-8"))
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(text.encode("utf-8"))
     return [vocab_path, merges_path]
 
 

@@ -21,7 +21,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from library.cli import add_verbosity, run_main, setup_logging, str_to_dtype  # noqa: E402
 from library.errors import ToolkitError  # noqa: E402
-from library.files import check_output, read_metadata  # noqa: E402
 
 log = logging.getLogger("convert_diffusers20_original_sd")
 
@@ -86,12 +85,13 @@ def main(argv: list[str] | None = None) -> None:
     src, dst = Path(args.model_to_load), Path(args.model_to_save)
     if not src.exists():
         raise ToolkitError(f"{src}: not found (give a .safetensors/.ckpt file or a Diffusers folder)")
+    from library.files import check_output_file, check_output_folder, read_metadata
     from library.models import is_diffusers_dir, is_single_file_path, load_models, save_models
 
     if src.is_dir() and not is_diffusers_dir(src):
         raise ToolkitError(f"{src}: a folder, but not a Diffusers model (no unet/ subfolder)")
     to_file = is_single_file_path(dst)
-    check_output(dst, [src], folder=not to_file)
+    (check_output_file if to_file else check_output_folder)(dst, "model_to_save", [("model_to_load", src)])
     reference = args.reference_model
     if reference is not None and not (to_file or is_diffusers_dir(reference)):
         log.warning("--reference_model %s is not a local Diffusers folder; nothing is downloaded: the shipped "

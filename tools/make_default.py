@@ -23,10 +23,11 @@ def main(argv: list[str] | None = None) -> None:
     add_verbosity(parser)
     args = parser.parse_args(argv)
     setup_logging(args.verbosity)
+    from library.files import check_output_dir
     from library.models.factory import write_random_checkpoint
     from library.sample_data import make_sample_dataset
 
-    out = Path(args.out_dir)
+    out = check_output_dir(Path(args.out_dir), "out_dir")
     ckpt = out / CHECKPOINT_NAME
     if not ckpt.exists():
         write_random_checkpoint(ckpt, "sd1", "tiny", args.seed)

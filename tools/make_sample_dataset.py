@@ -19,6 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from library.cli import run_main  # noqa: E402
+from library.files import check_output_dir  # noqa: E402
 from library.sample_data import make_sample_dataset, make_sample_masks  # noqa: E402
 
 
@@ -43,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
+    check_output_dir(args.out_dir, "out_dir")
     if args.masks and (args.out_dir / "img").exists() and not args.overwrite:
         # masks for an existing dataset (e.g. the embedded default): they match it when the arguments do
         logging.getLogger(__name__).info("%s exists: writing the masks only", args.out_dir / "img")
@@ -61,4 +64,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -28,6 +28,7 @@ from library.data.images import check_interpolation, color_aug, image_size, resi
 from library.data.masks import attach_masks, batch_masks, load_pixels, split_mask
 from library.data.validation import split_records, validation_subset
 from library.errors import ToolkitError
+from library.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 CACHE_INFO_FILE = "metadata_cache.json"
@@ -80,7 +81,7 @@ def _read_sizes(subset: SubsetConfig, images: list[Path]) -> dict[Path, Size | N
     if subset.cache_info and any(p.name not in cached for p in images):
         info = {p.name: {"size": list(s)} for p, s in sizes.items() if s}
         try:
-            cache_file.write_text(json.dumps(info), encoding="utf-8")
+            write_text_atomic(cache_file, json.dumps(info))
         except OSError as e:
             log.warning("%s: cannot write (%s)", cache_file, e)
     return sizes

@@ -5,14 +5,17 @@ from __future__ import annotations
 import logging
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from library.data.buckets import Size, crop_offsets
 from library.errors import ToolkitError
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +36,61 @@ def image_size(path: Path) -> Size | None:
         return None
 
 
-def load_rgb(path: Path) -> np.ndarray:
-    """Decode an image to an RGB uint8 array (alpha dropped); a broken file raises ToolkitError naming it."""
+_WIDE_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit greyscale (PNG, TIFF); "I" holds the same range
+
+
+def to_rgb8(img: Image.Image) -> np.ndarray:
+    """Any PIL image as an HxWx3 uint8 RGB array with the brightness the file means.
+
+    Pillow's own `convert("RGB")` clips 16-bit greyscale at 255 (almost white) and ignores a CMYK file's colour
+    profile; here 16-bit values are scaled (v/257), float images read as 0..1 (or 0..255 when larger), a CMYK
+    image with an ICC profile goes through it to sRGB, and alpha is dropped (the stored colour is kept, as
+    sd-scripts does). Palette, 1-bit, LA, RGBA, YCbCr and 8-bit images convert as usual.
+    """
+    if img.mode in _WIDE_GREY:
+        grey = np.asarray(img).astype(np.float64) / 257.0
+        return np.repeat(_to_uint8(grey)[:, :, None], 3, axis=2)
+    if img.mode == "F":
+        grey = np.nan_to_num(np.asarray(img, dtype=np.float64))
+        grey = grey * 255.0 if grey.max(initial=0.0) <= 1.0 else grey
+        return np.repeat(_to_uint8(grey)[:, :, None], 3, axis=2)
+    if img.mode == "CMYK" and img.info.get("icc_profile"):
+        converted = _cmyk_through_profile(img)
+        if converted is not None:
+            return converted
+    return np.array(img.convert("RGB"))
+
+
+def _to_uint8(values: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+
+
+def _cmyk_through_profile(img: Image.Image) -> np.ndarray | None:
+    from io import BytesIO
+
+    from PIL import ImageCms
+
     try:
-        with Image.open(path) as img:
-            return np.array(img.convert("RGB"))
+        source = ImageCms.ImageCmsProfile(BytesIO(img.info["icc_profile"]))
+        rgb = ImageCms.profileToProfile(img, source, ImageCms.createProfile("sRGB"), outputMode="RGB")
+        return np.array(rgb)
+    except (ImageCms.PyCMSError, OSError, ValueError) as e:
+        log.debug("CMYK profile not usable (%s); converting without it", e)
+        return None
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """Decode an image file to HxWx3 uint8 RGB (`to_rgb8`); decode errors propagate (callers choose to skip)."""
+    with Image.open(path) as img:
+        return to_rgb8(img)
+
+
+def load_rgb(path: Path) -> np.ndarray:
+    """Decode an image to an RGB uint8 array (`to_rgb8`); a broken file raises ToolkitError naming it.
+
+    The one image reader of training and the image tools."""
+    try:
+        return read_rgb(path)
     except _DECODE_ERRORS as e:
         raise ToolkitError(f"{path}: image does not decode ({str(e).splitlines()[0][:120]})") from None
 
@@ -80,5 +133,7 @@ def color_aug(img: np.ndarray, rng: random.Random) -> np.ndarray:
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:
     """HWC uint8 -> CHW float in [-1, 1] (what the VAE expects)."""
+    import torch  # here, so the image tools do not pay for importing torch
+
     t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float()
     return t / 127.5 - 1.0

@@ -9,7 +9,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from library.data.images import to_rgb8
 from library.errors import ToolkitError
+from library.files import check_output_dir
 from library.generate.networks import LoadedNetwork, load_networks, set_multipliers
 from library.generate.output import output_name, png_info, save_png
 from library.generate.pipeline import BatchRunner, silence_cast_notice
@@ -63,7 +65,7 @@ def load_init_images(path: str | Path) -> list[tuple[str, Image.Image]]:
     for f in files:
         try:
             with Image.open(f) as im:
-                rgb = im.convert("RGB")
+                rgb = Image.fromarray(to_rgb8(im))
                 rgb.info["prompt_text"] = dict(getattr(im, "text", {}) or {})
                 images.append((f.name, rgb))
         except (OSError, UnidentifiedImageError) as e:
@@ -134,6 +136,7 @@ def _image_metadata(config: GenerationConfig, networks: list[LoadedNetwork]) -> 
 def generate(config: GenerationConfig) -> list[Path]:
     """Generate every planned image into config.outdir; returns the written PNG paths."""
     _check(config)
+    check_output_dir(config.outdir, "--outdir")
     init_images = load_init_images(config.image_path) if config.image_path else None
     if init_images and not (config.prompt or config.from_file):
         specs, init_images = prompts_from_images(init_images, config.images_per_prompt)

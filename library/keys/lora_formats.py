@@ -18,8 +18,9 @@ import re
 
 from library.keys import clip, unet
 from library.keys.lora_names import te_lora_name, underscore
+from library.options.choices import LORA_FORMATS
 
-FORMATS = ("kohya", "diffusers", "peft")
+FORMATS = LORA_FORMATS  # kohya, diffusers, peft
 UNET, TE, TE2 = "unet", "text_encoder", "text_encoder_2"
 COMPONENTS = (UNET, TE, TE2)
 

@@ -1,6 +1,6 @@
 """Choice lists of options, kept apart from the modules that act on them so a parser (and `-h`) needs no heavy
 import: sampler names of sd-scripts (`--sampler`, `--sample_sampler`, per-prompt `--ss`), image-resize filters,
-resize_lora's dynamic rank methods."""
+resize_lora's dynamic rank methods, LoRA file formats."""
 
 from __future__ import annotations
 
@@ -14,3 +14,5 @@ SAMPLERS: tuple[str, ...] = BASE_SAMPLERS + tuple(SAMPLER_ALIASES)
 INTERPOLATIONS = ("area", "cubic", "lanczos4", "nearest", "linear", "box")
 # networks/resize_lora.py --dynamic_method
 DYNAMIC_METHODS = ("sv_ratio", "sv_fro", "sv_cumulative")
+# networks/convert_lora.py --to (LoRA file formats)
+LORA_FORMATS = ("kohya", "diffusers", "peft")

@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from library.errors import ToolkitError
+from library.files import check_output_dir, check_output_file
 from library.keys import Target
 from library.lora_io import LoRAFactors, modules_to_state_dict, save_lora
 from library.resize.base import NORMS, BaseCheckpoint
@@ -235,6 +236,10 @@ def run(settings: AwareSettings) -> list[Path]:
     if not settings.recipes:
         raise ToolkitError("no recipe given (-r)")
     groups = parse_specs(settings.loras)
+    for members in groups:  # every output folder is known now: check them before any decomposition
+        check_output_dir(settings.output_folder or members[0].path.parent, "-o/--output_folder")
+    if settings.report:
+        check_output_file(settings.report, "--report", [("CHECKPOINT", settings.checkpoint)])
     cache = NormsCache(settings.checkpoint, settings.cache_dir, settings.use_cache)
     base = BaseCheckpoint(settings.checkpoint, cache, settings.device)
     log.info("base checkpoint %s (%s, %d LoRA-able weights)", base.path.name, base.family, len(base.targets))

@@ -23,8 +23,9 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from library.cli import str_to_dtype
 from library.errors import ToolkitError
+from library.files import check_output_dir
 from library.models.arch import LATENT_SCALE
-from library.train import saving
+from library.train import guards, saving
 from library.train.distributed import Distributed
 from library.train.objective import Objective, ObjectiveConfig
 from library.train.optim import build_optimizer, build_scheduler, current_lrs, int_or_ratio, steps_for_epochs
@@ -109,7 +110,7 @@ class Trainer:
         self.precision = resolve_precision(cfg, self.dist.device)
         seed = cfg.seed if cfg.seed is not None else random.randint(0, 2 ** 31 - 1)
         self.seed = cfg.seed = self.dist.broadcast_int(seed)
-        self.out_dir = Path(cfg.output_dir or ".")
+        self.out_dir = check_output_dir(Path(cfg.output_dir or "."), "--output_dir")
         self.ext = saving.EXTENSIONS.get(cfg.save_model_as or "safetensors")
         if self.ext is None:
             raise ToolkitError(f"--save_model_as {cfg.save_model_as}: a LoRA is saved as safetensors, ckpt or pt")
@@ -304,6 +305,7 @@ class Trainer:
                 for k, batch in enumerate(loader, start=skip):
                     positions.append(batch["position"])
                     loss = self._forward_loss(batch)
+                    guards.check_loss(loss, self.global_step + 1, getattr(self, "last_saved", None))
                     self.scaler.scaled(loss / a.gradient_accumulation_steps).backward()
                     epoch_losses.append(float(loss.detach()))
                     if (k + 1) % a.gradient_accumulation_steps and k + 1 < n_batches:
@@ -413,7 +415,7 @@ class Trainer:
             meta = self.metadata.for_save(epoch, self.global_step, final)
             if self.opt.schedule_free:
                 self.opt.optimizer.eval()
-            self.network.save_weights(path, self.save_dtype, meta)
+            self.last_saved = guards.save_network(self.network, path, self.save_dtype, meta)
             if self.opt.schedule_free:
                 self.opt.optimizer.train()
             log.info("saved %s", path)

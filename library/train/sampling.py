@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from library.errors import ToolkitError
+from library.files import atomic_path
 from library.generate.schedulers import canonical_sampler, make_scheduler
 from library.prompts import PromptSpec, load_prompt_file
 from library.train.state import rng_state, set_rng_state
@@ -103,7 +104,8 @@ def sample_images(out_dir: Path, output_name: str | None, prompts: list[SamplePr
             name = f"{output_name + '_' if output_name else ''}{tag}_{i:02d}_{stamp}_{p.seed}.png"
             path = out_dir / "sample" / name
             path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(img).save(path)
+            with atomic_path(path) as tmp:
+                Image.fromarray(img).save(tmp, format="PNG")
             out.append(path)
             log.info("sample image: %s", path)
     finally:

@@ -18,6 +18,7 @@ from library.data.dataset import TrainDataset
 from library.data.latents import cache_latents, load_cached
 from library.errors import ToolkitError
 from library.models import ModelBundle, family_from_flags, load_models, load_vae_file
+from library.train import guards
 from library.train.distributed import Distributed
 
 if TYPE_CHECKING:
@@ -162,8 +163,7 @@ def build_network(cfg: TrainConfig, bundle: ModelBundle):  # noqa: ANN201
     train_te = not cfg.network_train_unet_only
     network.apply_to(te, bundle.unet, train_te, train_unet)
     if cfg.network_weights:
-        info = network.load_weights(cfg.network_weights)
-        log.info("loaded network weights from %s: %s", cfg.network_weights, info)
+        guards.load_network_weights(network, cfg.network_weights)
     return network, train_unet, train_te
 
 
