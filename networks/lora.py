@@ -288,7 +288,8 @@ class LoRANetwork(nn.Module):
                 groups.append(group)
                 descriptions.append(d)
 
-        te_lrs = list(text_encoder_lr) if isinstance(text_encoder_lr, (list, tuple)) else [text_encoder_lr]
+        # one value serves every text encoder; SDXL takes a second for te2 (sd-scripts); an empty list means unset
+        te_lrs = (list(text_encoder_lr) if isinstance(text_encoder_lr, (list, tuple)) else [text_encoder_lr]) or [None]
         te_ratio = self.loraplus.get("text_encoder") or self.loraplus.get("all")
         for i, prefix in enumerate(("lora_te1_", "lora_te2_") if self.is_sdxl else ("lora_te_",)):
             lr = te_lrs[min(i, len(te_lrs) - 1)]

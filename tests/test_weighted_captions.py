@@ -1,4 +1,4 @@
-"""--weighted_captions on the tiny SD1/SD2 text encoders: plain captions give exactly the unweighted conditioning,
+"""--weighted_captions on the tiny SD1/SD2/SDXL text encoders: plain captions give exactly the unweighted conditioning,
 `(sks:1.0)` exactly the plain caption's, `(sks:1.5)` scales only the tokens it covers, long captions keep their
 weights per chunk; a short run trains with it; refused together with --cache_text_encoder_outputs."""
 
@@ -84,11 +84,13 @@ def test_weights_follow_their_chunk_in_long_captions(bundles):
     assert torch.equal(out[rest], ref[rest])
 
 
-def test_refused_with_cached_text_encoder_outputs(capsys):
-    assert run_main(train_network.main, ["--weighted_captions", "--cache_text_encoder_outputs"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: --weighted_captions and --cache_text_encoder_outputs exclude each other: give one of "
-                   "them"]
+@pytest.mark.parametrize("script", ["train_network", "sdxl_train_network"])
+def test_refused_with_cached_text_encoder_outputs(capsys, script):
+    main = __import__(script).main
+    for option in ("--cache_text_encoder_outputs", "--cache_text_encoder_outputs_to_disk"):
+        assert run_main(main, ["--weighted_captions", option]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"error: --weighted_captions and {option} exclude each other: give one of them"]
 
 
 def test_training_reads_weighted_captions(tmp_path):
@@ -108,3 +110,20 @@ def test_training_reads_weighted_captions(tmp_path):
         runs[name] = load_file(train_network.main(base_args(env, tmp_path / f"o-{name}", 2, *flag)))
     assert all(torch.equal(runs["plain"][k], runs["unit"][k]) for k in runs["plain"])
     assert any(not torch.equal(runs["plain"][k], runs["weighted"][k]) for k in runs["plain"])
+
+
+@torch.no_grad()
+def test_sdxl_weights_scale_both_encoders_and_leave_the_pool():
+    from library.train.text import text_conditioner
+
+    bundle = random_bundle("sdxl")
+    plain, weighted = text_conditioner(bundle), text_conditioner(bundle, weighted=True)
+    ref = plain([CAPTION])
+    assert all(torch.equal(getattr(weighted([CAPTION]), k), getattr(ref, k)) for k in ("hidden1", "hidden2", "pool2"))
+    out = weighted(["(sks:1.5) circle, red, on blue background"])
+    for k, tok in (("hidden1", bundle.tokenizers[0]), ("hidden2", bundle.tokenizers[1])):
+        n = len(content_ids(tok, "sks"))
+        got, want = getattr(out, k)[0], getattr(ref, k)[0]
+        assert torch.allclose(got[1:1 + n], want[1:1 + n] * 1.5, rtol=1e-5, atol=1e-6)
+        assert torch.equal(got[1 + n:], want[1 + n:]) and torch.equal(got[:1], want[:1])
+    assert torch.equal(out.pool2, ref.pool2)

@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from library.data.buckets import BucketSelector, Size, bucket_info
+from library.data.buckets import BucketSelector, Size, bucket_info, crop_offsets
 from library.data.captions import caption_text, process_caption
 from library.data.config import DatasetConfig, SubsetConfig
 from library.data.folders import glob_images, read_caption
-from library.data.images import check_interpolation, color_aug, image_size, resize_and_crop, to_tensor
+from library.data.images import check_interpolation, choose_crop, color_aug, image_size, resize_and_crop, to_tensor
 from library.data.masks import attach_masks, batch_masks, load_pixels, split_mask
 from library.data.validation import split_records, validation_subset
 from library.errors import ToolkitError
@@ -50,6 +50,8 @@ class ImageRecord:
     latents: torch.Tensor | None = None
     latents_flipped: torch.Tensor | None = None
     npz: Path | None = None
+    te_outputs: object | None = None  # cached text-encoder outputs of the caption (SDXL)
+    te_npz: Path | None = None
     mask_path: Path | None = None  # from conditioning_data_dir (library/data/masks.py)
     mask: torch.Tensor | None = None  # cached [H, W] loss mask at bucket size, with cached latents
 
@@ -223,24 +225,35 @@ class TrainDataset(torch.utils.data.Dataset):
     def _rng(self, req: BatchRequest, slot: int) -> random.Random:
         return random.Random(((self.seed * 1_000_003 + req.epoch) * 1_000_003 + req.position) * 1024 + slot)
 
-    def _pixels(self, r: ImageRecord, rng: random.Random) -> tuple[np.ndarray, torch.Tensor | None]:
-        """The bucket-sized image and its loss mask (None without one); the mask is cropped and flipped with it."""
+    def _pixels(self, r: ImageRecord, rng: random.Random) -> tuple[np.ndarray, tuple[int, int], torch.Tensor | None]:
+        """The augmented bucket-sized image, its crop (top, left) in the flipped-if-flipped resized image, and its
+        loss mask (None without one), cropped and flipped with it."""
         img = load_pixels(r)
-        img = resize_and_crop(img, r.resized, r.bucket, r.subset.random_crop, rng, r.subset.resize_interpolation)
+        left, top = choose_crop(r.resized, r.bucket, r.subset.random_crop, rng)
+        img = resize_and_crop(img, r.resized, r.bucket, interpolation=r.subset.resize_interpolation,
+                              offset=(left, top))
         if r.subset.flip_aug and rng.random() < 0.5:
             img = img[:, ::-1]
+            left = r.resized[0] - r.bucket[0] - left
         img, mask = split_mask(img)
         if r.subset.color_aug:
             img = color_aug(np.ascontiguousarray(img), rng)
-        return img, mask
+        return img, (top, left), mask
 
-    def _pixel_sample(self, r: ImageRecord, rng: random.Random, pixels: list, masks: list) -> None:
-        img, mask = self._pixels(r, rng)
-        pixels.append(to_tensor(img))
-        masks.append(mask)
+    def _sample(self, r: ImageRecord,
+                rng: random.Random) -> tuple[torch.Tensor, bool, tuple[int, int], torch.Tensor | None]:
+        """(latents or pixels, whether they are latents, crop (top, left), loss mask or None) of one record."""
+        if r.latents is not None:
+            left, top = crop_offsets(r.resized, r.bucket)  # cached latents are always centre-cropped
+            if r.latents_flipped is not None and rng.random() < 0.5:
+                mask = None if r.mask is None else r.mask.flip(-1)
+                return r.latents_flipped, True, (top, r.resized[0] - r.bucket[0] - left), mask
+            return r.latents, True, (top, left), r.mask
+        img, crop, mask = self._pixels(r, rng)
+        return to_tensor(img), False, crop, mask
 
     def __getitem__(self, req: BatchRequest) -> dict:
-        captions, weights, latents, pixels, masks = [], [], [], [], []
+        captions, weights, latents, pixels, size_cond, te_outputs, masks = [], [], [], [], [], [], []
         usable = [i for i in req.indices if i not in self._bad] or list(req.indices)
         for slot, index in enumerate(req.indices):
             if index in self._bad:
@@ -250,26 +263,30 @@ class TrainDataset(torch.utils.data.Dataset):
             captions.append(process_caption(r.caption, r.subset.caption, rng, req.epoch, req.step,
                                             self.max_train_steps))
             weights.append(self.prior_loss_weight if r.subset.is_reg else 1.0)
-            if r.latents is not None:
-                flip = r.latents_flipped is not None and rng.random() < 0.5
-                latents.append(r.latents_flipped if flip else r.latents)
-                masks.append(None if r.mask is None else (r.mask.flip(-1) if flip else r.mask))
-                continue
             try:
-                self._pixel_sample(r, rng, pixels, masks)
+                tensor, is_latent, crop, mask = self._sample(r, rng)
             except ToolkitError as e:
                 if len(usable) <= 1:
                     raise
                 log.warning("%s; using another image of the batch instead", e)
                 self._bad.add(index)
                 usable = [i for i in usable if i != index]
-                self._pixel_sample(self.records[usable[0]], rng, pixels, masks)
+                r = self.records[usable[0]]
+                tensor, is_latent, crop, mask = self._sample(r, rng)
+            (latents if is_latent else pixels).append(tensor)
+            masks.append(mask)
+            # SDXL's size conditioning: original (h, w), crop (top, left), target (h, w)
+            size_cond.append((r.size[1], r.size[0], *crop, r.bucket[1], r.bucket[0]))
+            if r.te_outputs is not None:
+                te_outputs.append(r.te_outputs)
         multiplier = self.configs[self.records[req.indices[0]].dataset_index].network_multiplier
         return {
             "latents": torch.stack(latents) if latents else None,
             "images": torch.stack(pixels) if pixels else None,
             "captions": captions,
             "loss_weights": torch.tensor(weights, dtype=torch.float32),
+            "size_cond": torch.tensor(size_cond, dtype=torch.long),
+            "te_outputs": te_outputs if len(te_outputs) == len(captions) else None,
             "masks": batch_masks(masks, self.records[req.indices[0]].bucket[::-1]),
             "network_multiplier": multiplier,
             "position": req.position,

@@ -100,9 +100,21 @@ def check_interpolation(name: str | None) -> None:
         raise ToolkitError(f"resize_interpolation {name!r}: use one of {', '.join(sorted(_INTERPOLATION))}")
 
 
+def choose_crop(resized: Size, bucket: Size, random_crop: bool = False,
+                rng: random.Random | None = None) -> tuple[int, int]:
+    """(left, top) of the bucket inside the resized image: random with `random_crop`, else centred."""
+    if random_crop and rng is not None:
+        left = rng.randint(0, resized[0] - bucket[0])
+        top = rng.randint(0, resized[1] - bucket[1])
+        return left, top
+    return crop_offsets(resized, bucket)
+
+
 def resize_and_crop(img: np.ndarray, resized: Size, bucket: Size, random_crop: bool = False,
-                    rng: random.Random | None = None, interpolation: str | None = None) -> np.ndarray:
-    """Resize to `resized` (area when shrinking, lanczos when enlarging, unless named) and crop to `bucket`."""
+                    rng: random.Random | None = None, interpolation: str | None = None,
+                    offset: tuple[int, int] | None = None) -> np.ndarray:
+    """Resize to `resized` (area when shrinking, lanczos when enlarging, unless named) and crop to `bucket`
+    at `offset` (left, top), or at `choose_crop`'s offset when none is given."""
     h, w = img.shape[:2]
     if (w, h) != tuple(resized):
         if interpolation is not None:
@@ -110,11 +122,7 @@ def resize_and_crop(img: np.ndarray, resized: Size, bucket: Size, random_crop: b
         else:
             flag = cv2.INTER_AREA if resized[0] * resized[1] < w * h else cv2.INTER_LANCZOS4
         img = cv2.resize(img, tuple(resized), interpolation=flag)
-    if random_crop and rng is not None:
-        left = rng.randint(0, resized[0] - bucket[0])
-        top = rng.randint(0, resized[1] - bucket[1])
-    else:
-        left, top = crop_offsets(resized, bucket)
+    left, top = offset if offset is not None else choose_crop(resized, bucket, random_crop, rng)
     return img[top:top + bucket[1], left:left + bucket[0]]
 
 

@@ -1,7 +1,7 @@
 """Latent cache: VAE-encode each image once, keep the result in memory or in sd-scripts' `.npz` files.
 
-File: `<image stem>_<W:04d>x<H:04d>_sd.npz` (W x H = original image size) holding `latents` (float32
-[4, h/8, w/8], raw VAE sample, not multiplied by the scale factor), `original_size`, `crop_ltrb`, with
+File: `<image stem>_<W:04d>x<H:04d>_sd.npz` (`_sdxl.npz` for SDXL; W x H = original image size) holding `latents`
+(float32 [4, h/8, w/8], raw VAE sample, not multiplied by the scale factor), `original_size`, `crop_ltrb`, with
 flip_aug `latents_flipped`, and with a loss mask `alpha_mask` ([H, W] float 0..1 at bucket size, whichever
 source the mask came from). A file is reused only when it has a mask exactly when one is needed, so turning
 masks on or off re-encodes. A legacy `<stem>.npz` is used when present. Files are written atomically.
@@ -25,6 +25,7 @@ from library.files import atomic_path
 
 log = logging.getLogger(__name__)
 SUFFIX = "_sd.npz"
+SDXL_SUFFIX = "_sdxl.npz"  # SDXL's VAE differs: its latents never mix with SD1/SD2 files
 
 
 def npz_path(image: Path, size: Size, suffix: str = SUFFIX) -> Path:
@@ -91,7 +92,7 @@ def encode(vae: torch.nn.Module, images: torch.Tensor, generator: torch.Generato
 
 def cache_latents(records: Sequence, vae: torch.nn.Module, batch_size: int = 1, to_disk: bool = False,
                   skip_check: bool = False, seed: int = 0, show_progress: bool = True, rank: int = 0,
-                  world: int = 1) -> list:
+                  world: int = 1, suffix: str = SUFFIX) -> list:
     """Fill `record.latents` (and `latents_flipped` with flip_aug) for every record; returns the records that
     decoded (a broken image is skipped with a warning). With `to_disk` each rank encodes its share of files;
     the caller reads the rest back after a barrier via `load_cached`."""
@@ -99,7 +100,7 @@ def cache_latents(records: Sequence, vae: torch.nn.Module, batch_size: int = 1, 
     todo = []
     for i, r in enumerate(records):
         if to_disk:
-            r.npz = npz_path(r.path, r.size)
+            r.npz = npz_path(r.path, r.size, suffix)
             if load_npz(r.npz, r.bucket, r.subset.flip_aug, not skip_check, r.has_mask) is not None \
                     or i % world != rank:
                 continue

@@ -21,19 +21,20 @@ def family_from_flags(v2: bool = False, sdxl: bool = False) -> str | None:
 
 def load_models(path: str | Path, family: str | None = None, v_parameterization: bool = False,
                 dtype: torch.dtype | None = torch.float32, variant: str | None = None,
-                progress: bool = False) -> ModelBundle:
+                progress: bool = False, keep_extra: bool = True, vae_dtype: torch.dtype | None = None) -> ModelBundle:
     """Load a single-file checkpoint or a Diffusers folder; the family is detected unless given.
 
     `dtype=None` keeps the stored dtypes; `variant` (Diffusers folders) picks `*.<variant>.safetensors` weights;
-    `progress` shows a bar while a single file is read (Diffusers' loaders show their own).
+    `progress` shows a bar while a single file is read (Diffusers' loaders show their own); `vae_dtype` (default
+    `dtype`) lets a half-precision model keep a float32 VAE; `keep_extra=False` drops keys no model uses.
     """
     path = Path(path)
     if path.is_dir():
-        return load_diffusers_dir(path, family, v_parameterization, dtype, variant)
+        return load_diffusers_dir(path, family, v_parameterization, dtype, variant, vae_dtype)
     if not path.exists():
         raise ToolkitError(f"{path}: model not found (give a .safetensors/.ckpt file or a Diffusers folder; "
                            "nothing is downloaded)")
-    return load_single_file(path, family, v_parameterization, dtype, progress)
+    return load_single_file(path, family, v_parameterization, dtype, progress, keep_extra, vae_dtype)
 
 
 SINGLE_FILE_EXTS = (".safetensors", ".ckpt", ".pt", ".pth")
@@ -42,6 +43,20 @@ SINGLE_FILE_EXTS = (".safetensors", ".ckpt", ".pt", ".pth")
 def is_single_file_path(path: str | Path) -> bool:
     """An output path with a checkpoint extension is a single file; anything else names a Diffusers folder."""
     return Path(path).suffix.lower() in SINGLE_FILE_EXTS
+
+
+def peek_family(path: str | Path) -> str | None:
+    """The family of a model without loading it (safetensors header keys, or a Diffusers folder's parts);
+    None when only loading would tell (a `.ckpt`)."""
+    path = Path(path)
+    if path.is_dir():
+        return "sdxl" if (path / "text_encoder_2").is_dir() else None
+    if path.suffix.lower() != ".safetensors" or not path.is_file():
+        return None
+    from library.files import LazySafetensors
+    from library.keys.families import detect_family
+
+    return detect_family(LazySafetensors(path, mmap=False))
 
 
 def save_models(bundle: ModelBundle, path: str | Path, dtype: torch.dtype | None = None,
@@ -60,4 +75,4 @@ def save_models(bundle: ModelBundle, path: str | Path, dtype: torch.dtype | None
 
 
 __all__ = ["ModelBundle", "family_from_flags", "is_diffusers_dir", "is_single_file_path", "load_models",
-           "load_vae_file", "save_models", "to_original_state_dict"]
+           "load_vae_file", "peek_family", "save_models", "to_original_state_dict"]

@@ -37,10 +37,12 @@ def stored_dtype(folder: Path, variant: str | None = None) -> torch.dtype | None
 
 
 def load_diffusers_dir(path: str | Path, family: str | None = None, v_parameterization: bool = False,
-                       dtype: torch.dtype | None = torch.float32, variant: str | None = None) -> ModelBundle:
+                       dtype: torch.dtype | None = torch.float32, variant: str | None = None,
+                       vae_dtype: torch.dtype | None = None) -> ModelBundle:
     """Load `unet/`, `vae/`, `text_encoder/` (and `text_encoder_2/`, tokenizers) from a local folder.
 
-    `dtype=None` keeps each component in the dtype it is stored in; `variant` picks `*.<variant>.safetensors`.
+    `dtype=None` keeps each component in the dtype it is stored in; `variant` picks `*.<variant>.safetensors`;
+    `vae_dtype` (default `dtype`) lets a half-precision model keep a float32 VAE.
     """
     path = Path(path)
     for sub in ("unet", "vae", "text_encoder"):
@@ -56,7 +58,8 @@ def load_diffusers_dir(path: str | Path, family: str | None = None, v_parameteri
 
     try:
         unet = UNet2DConditionModel.from_pretrained(path / "unet", **kw("unet"))
-        vae = AutoencoderKL.from_pretrained(path / "vae", **kw("vae"))
+        vae_kw = kw("vae") if vae_dtype is None else {**kw("vae"), "torch_dtype": vae_dtype}
+        vae = AutoencoderKL.from_pretrained(path / "vae", **vae_kw)
         tes = [CLIPTextModel.from_pretrained(path / "text_encoder", **kw("text_encoder"))]
         if (path / "text_encoder_2").is_dir():
             tes.append(CLIPTextModelWithProjection.from_pretrained(path / "text_encoder_2", **kw("text_encoder_2")))

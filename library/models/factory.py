@@ -66,18 +66,26 @@ def configs(family: str, size: str = "tiny") -> dict:
     return {"unet": unet, "vae": vae, "text_encoders": tes}
 
 
-def random_bundle(family: str, size: str = "tiny", seed: int = 0, v_parameterization: bool = False) -> ModelBundle:
-    """A ModelBundle with seeded random weights (deterministic for a torch version)."""
+def random_bundle(family: str, size: str = "tiny", seed: int = 0, v_parameterization: bool = False,
+                  dtype: torch.dtype | None = None) -> ModelBundle:
+    """A ModelBundle with seeded random weights (deterministic for a torch version). `dtype` builds the models
+    in that precision directly (a real-shape SDXL needs 14 GB in float32, 7 GB in float16)."""
     from library.tokenizer import load_tokenizers
 
     cfg = configs(family, size)
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**cfg["unet"]).eval()
-    vae = AutoencoderKL(**cfg["vae"]).eval()
-    tes = []
-    for i, te in enumerate(cfg["text_encoders"]):
-        cls = CLIPTextModelWithProjection if family == "sdxl" and i == 1 else CLIPTextModel
-        tes.append(cls(CLIPTextConfig(**te)).eval())
+    default = torch.get_default_dtype()
+    if dtype is not None:
+        torch.set_default_dtype(dtype)
+    try:
+        unet = UNet2DConditionModel(**cfg["unet"]).eval()
+        vae = AutoencoderKL(**cfg["vae"]).eval()
+        tes = []
+        for i, te in enumerate(cfg["text_encoders"]):
+            cls = CLIPTextModelWithProjection if family == "sdxl" and i == 1 else CLIPTextModel
+            tes.append(cls(CLIPTextConfig(**te)).eval())
+    finally:
+        torch.set_default_dtype(default)
     with torch.no_grad():  # default init leaves some layers zero; perturb so every weight matters in tests
         for model in (unet, vae, *tes):
             for p in model.parameters():
@@ -91,5 +99,6 @@ def write_random_checkpoint(path: str | Path, family: str, size: str = "tiny", s
     """Write a seeded random original-layout checkpoint (the embedded default and benchmark inputs)."""
     from library.models.single_file import save_single_file
 
-    save_single_file(random_bundle(family, size, seed), path, dtype)
+    half = dtype if dtype in (torch.float16, torch.bfloat16) and size == "real" else None
+    save_single_file(random_bundle(family, size, seed, dtype=half), path, dtype)
     return Path(path)

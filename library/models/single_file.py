@@ -143,25 +143,31 @@ class _CastingView(Mapping):
 
 
 def load_single_file(path: str | Path, family: str | None = None, v_parameterization: bool = False,
-                     dtype: torch.dtype | None = torch.float32, progress: bool = False) -> ModelBundle:
+                     dtype: torch.dtype | None = torch.float32, progress: bool = False, keep_extra: bool = True,
+                     vae_dtype: torch.dtype | None = None) -> ModelBundle:
     """Load an original-layout checkpoint; `family` ("sd1"/"sd2"/"sdxl") overrides detection.
 
-    `dtype=None` keeps the stored dtypes; `progress` shows a tqdm bar over the tensors read.
+    Tensors are read one at a time without mmap, each cast to `dtype` (`vae_dtype` for the VAE, default the
+    same; `dtype=None` keeps the stored dtypes) as it arrives, so the peak is the models themselves: a mapped
+    file would keep every page it touched resident until the end of loading (measured on a real-shape SD1.5:
+    2 GiB above the loaded models). `keep_extra=False` skips the keys no model uses (EMA copies and such), which
+    only a faithful re-save needs; `progress` shows a tqdm bar over the tensors read.
     """
     from tqdm import tqdm
 
     path = Path(path)
-    raw, _ = open_streaming(path)  # plain reads: pages of tensors already used do not stay mapped
+    raw, _ = open_streaming(path)
     family, _ = split_checkpoint(raw, path, family)
     keys_ = list(raw.keys())
     bar = tqdm(total=len(keys_), desc="loading checkpoint", unit="tensor") if progress else None
     sd = _CastingView(raw, dtype, bar)
     used = {UNET_PREFIX, VAE_PREFIX, *(s.ckpt_prefix for s in te_specs(family))}
-    extra = {k: sd[k] for k in keys_ if not any(k.startswith(p) for p in used)}
+    extra = {k: sd[k] for k in keys_ if keep_extra and not any(k.startswith(p) for p in used)}
     unet = _build_unet(_strip(sd, UNET_PREFIX), family, v_parameterization, path)
     if not any(k.startswith(VAE_PREFIX) for k in keys_):
         raise ToolkitError(f"{path}: no VAE weights (first_stage_model.*) in the checkpoint")
-    vae = _build_vae(_strip(sd, VAE_PREFIX), family, path)
+    vae_sd = _CastingView(raw, dtype if vae_dtype is None else vae_dtype, bar)
+    vae = _build_vae(_strip(vae_sd, VAE_PREFIX), family, path)
     tes = []
     for spec in te_specs(family):
         part = _strip(sd, spec.ckpt_prefix)
@@ -169,7 +175,8 @@ def load_single_file(path: str | Path, family: str | None = None, v_parameteriza
             raise ToolkitError(f"{path}: no text-encoder weights under {spec.ckpt_prefix!r} for a {family} model")
         te, unused = _build_te(part, spec, family, path)
         tes.append(te)
-        extra.update({spec.ckpt_prefix + k: v for k, v in unused.items()})
+        if keep_extra:
+            extra.update({spec.ckpt_prefix + k: v for k, v in unused.items()})
     if bar is not None:
         bar.close()
     from library.tokenizer import load_tokenizers

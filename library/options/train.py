@@ -104,6 +104,8 @@ def apply_aliases(cfg: TrainConfig) -> TrainConfig:
         cfg.log_with = "tensorboard"
     if cfg.cache_latents_to_disk:
         cfg.cache_latents = True
+    if cfg.cache_text_encoder_outputs_to_disk:
+        cfg.cache_text_encoder_outputs = True
     if cfg.min_timestep is None:
         cfg.min_timestep = 0
     if cfg.max_timestep is None:

@@ -9,9 +9,7 @@ from library.options.spec import (
     ALL_LEVELS,
     DATASET,
     GENERAL,
-    REFUSED,
     SUBSET,
-    TRAIN,
     flag,
     ignored,
     non_negative,
@@ -21,7 +19,6 @@ from library.options.spec import (
 )
 
 GD = (GENERAL, DATASET)
-SDXL_COMING = "SDXL training is coming (sdxl_train_network.py)"
 RESIZE_METHODS = ("lanczos", "nearest", "bilinear", "linear", "bicubic", "cubic", "area")
 
 
@@ -61,7 +58,8 @@ class ModelOptions:
     tokenizer_cache_dir: str | None = opt(str, None, "folder of a downloaded tokenizer",
                                           **ignored("the CLIP tokenizer ships with this toolkit"))
     disable_mmap_load_safetensors: bool = flag("read .safetensors without memory mapping (SDXL; helps on WSL)",
-                                               **ignored("checkpoints are read with safetensors' own loader"))
+                                               **ignored("checkpoints are always read tensor by tensor, "
+                                                         "without memory mapping"))
 
 
 @dataclass
@@ -181,14 +179,11 @@ class CachingOptions:
     cache_latents_to_disk: bool = flag("encode every image once, into <image>_WxH_sd.npz beside it")
     vae_batch_size: int = opt(int, 1, "images per VAE batch while caching latents", check=positive)
     skip_cache_check: bool = flag("trust existing latent cache files without checking them")
-    cache_text_encoder_outputs: bool = flag("encode every caption once (SDXL, U-Net-only training)",
-                                            **refused(SDXL_COMING),
-                                            per_script={TRAIN: (REFUSED, "text-encoder caching is for SDXL "
-                                                                "(sdxl_train_network.py)")})
-    cache_text_encoder_outputs_to_disk: bool = flag("encode every caption once, into files beside the images",
-                                                    **refused(SDXL_COMING),
-                                                    per_script={TRAIN: (REFUSED, "text-encoder caching is for "
-                                                                        "SDXL (sdxl_train_network.py)")})
+    cache_text_encoder_outputs: bool = flag("SDXL: encode every caption once before training, then free the text "
+                                            "encoders (needs --network_train_unet_only and fixed captions)")
+    cache_text_encoder_outputs_to_disk: bool = flag("SDXL: the same, into <image>_te_outputs.npz beside each image, "
+                                                    "reused while caption and encoders are unchanged (implies "
+                                                    "--cache_text_encoder_outputs)")
 
 
 @dataclass

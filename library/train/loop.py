@@ -7,7 +7,6 @@ Ctrl-C or SIGTERM stops after the current optimizer step (all ranks agree throug
 
 from __future__ import annotations
 
-import gc
 import logging
 import math
 import random
@@ -24,6 +23,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from library.cli import str_to_dtype
 from library.errors import ToolkitError
 from library.files import check_output_dir
+from library.models import peek_family
 from library.models.arch import LATENT_SCALE
 from library.train import guards, saving
 from library.train.distributed import Distributed
@@ -34,11 +34,16 @@ from library.train.setup import (
     build_dataset,
     build_network,
     cache_dataset_latents,
+    cache_dataset_text,
+    caches_text,
+    check_family,
+    check_text_cache,
+    give_back_memory,
     load_training_models,
     resolve_precision,
 )
 from library.train.state import load_state, read_position, save_state
-from library.train.text import TextConditioner
+from library.train.text import text_conditioner
 from library.train.validation import build_validator
 
 if TYPE_CHECKING:
@@ -104,8 +109,9 @@ class _StopFlag:
 class Trainer:
     """One training run, configured by a TrainConfig (library/options: the options of train_network.py)."""
 
-    def __init__(self, cfg: TrainConfig) -> None:
+    def __init__(self, cfg: TrainConfig, sdxl_script: bool = False) -> None:
         self.cfg = cfg
+        self.sdxl_script = sdxl_script
         self.dist = Distributed()
         self.precision = resolve_precision(cfg, self.dist.device)
         seed = cfg.seed if cfg.seed is not None else random.randint(0, 2 ** 31 - 1)
@@ -128,6 +134,8 @@ class Trainer:
         if not Path(model).exists():
             raise ToolkitError(f"--pretrained_model_name_or_path {model}: not found (nothing is downloaded: give a "
                                "local .safetensors/.ckpt file or Diffusers folder)")
+        self.family = peek_family(model) or ("sdxl" if sdxl_script else None)
+        check_family(cfg, self.family, sdxl_script)
 
     @staticmethod
     def _seed_everything(seed: int) -> None:
@@ -138,20 +146,24 @@ class Trainer:
     # ---- setup ------------------------------------------------------------------------------------------------
     def setup(self) -> None:
         a, p = self.cfg, self.precision
-        self.dataset = build_dataset(a, self.seed)
-        self.bundle = load_training_models(a, p)
+        self.dataset = build_dataset(a, self.seed, self.family)
+        check_text_cache(a, self.dataset, self.family)
+        self.bundle = load_training_models(a, p, self.sdxl_script)
         self.latent_scale = LATENT_SCALE[self.bundle.family]
         caching = a.cache_latents or a.cache_latents_to_disk
         if caching:
-            cache_dataset_latents(a, self.dataset, self.bundle.vae, self.dist, self.seed)
-        self.validator = build_validator(a, self.seed, (lambda ds: cache_dataset_latents(
-            a, ds, self.bundle.vae, self.dist, self.seed)) if caching else None)
-        if caching:
-            if not self.prompts:  # nothing decodes or encodes any more: give the VAE's memory back
-                self.bundle.vae = None
-                gc.collect()
-        self.text = TextConditioner(self.bundle.tokenizers[0], self.bundle.text_encoders[0], a.clip_skip,
-                                    a.max_token_length, weighted=a.weighted_captions)
+            cache_dataset_latents(a, self.dataset, self.bundle.vae, self.dist, self.seed, self.bundle.is_sdxl)
+        self.validator = build_validator(a, self.seed, self.family, (lambda ds: cache_dataset_latents(
+            a, ds, self.bundle.vae, self.dist, self.seed, self.bundle.is_sdxl)) if caching else None)
+        if caching and not self.prompts:  # nothing decodes or encodes any more: give the VAE's memory back
+            self.bundle.vae = None
+            give_back_memory()
+        self.text = text_conditioner(self.bundle, a.clip_skip, a.max_token_length, a.weighted_captions)
+        if caches_text(a):
+            cache_dataset_text(a, self.dataset, self.bundle, self.text, self.dist, p)
+            if self.validator:
+                cache_dataset_text(a, self.validator.dataset, self.bundle, self.text, self.dist, p)
+            self._release_text_encoders()
         torch.manual_seed(self.seed)  # identical LoRA initialisation on every rank
         self.network, self.train_unet, self.train_te = build_network(a, self.bundle)
         if self.precision.full_half:
@@ -161,10 +173,10 @@ class Trainer:
             self.bundle.unet.enable_gradient_checkpointing()
             if self.train_te:
                 # non-reentrant: frozen embeddings give inputs without grad, which reentrant checkpoints would cut
-                self.bundle.text_encoders[0].gradient_checkpointing_enable(
-                    gradient_checkpointing_kwargs={"use_reentrant": False})
+                for te in self.bundle.text_encoders:
+                    te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             self.network.enable_gradient_checkpointing()
-        self.network.prepare_grad_etc(self.bundle.text_encoders[0], self.bundle.unet)
+        self.network.prepare_grad_etc(self.te_arg, self.bundle.unet)
         self.params = [q for q in self.network.parameters() if q.requires_grad]
         self.dist.broadcast_params(self.params)
         self._schedule()
@@ -179,6 +191,22 @@ class Trainer:
             self._resume()
         elif a.initial_step or a.initial_epoch:
             self._initial_position()
+
+    def _release_text_encoders(self) -> None:
+        """After caching their outputs the encoders only serve samples: drop them, or park them on the CPU."""
+        if not self.prompts:
+            self.bundle.text_encoders = []
+            self.text.release_encoders()
+            give_back_memory()
+        elif self.precision.device.type != "cpu":
+            for te in self.bundle.text_encoders:
+                te.to("cpu")
+            torch.cuda.empty_cache()
+
+    @property
+    def te_arg(self):  # noqa: ANN201 - what networks' hooks take: one text encoder, or SDXL's list
+        tes = self.bundle.text_encoders
+        return tes[0] if len(tes) == 1 else tes
 
     def _schedule(self) -> None:
         a = self.cfg
@@ -246,14 +274,14 @@ class Trainer:
         latents = self._latents(batch)
         with p.autocast():
             with torch.set_grad_enabled(self.train_te and torch.is_grad_enabled()):
-                cond = self.text(batch["captions"])
+                cond, added = self.text.for_batch(batch, p.device, p.weight_dtype)
             noise = self.objective.noise_like(latents)
             if timesteps is None:
                 t = self.objective.timesteps(latents.shape[0], latents.device)
             else:
                 t = timesteps.to(latents.device)
             noisy = self.objective.add_noise(latents, noise, t)
-            pred = self.bundle.unet(noisy.to(p.weight_dtype), t, cond.to(p.weight_dtype)).sample
+            pred = self.bundle.unet(noisy.to(p.weight_dtype), t, cond, added_cond_kwargs=added).sample
         target = self.objective.target(latents, noise, t)
         return self.objective.loss(pred, target, t, batch["loss_weights"], batch.get("masks"))
 
@@ -297,7 +325,7 @@ class Trainer:
                     break
                 skip = self.skip_batches if epoch == self.start_epoch else 0
                 self.sampler.set_epoch(epoch, skip)
-                self.network.on_epoch_start(self.bundle.text_encoders[0], self.bundle.unet)
+                self.network.on_epoch_start(self.te_arg, self.bundle.unet)
                 self._train_mode(True)
                 epoch_losses: list[float] = []
                 n_batches = self.sampler.batches_per_epoch
@@ -378,7 +406,8 @@ class Trainer:
         # Models run in train mode only for gradient checkpointing (SD models have no dropout to switch)
         ckpt = bool(self.cfg.gradient_checkpointing) and on
         self.bundle.unet.train(ckpt)
-        self.bundle.text_encoders[0].train(ckpt and self.train_te)
+        for te in self.bundle.text_encoders:
+            te.train(ckpt and self.train_te)
         self.network.train(on)
 
     def _writer(self):  # noqa: ANN202
@@ -485,16 +514,26 @@ class Trainer:
         if self.dist.is_main:
             p = self.precision
             self.bundle.vae.to(p.device)
+            for te in self.bundle.text_encoders:
+                te.to(p.device)
             self._train_mode(False)
+            pipe = None
+            if self.bundle.is_sdxl:
+                from library.generate.pipeline import build_pipeline
+
+                pipe = build_pipeline(self.bundle)
             sample_images(self.out_dir, self.cfg.output_name, self.prompts, self.bundle.unet, self.bundle.vae,
                           self.text, self.cfg.sample_sampler, self.cfg.v_parameterization, self.latent_scale,
-                          p.device, p.weight_dtype, epoch, self.global_step, p.autocast)
+                          p.device, p.weight_dtype, epoch, self.global_step, p.autocast, pipe)
+            if caches_text(self.cfg):
+                self._release_text_encoders()
             self._train_mode(True)
         self.dist.barrier()
 
 
-def train(cfg: TrainConfig) -> Path | None:
-    """Run one training from its typed configuration; returns the final LoRA file."""
-    trainer = Trainer(cfg)
+def train(cfg: TrainConfig, sdxl_script: bool = False) -> Path | None:
+    """Run one training from its typed configuration (`sdxl_script`: sdxl_train_network.py, which refuses
+    non-SDXL models); returns the final LoRA file."""
+    trainer = Trainer(cfg, sdxl_script)
     trainer.setup()
     return trainer.run()

@@ -81,11 +81,28 @@ def generate(unet: torch.nn.Module, vae: torch.nn.Module, conditioner, prompt: S
     return image
 
 
+@torch.no_grad()
+def generate_sdxl(pipe, conditioner, prompt: SamplePrompt, default_sampler: str,  # noqa: ANN001
+                  v_parameterization: bool, device: torch.device, dtype: torch.dtype) -> np.ndarray:
+    """One SDXL image (HWC uint8) from a Diffusers SDXL pipeline over the run's own parts; the prompts go
+    through the run's conditioner (long captions as trained), size conditioning is the pipeline's default."""
+    pipe.scheduler = make_scheduler(prompt.sampler or default_sampler, v_parameterization)
+    seed = prompt.seed if prompt.seed is not None else random.randint(0, 2 ** 31)
+    outs = conditioner([prompt.prompt, prompt.negative_prompt]).to(device, dtype)
+    context = outs.context()
+    image = pipe(prompt_embeds=context[:1], negative_prompt_embeds=context[1:], pooled_prompt_embeds=outs.pool2[:1],
+                 negative_pooled_prompt_embeds=outs.pool2[1:], num_inference_steps=prompt.steps,
+                 guidance_scale=prompt.scale, height=prompt.height, width=prompt.width,
+                 generator=torch.Generator("cpu").manual_seed(seed), output_type="np").images[0]
+    return (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
+
+
 def sample_images(out_dir: Path, output_name: str | None, prompts: list[SamplePrompt], unet, vae,  # noqa: ANN001
                   conditioner, default_sampler: str, v_parameterization: bool, latent_scale: float,  # noqa: ANN001
                   device: torch.device, dtype: torch.dtype, epoch: int | None = None, step: int = 0,
-                  autocast=None) -> list[Path]:  # noqa: ANN001
-    """Write one PNG per prompt into `out_dir/sample/`; the training RNG state is left untouched."""
+                  autocast=None, sdxl_pipe=None) -> list[Path]:  # noqa: ANN001
+    """Write one PNG per prompt into `out_dir/sample/`; the training RNG state is left untouched. SDXL
+    models sample through `sdxl_pipe` (a Diffusers pipeline built from the same parts)."""
     from PIL import Image
 
     saved_rng = rng_state()
@@ -99,8 +116,12 @@ def sample_images(out_dir: Path, output_name: str | None, prompts: list[SamplePr
             if p.seed is None:
                 p = replace(p, seed=random.randint(0, 2 ** 31))
             with autocast() if autocast else contextlib.nullcontext():
-                img = generate(unet, vae, conditioner, p, default_sampler, v_parameterization, latent_scale,
-                               device, dtype)
+                if sdxl_pipe is not None:
+                    img = generate_sdxl(sdxl_pipe, conditioner, p, default_sampler, v_parameterization, device,
+                                        dtype)
+                else:
+                    img = generate(unet, vae, conditioner, p, default_sampler, v_parameterization, latent_scale,
+                                   device, dtype)
             name = f"{output_name + '_' if output_name else ''}{tag}_{i:02d}_{stamp}_{p.seed}.png"
             path = out_dir / "sample" / name
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -15,11 +15,13 @@ import torch
 
 from library.data.config import datasets_from_config, datasets_from_folders
 from library.data.dataset import TrainDataset
-from library.data.latents import cache_latents, load_cached
+from library.data.latents import SDXL_SUFFIX, SUFFIX, cache_latents, load_cached
 from library.errors import ToolkitError
-from library.models import ModelBundle, family_from_flags, load_models, load_vae_file
+from library.models import ModelBundle, load_models, load_vae_file, peek_family
 from library.train import guards
 from library.train.distributed import Distributed
+from library.train.text_cache import cache_text_outputs, check_cacheable, encoders_fingerprint
+from library.train.text_cache import load_cached as load_cached_text
 
 if TYPE_CHECKING:
     from library.options.train import TrainConfig
@@ -58,16 +60,19 @@ def resolve_precision(cfg: TrainConfig, device: torch.device) -> Precision:
     return Precision(device, mixed, weight, bool(cfg.full_fp16 or cfg.full_bf16), vae)
 
 
-def load_training_models(cfg: TrainConfig, precision: Precision) -> ModelBundle:
-    """Load the base model (SD1/SD2), swap in `--vae`, freeze everything and move it to the device."""
+def load_training_models(cfg: TrainConfig, precision: Precision, sdxl_script: bool = False) -> ModelBundle:
+    """Load the base model (SD1/SD2/SDXL), swap in `--vae`, freeze everything and move it to the device."""
     if not cfg.pretrained_model_name_or_path:
         raise ToolkitError("--pretrained_model_name_or_path is required (a .safetensors/.ckpt file or a "
                            "Diffusers folder)")
-    bundle = load_models(cfg.pretrained_model_name_or_path, family_from_flags(cfg.v2, False),
-                         cfg.v_parameterization, torch.float32)
-    if bundle.is_sdxl:
-        raise ToolkitError(f"{cfg.pretrained_model_name_or_path}: an SDXL model; train_network.py trains SD1.x/"
-                           "SD2.x (SDXL needs sdxl_train_network.py)")
+    forced = "sd2" if cfg.v2 and peek_family(cfg.pretrained_model_name_or_path) != "sdxl" else None
+    # frozen parts load straight in the precision they train in (no float32 copy of the whole model first)
+    bundle = load_models(cfg.pretrained_model_name_or_path, forced, cfg.v_parameterization,
+                         precision.weight_dtype, keep_extra=False, vae_dtype=precision.vae_dtype)
+    check_family(cfg, bundle.family, sdxl_script)
+    if bundle.is_sdxl and not sdxl_script:
+        log.info("%s is an SDXL model: training it as SDXL (as sdxl_train_network.py does)",
+                 cfg.pretrained_model_name_or_path)
     if bundle.is_v2 and not cfg.v2:
         log.warning("the model is SD2.x; --v2 was not given (training it as SD2.x anyway)")
     if cfg.v2 and cfg.clip_skip:
@@ -90,6 +95,16 @@ def load_training_models(cfg: TrainConfig, precision: Precision) -> ModelBundle:
         _move(model, precision.device, dtype)
     _attention(cfg, bundle.unet)
     return bundle
+
+
+def check_family(cfg: TrainConfig, family: str | None, sdxl_script: bool) -> None:
+    """Refuse what cannot be trained on this family (`family` None: not known before loading)."""
+    model = cfg.pretrained_model_name_or_path
+    if family == "sdxl" and cfg.v2:
+        raise ToolkitError(f"--v2: {model} is an SDXL model; drop --v2")
+    if sdxl_script and family not in (None, "sdxl"):
+        raise ToolkitError(f"--pretrained_model_name_or_path {model}: an {family.upper()} model; "
+                           "sdxl_train_network.py trains SDXL (use train_network.py)")
 
 
 def _move(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
@@ -167,8 +182,8 @@ def build_network(cfg: TrainConfig, bundle: ModelBundle):  # noqa: ANN201
     return network, train_unet, train_te
 
 
-def dataset_configs(cfg: TrainConfig) -> list:
-    """The run's datasets (TOML or DreamBooth folders), checked against what SD1/SD2 U-Nets accept."""
+def dataset_configs(cfg: TrainConfig, family: str | None = None) -> list:
+    """The run's datasets (TOML or DreamBooth folders), checked against what the family's U-Net accepts."""
     cli = vars(cfg)
     if cfg.dataset_config:
         if cfg.train_data_dir or cfg.reg_data_dir:
@@ -178,20 +193,22 @@ def dataset_configs(cfg: TrainConfig) -> list:
         if not cfg.train_data_dir:
             raise ToolkitError("give --train_data_dir (folders named '<repeats>_<name>') or --dataset_config")
         configs = datasets_from_folders(cfg.train_data_dir, cfg.reg_data_dir, cli)
+    step = 32 if family == "sdxl" else 64  # the U-Net halves the latents 2 (SDXL) or 3 times
+    what = "SDXL" if family == "sdxl" else "SD1/SD2"
     for ds in configs:
-        if ds.enable_bucket and ds.bucket_reso_steps % 64:
-            log.warning("bucket_reso_steps %d is not a multiple of 64: SD1/SD2 U-Nets need sizes divisible by "
-                        "64", ds.bucket_reso_steps)
-        if not ds.enable_bucket and (ds.resolution[0] % 64 or ds.resolution[1] % 64):
+        if ds.enable_bucket and ds.bucket_reso_steps % step:
+            log.warning("bucket_reso_steps %d is not a multiple of %d: %s U-Nets need sizes divisible by %d",
+                        ds.bucket_reso_steps, step, what, step)
+        if not ds.enable_bucket and (ds.resolution[0] % step or ds.resolution[1] % step):
             raise ToolkitError(f"resolution {ds.resolution[0]}x{ds.resolution[1]}: both sides must be "
-                               "multiples of 64 for SD1/SD2")
+                               f"multiples of {step} for {what}")
     if cfg.masked_loss and not any(s.conditioning_data_dir or s.alpha_mask for ds in configs for s in ds.subsets):
         log.warning("--masked_loss: no subset has conditioning_data_dir or alpha_mask; the loss is not masked")
     return configs
 
 
-def build_dataset(cfg: TrainConfig, seed: int) -> TrainDataset:
-    configs = dataset_configs(cfg)
+def build_dataset(cfg: TrainConfig, seed: int, family: str | None = None) -> TrainDataset:
+    configs = dataset_configs(cfg, family)
     dataset = TrainDataset(configs, seed, cfg.prior_loss_weight, cfg.cache_latents or cfg.cache_latents_to_disk)
     buckets = dataset.bucket_info()["buckets"]
     log.info("%d training images (with repeats), %d regularisation images; buckets: %s", dataset.num_train_images,
@@ -201,14 +218,57 @@ def build_dataset(cfg: TrainConfig, seed: int) -> TrainDataset:
 
 
 def cache_dataset_latents(cfg: TrainConfig, dataset: TrainDataset, vae: torch.nn.Module, dist: Distributed,
-                          seed: int) -> None:
+                          seed: int, sdxl: bool = False) -> None:
     """Encode every image once (memory, or `.npz` files shared by the ranks); broken images are dropped."""
     to_disk = bool(cfg.cache_latents_to_disk)
     kept = cache_latents(dataset.records, vae, cfg.vae_batch_size or 1, to_disk, cfg.skip_cache_check, seed,
-                         dist.is_main, dist.rank if to_disk else 0, dist.world if to_disk else 1)
+                         dist.is_main, dist.rank if to_disk else 0, dist.world if to_disk else 1,
+                         SDXL_SUFFIX if sdxl else SUFFIX)
     if to_disk:
         dist.barrier()
         kept = load_cached(kept, cfg.skip_cache_check)
     dataset.drop_records(kept)
     if not any(not r.subset.is_reg for r in dataset.records):
         raise ToolkitError("no training image could be decoded")
+
+
+def caches_text(cfg: TrainConfig) -> bool:
+    return bool(cfg.cache_text_encoder_outputs or cfg.cache_text_encoder_outputs_to_disk)
+
+
+def check_text_cache(cfg: TrainConfig, dataset: TrainDataset, family: str | None) -> None:
+    """Refuse text-encoder caching where cached outputs would be wrong (decided before any model loads)."""
+    if not caches_text(cfg):
+        return
+    option = "--cache_text_encoder_outputs" + ("_to_disk" if cfg.cache_text_encoder_outputs_to_disk else "")
+    subsets = [s for cfg in dataset.configs for s in cfg.subsets]
+    check_cacheable(subsets, not cfg.network_train_unet_only, option, family in (None, "sdxl"))
+
+
+def cache_dataset_text(cfg: TrainConfig, dataset: TrainDataset, bundle: ModelBundle, conditioner,  # noqa: ANN001
+                       dist: Distributed, precision: Precision) -> None:
+    """Encode every caption once (memory, or `_te_outputs.npz` files shared by the ranks)."""
+    check_text_cache(cfg, dataset, bundle.family)
+    to_disk = bool(cfg.cache_text_encoder_outputs_to_disk)
+    fingerprint = encoders_fingerprint(bundle.text_encoders, cfg.max_token_length)
+    cache_text_outputs(dataset.records, conditioner, fingerprint, to_disk, cfg.skip_cache_check,
+                       autocast=precision.autocast, rank=dist.rank if to_disk else 0,
+                       world=dist.world if to_disk else 1, show_progress=dist.is_main)
+    if to_disk:
+        dist.barrier()
+        load_cached_text(dataset.records, fingerprint, cfg.skip_cache_check)
+
+
+def give_back_memory() -> None:
+    """Return freed model memory to the system now: collect, trim glibc's heap (freed tensors that came from
+    it stay in the process's RSS otherwise), empty the CUDA cache."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

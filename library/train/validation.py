@@ -92,11 +92,13 @@ class Validator:
         return sum(losses) / len(losses)
 
 
-def build_validator(cfg: TrainConfig, seed: int, cache: Callable[[TrainDataset], None] | None) -> Validator | None:
-    """The run's Validator, or None without a validation split (a split that holds no image only warns)."""
+def build_validator(cfg: TrainConfig, seed: int, family: str | None,
+                    cache: Callable[[TrainDataset], None] | None) -> Validator | None:
+    """The run's Validator, or None without a validation split (a split that holds no image only warns);
+    `cache` encodes the validation images' latents when the run caches latents."""
     from library.train.setup import dataset_configs
 
-    configs = dataset_configs(cfg)
+    configs = dataset_configs(cfg, family)
     if not any(c.validation_split > 0 for c in configs):
         return None
     dataset = TrainDataset(configs, seed, cfg.prior_loss_weight, cfg.cache_latents or cfg.cache_latents_to_disk,
