@@ -129,3 +129,23 @@ def test_split_in_dataset_toml_and_progress_bar(env, tmp_path, capsys):
     assert train_network.main(base_args(env, tmp_path / "o", 2, "--dataset_config", str(toml_file))) is not None
     err = capsys.readouterr().err
     assert "validation: 3 images" in err and "val_loss=" in err
+
+
+def test_sdxl_validation_with_masks_and_cached_text(tiny_checkpoints, env, tmp_path):
+    """SDXL: the validation images' latents and text-encoder outputs are cached too (the encoders are freed),
+    masks follow, and two validations of the same weights agree."""
+    import sdxl_train_network
+    from library.train.loop import Trainer
+
+    args = base_args(env, tmp_path / "o", 2, "--validation_split", "0.25", "--masked_loss",
+                     "--conditioning_data_dir", str(env["masks"]), "--cache_latents", "--cache_text_encoder_outputs",
+                     "--network_train_unet_only")
+    args[args.index("--pretrained_model_name_or_path") + 1] = str(tiny_checkpoints["sdxl"])
+    cfg = parse_training_args(args, "sdxl_train_network")
+    trainer = Trainer(cfg, sdxl_script=True)
+    trainer.setup()
+    records = trainer.validator.dataset.records
+    assert len(records) == 3 and all(r.te_outputs is not None and r.mask is not None for r in records)
+    first = trainer.validator.run(trainer._forward_loss, show_progress=False)
+    assert first == trainer.validator.run(trainer._forward_loss, show_progress=False)
+    assert sdxl_train_network.main(args) is not None
