@@ -13,6 +13,11 @@ with the same models, LoRA modules and settings; it is not sd-scripts itself (wh
     python bench/train_speed.py                      # tiny and real, all four settings
     python bench/train_speed.py --models tiny --steps 20
     python bench/train_speed.py --family sdxl --models real --steps 4
+    python bench/train_speed.py --models real --extras   # masked loss vs plain per step; validation s/image
+
+`--extras` (cached latents, no checkpointing): s/step with `--masked_loss` (circle masks from
+`conditioning_data_dir`) next to the same run without, and the time of one validation pass per held-out image
+(`--validation_split 0.25`: 2 of the 8 images, each at the 4 validation timesteps).
 """
 
 from __future__ import annotations
@@ -110,6 +115,15 @@ def child_ours(argv: list[str], sdxl: bool = False) -> dict:
         return original_run(self)
 
     loop.Trainer.run = run
+    validations: list[float] = []
+    original_validate = loop.Trainer._validate
+
+    def validate(self, *a):  # noqa: ANN001, ANN002, ANN202
+        start = time.perf_counter()
+        original_validate(self, *a)
+        validations.append((time.perf_counter() - start) / len(self.validator.dataset.records))
+
+    loop.Trainer._validate = validate
     if sdxl:
         import sdxl_train_network
 
@@ -118,7 +132,7 @@ def child_ours(argv: list[str], sdxl: bool = False) -> dict:
         train_network.main(argv)
     vram = torch.cuda.max_memory_allocated() / 2 ** 20 if torch.cuda.is_available() else None
     return {"step_times": [b - a for a, b in zip(stamps, stamps[1:])], "cpu_times": [b - a for a, b in zip(cpu, cpu[1:])],
-            "train_peak_mib": peak_rss_mib(), "vram_peak_mib": vram, **marks}
+            "train_peak_mib": peak_rss_mib(), "vram_peak_mib": vram, "validation_s_per_image": validations, **marks}
 
 
 def child_reference(argv: list[str]) -> dict:
@@ -206,6 +220,7 @@ def main() -> None:
     parser.add_argument("--mixed_precision", default="no", choices=["no", "bf16", "fp16"])
     parser.add_argument("--settings", default="all", choices=["all", "cached_ckpt", "cached"],
                         help="which (cached latents, gradient checkpointing) pairs to run [sdxl: cached_ckpt]")
+    parser.add_argument("--extras", action="store_true", help="masked loss and validation figures instead")
     parser.add_argument("--child")
     args, rest = parser.parse_known_args()
     if args.child:
@@ -217,6 +232,9 @@ def main() -> None:
         # whole process: ru_maxrss would also count the parent's peak before exec, VmHWM was reset: take the max
         result["peak_rss_mib"] = max(result["setup_peak"], result["train_peak_mib"])
         print("RESULT " + json.dumps(result), flush=True)
+        return
+    if args.extras:
+        extras(args)
         return
     import torch
 
@@ -248,6 +266,30 @@ def main() -> None:
                 print(f"{model:5} {args.family:6} {str(cached):6} {str(ckpting):5} {label:10} "
                       f"{statistics.median(times):8.3f} {statistics.median(cpu):10.3f} {r['setup_peak']:11.0f} "
                       f"{r['train_peak_mib']:11.0f} {r['peak_rss_mib']:13.0f} {vram}", flush=True)
+
+
+def extras(args: argparse.Namespace) -> None:
+    """Masked loss against plain (cached latents) and one validation pass per image."""
+    from library.sample_data import make_sample_masks
+
+    print(f"{'model':5} {'run':10} {'s/step':>8} {'cpu s/step':>10} {'validation s/image':>19}")
+    for model in args.models.split(","):
+        ckpt, img = prepare(model, args.family, args.resolution)
+        data = OUT / f"data{args.resolution}"
+        if not (data / "mask").exists():
+            make_sample_masks(data, num_images=8, resolution=args.resolution, seed=0, aspect_ratios=False)
+        steps = args.steps or (30 if model == "tiny" else 8)
+        base = common_args(ckpt, img, steps, True, False, args.family, args.resolution, args.rank,
+                           args.mixed_precision)
+        runs = {"plain": base, "masked": [*base, "--masked_loss", "--conditioning_data_dir", str(data / "mask")],
+                "validation": [*base, "--validation_split", "0.25", "--validation_seed", "0"]}
+        for name, argv in runs.items():
+            r = run_child("ours" if args.family == "sd1" else "ours-sdxl", argv, args.threads)
+            times = r["step_times"][1:] or r["step_times"]
+            cpu = r["cpu_times"][1:] or r["cpu_times"]
+            val = f"{statistics.median(r['validation_s_per_image']):19.3f}" if r["validation_s_per_image"] else ""
+            print(f"{model:5} {name:10} {statistics.median(times):8.3f} {statistics.median(cpu):10.3f} {val}",
+                  flush=True)
 
 
 if __name__ == "__main__":

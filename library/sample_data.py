@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-__all__ = ["CONCEPT", "REPEATS", "image_sizes", "make_sample_dataset"]
+__all__ = ["CONCEPT", "REPEATS", "image_sizes", "make_sample_dataset", "make_sample_masks"]
 
 CONCEPT = "sks circle"
 REPEATS = 10
@@ -162,6 +162,38 @@ def _render(scene: _Scene) -> Image.Image:
     cx, cy = scene.centre[0] * w, scene.centre[1] * h
     draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=CONCEPT_RGB)
     return img.resize((scene.width, scene.height), Image.Resampling.LANCZOS)
+
+
+def _render_mask(scene: _Scene) -> Image.Image:
+    """The circle alone, white on black (one channel): the loss mask of the image `_render` draws."""
+    w, h = scene.width * SUPERSAMPLE, scene.height * SUPERSAMPLE
+    img = Image.new("L", (w, h), 0)
+    r = scene.radius_frac * min(w, h)
+    cx, cy = scene.centre[0] * w, scene.centre[1] * h
+    ImageDraw.Draw(img).ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+    return img.resize((scene.width, scene.height), Image.Resampling.LANCZOS)
+
+
+def make_sample_masks(out_dir: Path, num_images: int = 12, resolution: int = 64, seed: int = 0,
+                      aspect_ratios: bool = True) -> tuple[Path, Path]:
+    """Masked variants of the dataset `make_sample_dataset` writes with the same arguments: circle masks in
+    ``out_dir/mask/NNNN.png`` (a ``conditioning_data_dir``) and RGBA copies whose alpha is the mask in
+    ``out_dir/img_alpha/<repeats>_<concept>/`` (for ``alpha_mask``). Returns (mask folder, alpha train_data_dir)."""
+    out_dir = Path(out_dir)
+    masks, alpha = out_dir / "mask", out_dir / "img_alpha" / f"{REPEATS}_{CONCEPT}"
+    for folder in (masks, alpha):
+        folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    for index, (width, height) in enumerate(image_sizes(num_images, resolution, aspect_ratios)):
+        scene = _plan_scene(rng, width, height)  # the same draws as make_sample_dataset: the same scenes
+        mask = _render_mask(scene)
+        mask.save(masks / f"{index:04d}.png", format="PNG")
+        rgba = _render(scene).convert("RGBA")
+        rgba.putalpha(mask)
+        rgba.save(alpha / f"{index:04d}.png", format="PNG")
+        (alpha / f"{index:04d}.caption").write_bytes((_caption(scene) + "\n").encode("utf-8"))
+    logger.info("wrote %d masks to %s and RGBA images to %s", num_images, masks, alpha)
+    return masks, alpha.parent
 
 
 def _caption(scene: _Scene) -> str:

@@ -206,8 +206,9 @@ def one_error(capsys, argv: list[str]) -> str:
 
 @pytest.mark.parametrize("argv, expected", [
     (["--deepspeed"], "error: --deepspeed: DeepSpeed is not supported"),
-    (["--masked_loss"], "error: --masked_loss: masked loss is not implemented yet"),
-    (["--validation_split", "0.1"], "error: --validation_split: a validation split is not implemented yet"),
+    (["--validation_split", "1"], "error: --validation_split 1.0: must be at least 0 and below 1"),
+    (["--weighted_captions", "--cache_text_encoder_outputs"],
+     "error: --weighted_captions and --cache_text_encoder_outputs exclude each other"),
     (["--fused_backward_pass"], "error: --fused_backward_pass: the fused backward pass is not supported"),
     (["--huggingface_repo_id", "me/lora"], "error: --huggingface_repo_id: this toolkit is offline"),
 ])

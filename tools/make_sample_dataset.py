@@ -2,8 +2,12 @@
 
 Usage:
     python tools/make_sample_dataset.py OUT_DIR [--num_images 12] [--resolution 64] [--seed 0] [--no_aspect_ratios]
+                                               [--masks]
 
-The images land in OUT_DIR/img/10_sks circle/; pass OUT_DIR/img as train_data_dir.
+The images land in OUT_DIR/img/10_sks circle/; pass OUT_DIR/img as train_data_dir. With --masks, also the circle
+masks in OUT_DIR/mask/ (for --masked_loss --conditioning_data_dir) and RGBA copies of the images, the mask as
+their alpha channel, in OUT_DIR/img_alpha/10_sks circle/ (for --alpha_mask); when OUT_DIR/img exists already
+(the embedded default: `python tools/make_sample_dataset.py default --masks`) only the masks are written.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from library.cli import run_main  # noqa: E402
 from library.files import check_output_dir  # noqa: E402
-from library.sample_data import make_sample_dataset  # noqa: E402
+from library.sample_data import make_sample_dataset, make_sample_masks  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,17 +40,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no_aspect_ratios", dest="aspect_ratios", action="store_false", help="square images only")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR/img")
+    parser.add_argument("--masks", action="store_true", help="also write loss masks (OUT_DIR/mask) and RGBA images "
+                        "with the mask as alpha (OUT_DIR/img_alpha)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     check_output_dir(args.out_dir, "out_dir")
-    try:
-        train_dir = make_sample_dataset(
-            args.out_dir, args.num_images, args.resolution, args.seed, args.aspect_ratios, args.overwrite
-        )
-    except (ValueError, FileExistsError) as exc:
-        parser.error(str(exc))
-    logging.getLogger(__name__).info("train_data_dir: %s", train_dir)
+    if args.masks and (args.out_dir / "img").exists() and not args.overwrite:
+        # masks for an existing dataset (e.g. the embedded default): they match it when the arguments do
+        logging.getLogger(__name__).info("%s exists: writing the masks only", args.out_dir / "img")
+    else:
+        try:
+            train_dir = make_sample_dataset(
+                args.out_dir, args.num_images, args.resolution, args.seed, args.aspect_ratios, args.overwrite
+            )
+        except (ValueError, FileExistsError) as exc:
+            parser.error(str(exc))
+        logging.getLogger(__name__).info("train_data_dir: %s", train_dir)
+    if args.masks:
+        masks, alpha = make_sample_masks(args.out_dir, args.num_images, args.resolution, args.seed, args.aspect_ratios)
+        logging.getLogger(__name__).info("conditioning_data_dir: %s; alpha_mask train_data_dir: %s", masks, alpha)
     return 0
 
 

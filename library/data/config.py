@@ -97,6 +97,8 @@ class SubsetConfig:
     random_crop: bool = False
     cache_info: bool = False
     resize_interpolation: str | None = None
+    alpha_mask: bool = False
+    conditioning_data_dir: Path | None = None  # mask images, only with --masked_loss
 
 
 @dataclass
@@ -111,6 +113,8 @@ class DatasetConfig:
     max_bucket_reso: int = DEFAULTS["max_bucket_reso"]
     bucket_reso_steps: int = DEFAULTS["bucket_reso_steps"]
     network_multiplier: float = DEFAULTS["network_multiplier"]
+    validation_split: float = 0.0
+    validation_seed: int | None = None
     subsets: list[SubsetConfig] = field(default_factory=list)
 
 
@@ -204,11 +208,16 @@ def _subset(tables: list[Mapping], cli: Mapping, image_dir: Path, where: str) ->
         if S in SCHEMA[key][0] and get(key):
             raise ToolkitError(f"{where}: {key}: {why}")
     caption = CaptionOptions(**{k: get(k) for k in CaptionOptions.__dataclass_fields__})
+    masks = get("conditioning_data_dir")
+    if masks and not cli.get("masked_loss"):
+        log.warning("%s: conditioning_data_dir is only used with --masked_loss; ignored", where)
     return SubsetConfig(
         image_dir=image_dir, num_repeats=int(get("num_repeats")), class_tokens=get("class_tokens"),
         is_reg=bool(get("is_reg")), caption_extension=str(get("caption_extension")), caption=caption,
         color_aug=bool(get("color_aug")), flip_aug=bool(get("flip_aug")), random_crop=bool(get("random_crop")),
         cache_info=bool(get("cache_info")), resize_interpolation=get("resize_interpolation"),
+        alpha_mask=bool(get("alpha_mask")),
+        conditioning_data_dir=Path(masks) if masks and cli.get("masked_loss") else None,
     )
 
 
@@ -219,6 +228,9 @@ def _dataset(tables: list[Mapping], cli: Mapping, subsets: list[SubsetConfig], w
     for key, why in _UNSUPPORTED.items():
         if S not in SCHEMA[key][0] and get(key):
             raise ToolkitError(f"{where}: {key}: {why}")
+    split = float(get("validation_split") or 0.0)
+    if not 0 <= split < 1:
+        raise ToolkitError(f"{where}: validation_split {split}: must be at least 0 and below 1")
     for key in ("batch_size", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps"):
         if int(get(key)) <= 0:
             raise ToolkitError(f"{where}: {key} {get(key)}: must be greater than 0")
@@ -230,7 +242,7 @@ def _dataset(tables: list[Mapping], cli: Mapping, subsets: list[SubsetConfig], w
         enable_bucket=bool(get("enable_bucket")), bucket_no_upscale=bool(get("bucket_no_upscale")),
         min_bucket_reso=int(get("min_bucket_reso")), max_bucket_reso=int(get("max_bucket_reso")),
         bucket_reso_steps=int(get("bucket_reso_steps")), network_multiplier=float(get("network_multiplier")),
-        subsets=subsets,
+        validation_split=split, validation_seed=get("validation_seed"), subsets=subsets,
     )
 
 
@@ -272,5 +284,7 @@ def datasets_from_folders(train_data_dir: str | Path, reg_data_dir: str | Path |
             continue
         for folder, repeats, tokens in dreambooth_subsets(Path(parent), option):
             sub = _subset([{"num_repeats": repeats, "class_tokens": tokens, "is_reg": is_reg}], cli, folder, option)
+            if is_reg:  # --conditioning_data_dir holds the training images' masks; regularisation images train whole
+                sub.conditioning_data_dir = None
             subsets.append(sub)
     return [_dataset([], cli, subsets, "command line")]

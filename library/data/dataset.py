@@ -24,15 +24,9 @@ from library.data.buckets import BucketSelector, Size, bucket_info, crop_offsets
 from library.data.captions import caption_text, process_caption
 from library.data.config import DatasetConfig, SubsetConfig
 from library.data.folders import glob_images, read_caption
-from library.data.images import (
-    check_interpolation,
-    choose_crop,
-    color_aug,
-    image_size,
-    load_rgb,
-    resize_and_crop,
-    to_tensor,
-)
+from library.data.images import check_interpolation, choose_crop, color_aug, image_size, resize_and_crop, to_tensor
+from library.data.masks import attach_masks, batch_masks, load_pixels, split_mask
+from library.data.validation import split_records, validation_subset
 from library.errors import ToolkitError
 from library.files import write_text_atomic
 
@@ -58,6 +52,12 @@ class ImageRecord:
     npz: Path | None = None
     te_outputs: object | None = None  # cached text-encoder outputs of the caption (SDXL)
     te_npz: Path | None = None
+    mask_path: Path | None = None  # from conditioning_data_dir (library/data/masks.py)
+    mask: torch.Tensor | None = None  # cached [H, W] loss mask at bucket size, with cached latents
+
+    @property
+    def has_mask(self) -> bool:
+        return self.mask_path is not None or self.subset.alpha_mask
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,8 @@ class TrainDataset(torch.utils.data.Dataset):
     """All datasets of a run, flattened into one record list; batches never mix buckets or datasets."""
 
     def __init__(self, configs: Sequence[DatasetConfig], seed: int = 0, prior_loss_weight: float = 1.0,
-                 cache_latents: bool = False, max_train_steps: int = 0) -> None:
+                 cache_latents: bool = False, max_train_steps: int = 0, validation: bool = False) -> None:
+        self.validation = validation  # the held-out images of each dataset's validation_split instead
         self.configs = list(configs)
         self.seed = seed
         self.prior_loss_weight = prior_loss_weight
@@ -145,7 +146,7 @@ class TrainDataset(torch.utils.data.Dataset):
         self.num_train_images = self.num_reg_images = 0
         for i, cfg in enumerate(self.configs):
             self.records += self._build(i, cfg)
-        if not any(not r.subset.is_reg for r in self.records):
+        if not any(not r.subset.is_reg for r in self.records) and not validation:
             raise ToolkitError("no training images found: check --train_data_dir / image_dir and the image "
                                "extensions (png, jpg, jpeg, webp, bmp)")
         self._bad: set[int] = set()
@@ -161,7 +162,14 @@ class TrainDataset(torch.utils.data.Dataset):
             if self.cache_latents and (subset.color_aug or subset.random_crop):
                 raise ToolkitError(f"{subset.image_dir}: color_aug and random_crop change every sample, so they "
                                    "cannot be used with --cache_latents")
-            (reg if subset.is_reg else train).extend(_subset_records(subset, index))
+            if subset.is_reg and self.validation:
+                continue
+            records = _subset_records(validation_subset(subset) if self.validation else subset, index)
+            attach_masks(records, subset.conditioning_data_dir)
+            if not subset.is_reg:  # sd-scripts' validation_split, per subset; regularisation images never split
+                seed = self.seed if cfg.validation_seed is None else cfg.validation_seed
+                records = split_records(records, cfg.validation_split, seed)[1 if self.validation else 0]
+            (reg if subset.is_reg else train).extend(records)
         if reg and not train:
             log.warning("dataset %d: regularisation images but no training images", index)
         reg = _balance_reg(train, reg)
@@ -184,6 +192,14 @@ class TrainDataset(torch.utils.data.Dataset):
 
     def num_batches(self) -> int:
         return sum(math.ceil(len(ix) / self.configs[d].batch_size) for (d, _), ix in self.buckets().items())
+
+    def plan_fixed(self) -> list[list[int]]:
+        """Every record's batches in a fixed order (bucket by bucket), for validation."""
+        batches = []
+        for (d, _), indices in self.buckets().items():
+            bs = self.configs[d].batch_size
+            batches += [indices[k:k + bs] for k in range(0, len(indices), bs)]
+        return batches
 
     def plan_epoch(self, epoch: int) -> list[list[int]]:
         """The epoch's batches: each bucket shuffled and cut into batches, then the batch order shuffled."""
@@ -209,31 +225,35 @@ class TrainDataset(torch.utils.data.Dataset):
     def _rng(self, req: BatchRequest, slot: int) -> random.Random:
         return random.Random(((self.seed * 1_000_003 + req.epoch) * 1_000_003 + req.position) * 1024 + slot)
 
-    def _pixels(self, r: ImageRecord, rng: random.Random) -> tuple[np.ndarray, tuple[int, int]]:
-        """The augmented bucket-sized image and its crop (top, left) in the flipped-if-flipped resized image."""
-        img = load_rgb(r.path)
+    def _pixels(self, r: ImageRecord, rng: random.Random) -> tuple[np.ndarray, tuple[int, int], torch.Tensor | None]:
+        """The augmented bucket-sized image, its crop (top, left) in the flipped-if-flipped resized image, and its
+        loss mask (None without one), cropped and flipped with it."""
+        img = load_pixels(r)
         left, top = choose_crop(r.resized, r.bucket, r.subset.random_crop, rng)
         img = resize_and_crop(img, r.resized, r.bucket, interpolation=r.subset.resize_interpolation,
                               offset=(left, top))
         if r.subset.flip_aug and rng.random() < 0.5:
             img = img[:, ::-1]
             left = r.resized[0] - r.bucket[0] - left
+        img, mask = split_mask(img)
         if r.subset.color_aug:
             img = color_aug(np.ascontiguousarray(img), rng)
-        return img, (top, left)
+        return img, (top, left), mask
 
-    def _sample(self, r: ImageRecord, rng: random.Random) -> tuple[torch.Tensor, bool, tuple[int, int]]:
-        """(latents or pixels, whether they are latents, crop (top, left)) of one record."""
+    def _sample(self, r: ImageRecord,
+                rng: random.Random) -> tuple[torch.Tensor, bool, tuple[int, int], torch.Tensor | None]:
+        """(latents or pixels, whether they are latents, crop (top, left), loss mask or None) of one record."""
         if r.latents is not None:
             left, top = crop_offsets(r.resized, r.bucket)  # cached latents are always centre-cropped
             if r.latents_flipped is not None and rng.random() < 0.5:
-                return r.latents_flipped, True, (top, r.resized[0] - r.bucket[0] - left)
-            return r.latents, True, (top, left)
-        img, crop = self._pixels(r, rng)
-        return to_tensor(img), False, crop
+                mask = None if r.mask is None else r.mask.flip(-1)
+                return r.latents_flipped, True, (top, r.resized[0] - r.bucket[0] - left), mask
+            return r.latents, True, (top, left), r.mask
+        img, crop, mask = self._pixels(r, rng)
+        return to_tensor(img), False, crop, mask
 
     def __getitem__(self, req: BatchRequest) -> dict:
-        captions, weights, latents, pixels, size_cond, te_outputs = [], [], [], [], [], []
+        captions, weights, latents, pixels, size_cond, te_outputs, masks = [], [], [], [], [], [], []
         usable = [i for i in req.indices if i not in self._bad] or list(req.indices)
         for slot, index in enumerate(req.indices):
             if index in self._bad:
@@ -244,7 +264,7 @@ class TrainDataset(torch.utils.data.Dataset):
                                             self.max_train_steps))
             weights.append(self.prior_loss_weight if r.subset.is_reg else 1.0)
             try:
-                tensor, is_latent, crop = self._sample(r, rng)
+                tensor, is_latent, crop, mask = self._sample(r, rng)
             except ToolkitError as e:
                 if len(usable) <= 1:
                     raise
@@ -252,8 +272,9 @@ class TrainDataset(torch.utils.data.Dataset):
                 self._bad.add(index)
                 usable = [i for i in usable if i != index]
                 r = self.records[usable[0]]
-                tensor, is_latent, crop = self._sample(r, rng)
+                tensor, is_latent, crop, mask = self._sample(r, rng)
             (latents if is_latent else pixels).append(tensor)
+            masks.append(mask)
             # SDXL's size conditioning: original (h, w), crop (top, left), target (h, w)
             size_cond.append((r.size[1], r.size[0], *crop, r.bucket[1], r.bucket[0]))
             if r.te_outputs is not None:
@@ -266,6 +287,7 @@ class TrainDataset(torch.utils.data.Dataset):
             "loss_weights": torch.tensor(weights, dtype=torch.float32),
             "size_cond": torch.tensor(size_cond, dtype=torch.long),
             "te_outputs": te_outputs if len(te_outputs) == len(captions) else None,
+            "masks": batch_masks(masks, self.records[req.indices[0]].bucket[::-1]),
             "network_multiplier": multiplier,
             "position": req.position,
         }

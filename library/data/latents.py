@@ -1,8 +1,10 @@
 """Latent cache: VAE-encode each image once, keep the result in memory or in sd-scripts' `.npz` files.
 
-File: `<image stem>_<W:04d>x<H:04d>_sd.npz` (`_sdxl.npz` for SDXL; W x H = original image size) holding `latents` (float32
-[4, h/8, w/8], raw VAE sample, not multiplied by the scale factor), `original_size`, `crop_ltrb` and, with
-flip_aug, `latents_flipped`. A legacy `<stem>.npz` is used when present. Files are written atomically.
+File: `<image stem>_<W:04d>x<H:04d>_sd.npz` (`_sdxl.npz` for SDXL; W x H = original image size) holding `latents`
+(float32 [4, h/8, w/8], raw VAE sample, not multiplied by the scale factor), `original_size`, `crop_ltrb`, with
+flip_aug `latents_flipped`, and with a loss mask `alpha_mask` ([H, W] float 0..1 at bucket size, whichever
+source the mask came from). A file is reused only when it has a mask exactly when one is needed, so turning
+masks on or off re-encodes. A legacy `<stem>.npz` is used when present. Files are written atomically.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import torch
 from tqdm import tqdm
 
 from library.data.buckets import Size
-from library.data.images import load_rgb, resize_and_crop, to_tensor
+from library.data.images import resize_and_crop, to_tensor
+from library.data.masks import load_pixels, split_mask
 from library.errors import ToolkitError
 from library.files import atomic_path
 
@@ -43,17 +46,22 @@ def crop_ltrb(bucket: Size, image_size: Size) -> tuple[int, int, int, int]:
     return left, top, int(left + w), int(top + h)
 
 
-def load_npz(path: Path, bucket: Size, flip_aug: bool, check: bool = True) -> dict[str, torch.Tensor] | None:
-    """Cached latents if the file exists, has what is needed and fits the bucket; else None."""
+def load_npz(path: Path, bucket: Size, flip_aug: bool, check: bool = True,
+             mask: bool = False) -> dict[str, torch.Tensor] | None:
+    """Cached latents (and mask) if the file exists, has what is needed and fits the bucket; else None."""
     if not path.exists():
         return None
     try:
         with np.load(path) as npz:
             if "latents" not in npz or (flip_aug and "latents_flipped" not in npz):
                 return None
+            if check and mask != ("alpha_mask" in npz):
+                return None
             out = {"latents": torch.from_numpy(npz["latents"].astype(np.float32))}
             if "latents_flipped" in npz:
                 out["latents_flipped"] = torch.from_numpy(npz["latents_flipped"].astype(np.float32))
+            if mask and "alpha_mask" in npz:
+                out["mask"] = torch.from_numpy(npz["alpha_mask"].astype(np.float32))
     except (OSError, ValueError, EOFError) as e:
         log.warning("%s: unreadable latent cache (%s); encoding again", path, e)
         return None
@@ -63,11 +71,13 @@ def load_npz(path: Path, bucket: Size, flip_aug: bool, check: bool = True) -> di
 
 
 def save_npz(path: Path, latents: torch.Tensor, original_size: Size, ltrb: tuple[int, int, int, int],
-             latents_flipped: torch.Tensor | None = None) -> None:
+             latents_flipped: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> None:
     arrays = {"latents": latents.float().cpu().numpy(), "original_size": np.array(original_size),
               "crop_ltrb": np.array(ltrb)}
     if latents_flipped is not None:
         arrays["latents_flipped"] = latents_flipped.float().cpu().numpy()
+    if mask is not None:
+        arrays["alpha_mask"] = mask.float().cpu().numpy()
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
 
@@ -91,7 +101,8 @@ def cache_latents(records: Sequence, vae: torch.nn.Module, batch_size: int = 1, 
     for i, r in enumerate(records):
         if to_disk:
             r.npz = npz_path(r.path, r.size, suffix)
-            if load_npz(r.npz, r.bucket, r.subset.flip_aug, check=not skip_check) is not None or i % world != rank:
+            if load_npz(r.npz, r.bucket, r.subset.flip_aug, not skip_check, r.has_mask) is not None \
+                    or i % world != rank:
                 continue
         todo.append(r)
     by_bucket: dict[Size, list] = {}
@@ -104,23 +115,24 @@ def cache_latents(records: Sequence, vae: torch.nn.Module, batch_size: int = 1, 
             chunk = []
             for r in group[start:start + batch_size]:
                 try:
-                    chunk.append((r, resize_and_crop(load_rgb(r.path), r.resized, bucket,
-                                                     interpolation=r.subset.resize_interpolation)))
+                    chunk.append((r, *split_mask(resize_and_crop(load_pixels(r), r.resized, bucket,
+                                                                 interpolation=r.subset.resize_interpolation))))
                 except ToolkitError as e:
                     log.warning("%s; skipped", e)
                     bad.add(id(r))
             bar.update(len(group[start:start + batch_size]))
             if not chunk:
                 continue
-            pixels = torch.stack([to_tensor(img) for _, img in chunk])
+            pixels = torch.stack([to_tensor(img) for _, img, _ in chunk])
             latents = encode(vae, pixels, generator)
-            flipped = encode(vae, pixels.flip(-1), generator) if any(r.subset.flip_aug for r, _ in chunk) else None
-            for k, (r, _) in enumerate(chunk):
+            flipped = encode(vae, pixels.flip(-1), generator) if any(r.subset.flip_aug for r, *_ in chunk) else None
+            for k, (r, _, mask) in enumerate(chunk):
                 lat_f = flipped[k] if flipped is not None and r.subset.flip_aug else None
                 if to_disk:
-                    save_npz(r.npz, latents[k], r.size, crop_ltrb(bucket, r.size), lat_f)
+                    save_npz(r.npz, latents[k], r.size, crop_ltrb(bucket, r.size), lat_f, mask)
                 else:
                     r.latents, r.latents_flipped = latents[k].clone(), None if lat_f is None else lat_f.clone()
+                    r.mask = mask
     bar.close()
     return [r for r in records if id(r) not in bad]
 
@@ -129,10 +141,10 @@ def load_cached(records: Sequence, skip_check: bool = False) -> list:
     """Read every record's latents back from its `.npz` (after all ranks have written theirs)."""
     kept = []
     for r in records:
-        data = load_npz(r.npz, r.bucket, r.subset.flip_aug, check=not skip_check)
-        if data is None:
+        data = load_npz(r.npz, r.bucket, r.subset.flip_aug, not skip_check, r.has_mask)
+        if data is None or (r.has_mask and "mask" not in data):
             log.warning("%s: no usable latent cache (image skipped)", r.path)
             continue
-        r.latents, r.latents_flipped = data["latents"], data.get("latents_flipped")
+        r.latents, r.latents_flipped, r.mask = data["latents"], data.get("latents_flipped"), data.get("mask")
         kept.append(r)
     return kept

@@ -9,6 +9,10 @@ Emphasis follows the syntax sd-scripts and AUTOMATIC1111 read: `(word)` x1.1, `[
 nested brackets multiply, `\(` `\)` `\[` `\]` are literal brackets. The token embeddings are scaled by their
 weights and the whole is rescaled to its former mean, so emphasis shifts attention without changing the
 overall magnitude. A prompt without brackets is untouched.
+
+Training with `--weighted_captions` reads captions with the same parser (`weighted_batch`) and multiplies each
+token's hidden state by its weight without the rescaling (`scale_tokens`), as sd-scripts' training does; SDXL
+applies both to each of its two encoders' outputs.
 """
 
 from __future__ import annotations
@@ -118,6 +122,24 @@ def apply_weights(embeds: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return (scaled * (before / after)).to(embeds.dtype)
 
 
+def scale_tokens(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Each token's hidden state [B, T, D] times its weight [B, T] (training: no mean rescaling, as sd-scripts)."""
+    return hidden * weights.to(hidden.device, hidden.dtype)[..., None]
+
+
+def weighted_batch(tokenizer, texts: list[str], n_chunks: int) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
+    """Token windows [B, n, 77] of prompts with emphasis, and weights [B, 75n+2] matching `join_chunks` output
+    (BOS, EOS and padding weigh 1)."""
+    rows, weight_rows = [], []
+    length = CHUNK * n_chunks
+    for t in texts:
+        ids, weights = weighted_ids(tokenizer, t)
+        rows.append(chunk_ids(ids, n_chunks, tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id))
+        weights = weights[:length]
+        weight_rows.append([1.0, *weights, *[1.0] * (length - len(weights)), 1.0])
+    return torch.stack(rows), torch.tensor(weight_rows)
+
+
 def chunk_ids(ids: list[int], n_chunks: int, bos: int, eos: int, pad: int) -> torch.Tensor:
     """[n_chunks, 77] windows of `<BOS> 75 tokens <last>`; tokens past 75*n_chunks are dropped.
 
@@ -180,14 +202,8 @@ class PromptEncoder:
     def _ids(self, tokenizer, texts: list[str], n: int,  # noqa: ANN001
              device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """[B*n, 77] window ids and [B, 75n+2] weights matching the joined embeddings."""
-        rows, weight_rows = [], []
-        length = CHUNK * n
-        for t in texts:
-            ids, weights = weighted_ids(tokenizer, t)
-            rows.append(chunk_ids(ids, n, tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id))
-            weights = weights[:length]
-            weight_rows.append([1.0, *weights, *[1.0] * (length - len(weights)), 1.0])
-        return torch.cat(rows).to(device), torch.tensor(weight_rows, device=device)
+        ids, weights = weighted_batch(tokenizer, texts, n)
+        return ids.reshape(-1, ids.shape[-1]).to(device), weights.to(device)
 
     @torch.no_grad()
     def _encode(self, texts: list[str], n: int) -> Conditioning:

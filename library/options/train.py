@@ -58,6 +58,9 @@ EXCLUSIVE: tuple[tuple[str, str], ...] = (
     ("cache_latents", "random_crop"),
     ("cache_latents_to_disk", "color_aug"),
     ("cache_latents_to_disk", "random_crop"),
+    # cached text-encoder outputs hold no caption weights (sd-scripts refuses the pair too)
+    ("weighted_captions", "cache_text_encoder_outputs"),
+    ("weighted_captions", "cache_text_encoder_outputs_to_disk"),
 )
 
 

@@ -19,12 +19,15 @@ from library.options.spec import (
 )
 
 GD = (GENERAL, DATASET)
-ISSUE_13 = "is not implemented yet"
 RESIZE_METHODS = ("lanczos", "nearest", "bilinear", "linear", "bicubic", "cubic", "area")
 
 
 def _rate(value: float) -> str | None:
     return None if 0 <= value <= 1 else "must be between 0 and 1"
+
+
+def _split(value: float) -> str | None:
+    return None if 0 <= value < 1 else "must be at least 0 and below 1"
 
 
 def _resolution_problem(value: str) -> str | None:
@@ -146,30 +149,24 @@ class DatasetOptions:
     prior_loss_weight: float = opt(float, 1.0, "loss weight of regularisation images", check=non_negative,
                                    meta="ss_prior_loss_weight")
     cache_info: bool = flag("keep image sizes and captions in metadata_cache.json per folder", dataset=ALL_LEVELS)
-    alpha_mask: bool = flag("use the image's alpha channel as the loss mask", dataset=(SUBSET,),
-                            **refused(f"alpha-mask loss {ISSUE_13}"))
-    masked_loss: bool = flag("weight the loss by mask images (--conditioning_data_dir)",
-                             **refused(f"masked loss {ISSUE_13}"))
-    conditioning_data_dir: str | None = opt(str, None, "folder of mask images for --masked_loss",
-                                            dataset=(SUBSET,), **refused(f"masked loss {ISSUE_13}"))
-    weighted_captions: bool = flag("'(word:1.3)' weights in captions", **refused(f"weighted captions {ISSUE_13}"))
+    alpha_mask: bool = flag("weight the loss by each image's alpha channel (masked loss)", dataset=(SUBSET,))
+    masked_loss: bool = flag("weight the loss by mask images (conditioning_data_dir) or alpha channels")
+    conditioning_data_dir: str | None = opt(str, None, "folder of mask images for --masked_loss, matched to the "
+                                            "images by name (white = train, black = ignore)", dataset=(SUBSET,),
+                                            metavar="PATH")
+    weighted_captions: bool = flag("read '(word:1.3)', '(word)' and '[word]' weights in captions")
     debug_dataset: bool = flag("show the training images and captions instead of training",
                                **refused("--debug_dataset is not supported"))
-    validation_split: float = opt(float, 0.0, "share of the images held out for validation (0..1)", dataset=GD,
-                                  meta="ss_validation_split",
-                                  **refused(f"a validation split {ISSUE_13}"))
-    validation_seed: int | None = opt(int, None, "seed of the validation split", dataset=GD,
-                                      meta="ss_validation_seed",
-                                      **ignored("only used with --validation_split"))
-    validate_every_n_steps: int | None = opt(int, None, "validate every N steps",
-                                             meta="ss_validate_every_n_steps",
-                                             **ignored("only used with --validation_split"))
-    validate_every_n_epochs: int | None = opt(int, None, "validate every N epochs",
-                                              meta="ss_validate_every_n_epochs",
-                                              **ignored("only used with --validation_split"))
-    max_validation_steps: int | None = opt(int, None, "validation batches per validation",
-                                           meta="ss_max_validation_steps",
-                                           **ignored("only used with --validation_split"))
+    validation_split: float = opt(float, 0.0, "share of each subset's images held out for validation (0..1)",
+                                  dataset=GD, check=_split, meta="ss_validation_split")
+    validation_seed: int | None = opt(int, None, "seed of the validation split and of the validation noise "
+                                      "[--seed]", dataset=GD, meta="ss_validation_seed")
+    validate_every_n_steps: int | None = opt(int, None, "also validate every N steps", check=positive,
+                                             meta="ss_validate_every_n_steps")
+    validate_every_n_epochs: int | None = opt(int, None, "validate every N epochs [every epoch]", check=positive,
+                                              meta="ss_validate_every_n_epochs")
+    max_validation_steps: int | None = opt(int, None, "validation batches per validation [all]", check=positive,
+                                           meta="ss_max_validation_steps")
     max_data_loader_n_workers: int = opt(int, 8, "data-loader worker processes (0 loads in the main process)",
                                          check=non_negative)
     persistent_data_loader_workers: bool = flag("keep the data-loader workers between epochs")

@@ -44,6 +44,7 @@ from library.train.setup import (
 )
 from library.train.state import load_state, read_position, save_state
 from library.train.text import text_conditioner
+from library.train.validation import build_validator
 
 if TYPE_CHECKING:
     from library.options.train import TrainConfig
@@ -149,14 +150,19 @@ class Trainer:
         check_text_cache(a, self.dataset, self.family)
         self.bundle = load_training_models(a, p, self.sdxl_script)
         self.latent_scale = LATENT_SCALE[self.bundle.family]
-        if a.cache_latents or a.cache_latents_to_disk:
+        caching = a.cache_latents or a.cache_latents_to_disk
+        if caching:
             cache_dataset_latents(a, self.dataset, self.bundle.vae, self.dist, self.seed, self.bundle.is_sdxl)
-            if not self.prompts:  # nothing decodes or encodes any more: give the VAE's memory back
-                self.bundle.vae = None
-                give_back_memory()
-        self.text = text_conditioner(self.bundle, a.clip_skip, a.max_token_length)
+        self.validator = build_validator(a, self.seed, self.family, (lambda ds: cache_dataset_latents(
+            a, ds, self.bundle.vae, self.dist, self.seed, self.bundle.is_sdxl)) if caching else None)
+        if caching and not self.prompts:  # nothing decodes or encodes any more: give the VAE's memory back
+            self.bundle.vae = None
+            give_back_memory()
+        self.text = text_conditioner(self.bundle, a.clip_skip, a.max_token_length, a.weighted_captions)
         if caches_text(a):
             cache_dataset_text(a, self.dataset, self.bundle, self.text, self.dist, p)
+            if self.validator:
+                cache_dataset_text(a, self.validator.dataset, self.bundle, self.text, self.dist, p)
             self._release_text_encoders()
         torch.manual_seed(self.seed)  # identical LoRA initialisation on every rank
         self.network, self.train_unet, self.train_te = build_network(a, self.bundle)
@@ -177,6 +183,8 @@ class Trainer:
         self.scaler = LossScaler(p.mixed == "fp16")
         self.metadata = saving.MetadataBuilder(a, self.bundle.family, self.dataset, self.dataset.num_batches(),
                                                self.num_epochs, self.opt.description, self.dist.world)
+        if self.validator:
+            self.metadata.base["ss_num_validation_images"] = str(len(self.validator.dataset.records))
         self._seed_everything(self.seed + self.dist.rank)  # different noise on each rank from here on
         self.global_step, self.start_epoch, self.skip_batches = 0, 0, 0
         if a.resume:
@@ -260,18 +268,22 @@ class Trainer:
                 latents = vae.encode(images).latent_dist.sample()
         return latents.float() * self.latent_scale
 
-    def _forward_loss(self, batch: dict) -> torch.Tensor:
+    def _forward_loss(self, batch: dict, timesteps: torch.Tensor | None = None) -> torch.Tensor:
+        """The batch's loss; `timesteps` fixes them (validation), else they are drawn."""
         p = self.precision
         latents = self._latents(batch)
         with p.autocast():
-            with torch.set_grad_enabled(self.train_te):
+            with torch.set_grad_enabled(self.train_te and torch.is_grad_enabled()):
                 cond, added = self.text.for_batch(batch, p.device, p.weight_dtype)
             noise = self.objective.noise_like(latents)
-            t = self.objective.timesteps(latents.shape[0], latents.device)
+            if timesteps is None:
+                t = self.objective.timesteps(latents.shape[0], latents.device)
+            else:
+                t = timesteps.to(latents.device)
             noisy = self.objective.add_noise(latents, noise, t)
             pred = self.bundle.unet(noisy.to(p.weight_dtype), t, cond, added_cond_kwargs=added).sample
         target = self.objective.target(latents, noise, t)
-        return self.objective.loss(pred, target, t, batch["loss_weights"])
+        return self.objective.loss(pred, target, t, batch["loss_weights"], batch.get("masks"))
 
     def _optimizer_step(self) -> None:
         a = self.cfg
@@ -299,6 +311,8 @@ class Trainer:
                    dynamic_ncols=True)
         losses: list[float] = []
         self.last_norms = None
+        self.val_postfix: dict[str, str] = {}
+        self.val_losses: list[tuple[str, int, float]] = []
         if self.opt.schedule_free:
             self.opt.optimizer.train()
         if a.sample_at_first:
@@ -330,8 +344,10 @@ class Trainer:
                     losses.append(epoch_losses[-1])
                     avg = sum(epoch_losses) / len(epoch_losses)
                     bar.update(1)
-                    bar.set_postfix(avr_loss=f"{avg:.4f}", loss=f"{epoch_losses[-1]:.4f}")
                     self._log_step(epoch_losses[-1], avg)
+                    if self.validator and self.validator.due_after_step(self.global_step):
+                        self._validate("step", avg, self.global_step)
+                    bar.set_postfix(avr_loss=f"{avg:.4f}", loss=f"{epoch_losses[-1]:.4f}", **self.val_postfix)
                     self._after_step(epoch)
                     if stopped or self.global_step >= a.max_train_steps:
                         break
@@ -340,6 +356,9 @@ class Trainer:
                     break
                 if self.writer and epoch_losses:
                     self.writer.add_scalar("loss/epoch", sum(epoch_losses) / len(epoch_losses), epoch + 1)
+                if self.validator and epoch_losses and self.validator.due_after_epoch(epoch + 1):
+                    self._validate("epoch", sum(epoch_losses) / len(epoch_losses), epoch + 1)
+                    bar.set_postfix(avr_loss=f"{sum(epoch_losses) / len(epoch_losses):.4f}", **self.val_postfix)
                 self._after_epoch(epoch)
         bar.close()
         self.losses = losses
@@ -351,6 +370,22 @@ class Trainer:
         if self.writer:
             self.writer.close()
         return final
+
+    def _validate(self, kind: str, train_loss: float, at: int) -> None:
+        """One validation (library/train/validation.py); logged at `at` (a step, or an epoch for "epoch")."""
+        if self.opt.schedule_free:
+            self.opt.optimizer.eval()
+        self._train_mode(False)
+        loss = self.validator.run(self._forward_loss, self.dist.is_main)
+        self._train_mode(True)
+        if self.opt.schedule_free:
+            self.opt.optimizer.train()
+        self.val_losses.append((kind, at, loss))
+        self.val_postfix = {"val_loss": f"{loss:.4f}"}
+        log.debug("validation (%s %d): %.6f", kind, at, loss)
+        if self.writer:
+            self.writer.add_scalar(f"loss/validation/{kind}_average", loss, at)
+            self.writer.add_scalar(f"loss/validation/{kind}_divergence", loss - train_loss, at)
 
     def _checksum(self) -> str:
         """SHA-256 of this rank's LoRA tensors (ranks must agree after every step)."""

@@ -140,8 +140,16 @@ class Objective:
         return torch.full(t.shape, cfg.huber_c * cfg.huber_scale, device=t.device)
 
     def loss(self, pred: torch.Tensor, target: torch.Tensor, t: torch.Tensor,
-             sample_weights: torch.Tensor | None = None) -> torch.Tensor:
-        """Scalar loss of a batch: per-element loss, mean per sample, sample weights, SNR weightings, mean."""
+             sample_weights: torch.Tensor | None = None, masks: torch.Tensor | None = None) -> torch.Tensor:
+        """Scalar loss of a batch: per-element loss (times the loss masks), mean per sample, sample weights, SNR
+        weightings, mean."""
+        per_sample = self.loss_map(pred, target, t, masks).mean(dim=(1, 2, 3))
+        return self._weighted(per_sample, t, sample_weights)
+
+    def loss_map(self, pred: torch.Tensor, target: torch.Tensor, t: torch.Tensor,
+                 masks: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-element loss [B, C, h, w]; with `masks` ([B, H, W], 0..1 at image size) each latent pixel is
+        weighted by the mask averaged over the pixels it covers (sd-scripts' apply_masked_loss)."""
         cfg = self.cfg
         pred, target = pred.float(), target.float()
         if cfg.loss_type == "l2":
@@ -154,7 +162,13 @@ class Objective:
             loss = 2 * ((d2 + c * c).sqrt() - c)
             if cfg.loss_type == "huber":
                 loss = loss * c
-        loss = loss.mean(dim=(1, 2, 3))
+        if masks is not None:
+            weight = F.interpolate(masks.to(loss.device, loss.dtype).unsqueeze(1), size=loss.shape[2:], mode="area")
+            loss = loss * weight
+        return loss
+
+    def _weighted(self, loss: torch.Tensor, t: torch.Tensor, sample_weights: torch.Tensor | None) -> torch.Tensor:
+        cfg = self.cfg
         if sample_weights is not None:
             loss = loss * sample_weights.to(loss.device)
         needs_snr = cfg.min_snr_gamma or cfg.scale_v_pred_loss_like_noise_pred or cfg.v_pred_like_loss \

@@ -182,7 +182,8 @@ def build_network(cfg: TrainConfig, bundle: ModelBundle):  # noqa: ANN201
     return network, train_unet, train_te
 
 
-def build_dataset(cfg: TrainConfig, seed: int, family: str | None = None) -> TrainDataset:
+def dataset_configs(cfg: TrainConfig, family: str | None = None) -> list:
+    """The run's datasets (TOML or DreamBooth folders), checked against what the family's U-Net accepts."""
     cli = vars(cfg)
     if cfg.dataset_config:
         if cfg.train_data_dir or cfg.reg_data_dir:
@@ -201,6 +202,13 @@ def build_dataset(cfg: TrainConfig, seed: int, family: str | None = None) -> Tra
         if not ds.enable_bucket and (ds.resolution[0] % step or ds.resolution[1] % step):
             raise ToolkitError(f"resolution {ds.resolution[0]}x{ds.resolution[1]}: both sides must be "
                                f"multiples of {step} for {what}")
+    if cfg.masked_loss and not any(s.conditioning_data_dir or s.alpha_mask for ds in configs for s in ds.subsets):
+        log.warning("--masked_loss: no subset has conditioning_data_dir or alpha_mask; the loss is not masked")
+    return configs
+
+
+def build_dataset(cfg: TrainConfig, seed: int, family: str | None = None) -> TrainDataset:
+    configs = dataset_configs(cfg, family)
     dataset = TrainDataset(configs, seed, cfg.prior_loss_weight, cfg.cache_latents or cfg.cache_latents_to_disk)
     buckets = dataset.bucket_info()["buckets"]
     log.info("%d training images (with repeats), %d regularisation images; buckets: %s", dataset.num_train_images,

@@ -6,6 +6,10 @@ penultimate hidden states [.., 1280]), no final layer norm; pooled = bigG's last
 of the first 77-token window, through `text_projection`; windows joined as for SD1/SD2. The size conditioning
 `time_ids` = (original h, w, crop top, crop left, target h, w) comes per image from the dataset; the U-Net
 embeds it itself (Diffusers `add_time_proj`, the same sinusoidal embedding as SGM's).
+
+`--weighted_captions`: captions are read by the prompt parser of library/generate/text.py (`(word:1.2)`,
+`(word)`, `[word]`) and each token's hidden state is multiplied by its weight, as sd-scripts trains (SDXL: both
+encoders' hidden states; the pooled output is left as it is). Plain captions give exactly the unweighted result.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from library.errors import ToolkitError
-from library.generate.text import join_chunks
+from library.generate.text import join_chunks, scale_tokens, weighted_batch
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +30,7 @@ class TextConditioner:
     """One CLIP tokenizer + text encoder pair (SD1/SD2)."""
 
     def __init__(self, tokenizer, text_encoder: torch.nn.Module, clip_skip: int | None = None,  # noqa: ANN001
-                 max_token_length: int | None = None) -> None:
+                 max_token_length: int | None = None, weighted: bool = False) -> None:
         if max_token_length not in (None, 75, 150, 225):
             raise ToolkitError(f"--max_token_length must be 75, 150 or 225, got {max_token_length}")
         if clip_skip is not None and clip_skip < 1:
@@ -37,6 +41,11 @@ class TextConditioner:
         self.chunk = tokenizer.model_max_length  # 77
         self.max_length = self.chunk if max_token_length is None else max_token_length + 2
         self.eos, self.pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+        self.weighted = weighted
+
+    def tokenize_weighted(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids [B, chunks, 77] of captions with `(word:1.2)` weights, and weights [B, 75·chunks+2]."""
+        return weighted_batch(self.tokenizer, list(captions), (self.max_length - 2) // (self.chunk - 2))
 
     def tokenize(self, captions: Sequence[str]) -> torch.Tensor:
         """Token ids [B, chunks, 77]: each chunk is `<BOS> 75 tokens <EOS|PAD>`."""
@@ -70,7 +79,10 @@ class TextConditioner:
         return join_chunks(hidden, b)
 
     def __call__(self, captions: Sequence[str]) -> torch.Tensor:
-        return self.encode(self.tokenize(captions))
+        if not self.weighted:
+            return self.encode(self.tokenize(captions))
+        ids, weights = self.tokenize_weighted(captions)
+        return scale_tokens(self.encode(ids), weights)
 
     def for_batch(self, batch: dict, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, None]:
         """(U-Net context, no added conditioning) for a training batch."""
@@ -111,10 +123,11 @@ class SdxlTextConditioner:
     """Tokenisers + text encoders of an SDXL model; `__call__(captions)` gives `SdxlTextOutputs`."""
 
     def __init__(self, tokenizers: Sequence, text_encoders: Sequence[torch.nn.Module],  # noqa: ANN001
-                 clip_skip: int | None = None, max_token_length: int | None = None) -> None:
+                 clip_skip: int | None = None, max_token_length: int | None = None, weighted: bool = False) -> None:
         if clip_skip is not None:
             log.warning("--clip_skip has no effect on SDXL: both encoders always use their penultimate layer")
         self.windows = [TextConditioner(tok, te, None, max_token_length) for tok, te in zip(tokenizers, text_encoders)]
+        self.weighted = weighted
         self.text_encoders = list(text_encoders)
 
     def release_encoders(self) -> None:
@@ -139,7 +152,11 @@ class SdxlTextConditioner:
                                pool2.reshape(b, n, -1)[:, 0])
 
     def __call__(self, captions: Sequence[str]) -> SdxlTextOutputs:
-        return self.encode(*self.tokenize(captions))
+        if not self.weighted:
+            return self.encode(*self.tokenize(captions))
+        (ids1, w1), (ids2, w2) = (w.tokenize_weighted(captions) for w in self.windows)
+        outs = self.encode(ids1, ids2)
+        return SdxlTextOutputs(scale_tokens(outs.hidden1, w1), scale_tokens(outs.hidden2, w2), outs.pool2)
 
     def for_batch(self, batch: dict, device: torch.device,
                   dtype: torch.dtype) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -153,8 +170,9 @@ class SdxlTextConditioner:
 
 
 def text_conditioner(bundle, clip_skip: int | None = None,  # noqa: ANN001 - a ModelBundle
-                     max_token_length: int | None = None) -> TextConditioner | SdxlTextConditioner:
+                     max_token_length: int | None = None,
+                     weighted: bool = False) -> TextConditioner | SdxlTextConditioner:
     """The conditioner of a model's family (SD1/SD2: one encoder; SDXL: two plus size conditioning)."""
     if bundle.is_sdxl:
-        return SdxlTextConditioner(bundle.tokenizers, bundle.text_encoders, clip_skip, max_token_length)
-    return TextConditioner(bundle.tokenizers[0], bundle.text_encoders[0], clip_skip, max_token_length)
+        return SdxlTextConditioner(bundle.tokenizers, bundle.text_encoders, clip_skip, max_token_length, weighted)
+    return TextConditioner(bundle.tokenizers[0], bundle.text_encoders[0], clip_skip, max_token_length, weighted)

@@ -1,0 +1,38 @@
+"""Shared inputs of the training-feature tests: the tiny SD1 checkpoint, the sample dataset with its masks, and
+the command line every run starts from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def make_env(root: Path) -> dict[str, Path]:
+    from library.models.factory import write_random_checkpoint
+    from library.sample_data import make_sample_dataset, make_sample_masks
+
+    ckpt = write_random_checkpoint(root / "tiny-sd1.safetensors", "sd1")
+    img = make_sample_dataset(root / "data", num_images=12, resolution=64, seed=0)
+    masks, alpha = make_sample_masks(root / "data", num_images=12, resolution=64, seed=0)
+    return {"root": root, "ckpt": ckpt, "img": img, "masks": masks, "alpha": alpha}
+
+
+def base_args(env: dict, out: Path, steps: int = 4, *extra: str) -> list[str]:
+    return ["--pretrained_model_name_or_path", str(env["ckpt"]), "--train_data_dir", str(env["img"]),
+            "--resolution", "64", "--output_dir", str(out), "--output_name", "lora", "--max_train_steps", str(steps),
+            "--learning_rate", "5e-3", "--network_dim", "4", "--network_alpha", "4", "--seed", "1",
+            "--max_data_loader_n_workers", "0", *extra]
+
+
+def tb_scalars(logdir: Path, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of one TensorBoard tag."""
+    import glob
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    files = glob.glob(str(logdir / "**" / "events*"), recursive=True)
+    assert files, f"no TensorBoard events under {logdir}"
+    acc = EventAccumulator(files[0])
+    acc.Reload()
+    if tag not in acc.Tags()["scalars"]:
+        return []
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
