@@ -20,8 +20,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from library.cli import run_main  # noqa: E402
-from library.files import check_output_dir  # noqa: E402
-from library.sample_data import make_sample_dataset, make_sample_masks  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
                         "with the mask as alpha (OUT_DIR/img_alpha)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    from library.files import check_output_dir  # imports torch: only once the work starts
+    from library.sample_data import make_sample_dataset, make_sample_masks
 
     check_output_dir(args.out_dir, "out_dir")
     if args.masks and (args.out_dir / "img").exists() and not args.overwrite:

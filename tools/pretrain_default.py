@@ -18,13 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
-
 from library.cli import add_verbosity, run_main, setup_logging  # noqa: E402
 from library.default_model import curves, manifest  # noqa: E402
-from library.default_model.pretrain import Losses, PretrainConfig, pretrain  # noqa: E402
-from library.models import save_models  # noqa: E402
-from library.models.bundle import ModelBundle  # noqa: E402
+from library.default_model.config import PretrainConfig  # noqa: E402
 
 log = logging.getLogger("pretrain_default")
 
@@ -39,6 +35,12 @@ def main(argv: list[str] | None = None) -> None:
     add_verbosity(parser)
     args = parser.parse_args(argv)
     setup_logging(args.verbosity)
+    import torch  # heavy: only once the work starts
+
+    from library.default_model.pretrain import Losses, pretrain
+    from library.models import save_models
+    from library.models.bundle import ModelBundle
+
     cfg = PretrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig)})
     out, log_dir = Path(args.out), Path(args.log_dir)
     start = time.perf_counter()

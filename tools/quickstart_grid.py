@@ -13,9 +13,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from library.cli import add_verbosity, run_main, setup_logging  # noqa: E402
 from library.default_model import manifest  # noqa: E402
 from library.errors import ToolkitError  # noqa: E402
-from library.files import atomic_path  # noqa: E402
-from library.generate.grid import Variant, compose, generate_images  # noqa: E402
-from library.generate.runner import GenerationConfig  # noqa: E402
 
 log = logging.getLogger("quickstart_grid")
 PROMPTS = ["sks on a blue background", "sks on a white background", "sks on a purple background",
@@ -43,6 +40,10 @@ def main(argv: list[str] | None = None) -> None:
         raise ToolkitError(f"--seeds: not a comma-separated list of integers: {args.seeds!r}") from None
     if not Path(args.network_weights).exists():
         raise ToolkitError(f"{args.network_weights}: LoRA not found (train the quickstart first)")
+    from library.files import atomic_path  # heavy (torch): only once the work starts
+    from library.generate.grid import Variant, compose, generate_images
+    from library.generate.runner import GenerationConfig
+
     prompts = args.prompt or PROMPTS
     base = GenerationConfig(ckpt=args.ckpt, steps=args.steps, scale=args.scale, sampler=args.sampler)
     lora = Variant(f"with LoRA ({Path(args.network_weights).name})", (args.network_module,),

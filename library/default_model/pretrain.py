@@ -21,6 +21,7 @@ from tqdm import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from library.default_model import scenes
+from library.default_model.config import PretrainConfig
 from library.default_model.vae import block_average_vae
 from library.generate.schedulers import SCHEDULE
 from library.models.arch import LATENT_SCALE
@@ -29,25 +30,6 @@ from library.models.factory import default_configs
 
 log = logging.getLogger(__name__)
 SIZE = 64
-
-
-@dataclass
-class PretrainConfig:
-    """Every choice that changes the weights (the manifest records them all)."""
-
-    seed: int = 0
-    pool: int = 4096  # captioned 64x64 scenes encoded once for the diffusion phase (flipped at random)
-    steps: int = 2200
-    batch: int = 16
-    lr: float = 1.5e-3
-    caption_dropout: float = 0.1  # empty caption: the unconditional branch that CFG needs
-    # With 8x8 latents of mostly flat colour, the SD schedule's last step still leaks the image's mean colour
-    # (signal std 0.07 at t=999 against a noise mean of std 1/8): a model trusts that leak and draws the colour
-    # of the seed's noise, not the prompt's. A per-channel noise offset makes the leak unreliable.
-    noise_offset: float = 0.25
-    min_snr_gamma: float = 5.0
-    ema: float = 0.995
-    threads: int = 1  # tiny models gain nothing from threads, and on a shared CPU OpenMP spin-waits cost 10x
 
 
 @dataclass
