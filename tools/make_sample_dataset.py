@@ -20,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from library.cli import run_main  # noqa: E402
+from library.errors import ToolkitError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,11 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     from library.files import check_output_dir  # imports torch: only once the work starts
-    from library.sample_data import make_sample_dataset, make_sample_masks
+    from library.sample_data import CONCEPT, REPEATS, make_sample_dataset, make_sample_masks
 
     check_output_dir(args.out_dir, "out_dir")
     if args.masks and (args.out_dir / "img").exists() and not args.overwrite:
-        # masks for an existing dataset (e.g. the embedded default): they match it when the arguments do
+        # masks for a sample dataset written before: they match it when the arguments do
+        if not (args.out_dir / "img" / f"{REPEATS}_{CONCEPT}").is_dir():
+            raise ToolkitError(f"{args.out_dir / 'img'}: holds another dataset, not this tool's; its masks would not "
+                               "fit those images: give a new folder")
         logging.getLogger(__name__).info("%s exists: writing the masks only", args.out_dir / "img")
     else:
         try:
