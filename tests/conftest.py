@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,3 +22,15 @@ def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:  # noqa: ANN001
 
     folder = tmp_path_factory.mktemp("tiny")
     return {fam: write_random_checkpoint(folder / f"tiny-{fam}.safetensors", fam) for fam in ("sd1", "sd2", "sdxl")}
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny models gain nothing from threads, and a busy 2-core machine makes OpenMP spin: one thread for the
+    modules that ask for it (`pytestmark = pytest.mark.usefixtures("one_thread")`)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

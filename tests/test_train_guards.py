@@ -26,13 +26,7 @@ from library.cli import run_main  # noqa: E402
 from library.lora_io import modules_to_state_dict, save_lora  # noqa: E402
 from library.random_lora import random_lora  # noqa: E402
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

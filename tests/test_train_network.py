@@ -26,14 +26,7 @@ from library.cli import run_main  # noqa: E402
 from library.lora_io import precalculate_hashes  # noqa: E402
 from library.options.train import TrainConfig  # noqa: E402
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and a busy 2-core machine makes OpenMP spin: use one."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -23,13 +23,7 @@ from library.data.config import DatasetConfig, SubsetConfig  # noqa: E402
 from library.data.dataset import TrainDataset  # noqa: E402
 from library.options.parse import parse_training_args  # noqa: E402
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
