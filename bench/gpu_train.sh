@@ -16,6 +16,6 @@ STEPS="${STEPS:-12}"
 "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'bench/gpu_train.sh needs a CUDA GPU')"
 "$PY" -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0))"
 "$PY" bench/train_speed.py --family sd1 --models real --resolution 512 --rank 16 --mixed_precision bf16 \
-    --settings cached --steps "$STEPS" --no_reference
+    --settings cached --steps "$STEPS"
 "$PY" bench/train_speed.py --family sdxl --models real --resolution 1024 --rank 16 --mixed_precision bf16 \
-    --settings cached --steps "$STEPS" --no_reference
+    --settings cached --steps "$STEPS"

@@ -1,14 +1,12 @@
-"""Seconds per training step and peak memory of train_network.py / sdxl_train_network.py, next to a reference loop.
+"""Seconds per training step and peak memory (RSS by phase; VRAM on a GPU) of train_network.py / sdxl_train_network.py.
 
 Models: the tiny test model and a real-shape SD1.5 random checkpoint (written once into bench/out/), at 256 px,
 batch 1, rank 16, with and without gradient checkpointing and cached latents. `--family sdxl`: a real-shape SDXL
 random checkpoint at 256 px, batch 1, rank 8, gradient checkpointing, cached latents and text-encoder outputs
-(U-Net only), as the issue sets it. Each configuration runs in its own process so peak RSS belongs to it alone;
+(U-Net only). Each configuration runs in its own process so peak RSS belongs to it alone;
 on a GPU the peak VRAM (torch.cuda.max_memory_allocated) is printed too (bench/gpu_train.sh).
 
-"reference (sd-scripts algorithm)" is a minimal loop written here from sd-scripts' documented per-step work
-(VAE encode unless cached, CLIP encode, noise + timesteps, U-Net forward, MSE, backward, clip grad, AdamW step)
-with the same models, LoRA modules and settings; it is not sd-scripts itself (which cannot be installed here).
+Side by side with the real sd-scripts on the same files and settings: bench/vs_sd_scripts.py.
 
     python bench/train_speed.py                      # tiny and real, all four settings
     python bench/train_speed.py --models tiny --steps 20
@@ -135,66 +133,6 @@ def child_ours(argv: list[str], sdxl: bool = False) -> dict:
             "train_peak_mib": peak_rss_mib(), "vram_peak_mib": vram, "validation_s_per_image": validations, **marks}
 
 
-def child_reference(argv: list[str]) -> dict:
-    """sd-scripts' per-step algorithm, written plainly (see module docstring)."""
-    import torch
-
-    import networks.lora as lora
-    from library.data.images import load_rgb, resize_and_crop, to_tensor
-    from library.models import load_models
-    from library.train.objective import alphas_cumprod
-
-    a = dict(zip(argv[::2], argv[1::2]))
-    cached, ckpting = "--cache_latents" in argv, "--gradient_checkpointing" in argv
-    torch.manual_seed(0)
-    bundle = load_models(a["--pretrained_model_name_or_path"])
-    unet, vae, te, tok = bundle.unet, bundle.vae, bundle.text_encoders[0], bundle.tokenizers[0]
-    for m in (unet, vae, te):
-        m.requires_grad_(False)
-    net = lora.create_network(1.0, 16, 16, vae, te, unet)
-    net.apply_to(te, unet, apply_text_encoder=False, apply_unet=True)
-    if ckpting:
-        unet.enable_gradient_checkpointing()
-        unet.train()
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
-    folder = next(Path(a["--train_data_dir"]).iterdir())
-    images = sorted(folder.glob("*.png"))
-    captions = [p.with_suffix(".caption").read_text().strip() for p in images]
-    pixels = [to_tensor(resize_and_crop(load_rgb(p), (256, 256), (256, 256))) for p in images]
-    if cached:
-        with torch.no_grad():
-            latents_cache = [vae.encode(x[None]).latent_dist.sample() for x in pixels]
-    ab = alphas_cumprod()
-    stamps, cpu = [], []
-    setup_peak = peak_rss_mib()
-    reset_peak_rss()
-    for step in range(int(a["--max_train_steps"])):
-        i = step % len(images)
-        if cached:
-            latents = latents_cache[i]
-        else:
-            with torch.no_grad():
-                latents = vae.encode(pixels[i][None]).latent_dist.sample()
-        latents = latents * 0.18215
-        ids = tok([captions[i]], padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
-        with torch.no_grad():
-            cond = te(ids)[0]
-        noise = torch.randn_like(latents)
-        t = torch.randint(0, 1000, (1,))
-        s = ab[t].view(-1, 1, 1, 1)
-        noisy = s.sqrt() * latents + (1 - s).sqrt() * noise
-        pred = unet(noisy, t, cond).sample
-        loss = torch.nn.functional.mse_loss(pred.float(), noise.float())
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        stamps.append(time.perf_counter())
-        cpu.append(time.process_time())
-    return {"step_times": [b - a for a, b in zip(stamps, stamps[1:])], "cpu_times": [b - a for a, b in zip(cpu, cpu[1:])],
-            "train_peak_mib": peak_rss_mib(), "setup_peak": setup_peak}
-
-
 def run_child(kind: str, argv: list[str], threads: int | None) -> dict:
     env = dict(os.environ)
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # what train_network.py sets; the same for both loops
@@ -213,7 +151,6 @@ def main() -> None:
     parser.add_argument("--models", default="tiny,real")
     parser.add_argument("--steps", type=int, default=0, help="steps per run [tiny 30, real 6]")
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for the runs (default: torch's choice)")
-    parser.add_argument("--no_reference", action="store_true")
     parser.add_argument("--family", default="sd1", choices=["sd1", "sdxl"])
     parser.add_argument("--resolution", type=int, default=256)
     parser.add_argument("--rank", type=int, help="network_dim [sd1 16, sdxl 8]")
@@ -225,10 +162,7 @@ def main() -> None:
     args, rest = parser.parse_known_args()
     if args.child:
         argv = rest[1:] if rest and rest[0] == "--" else rest
-        if args.child == "reference":
-            result = child_reference(argv)
-        else:
-            result = child_ours(argv, sdxl=args.child == "ours-sdxl")
+        result = child_ours(argv, sdxl=args.child == "ours-sdxl")
         # whole process: ru_maxrss would also count the parent's peak before exec, VmHWM was reset: take the max
         result["peak_rss_mib"] = max(result["setup_peak"], result["train_peak_mib"])
         print("RESULT " + json.dumps(result), flush=True)
@@ -253,14 +187,10 @@ def main() -> None:
         for cached, ckpting in pairs:
             argv = common_args(ckpt, img, steps, cached, ckpting, args.family, args.resolution, args.rank,
                                args.mixed_precision)
-            # the reference loop is SD1's algorithm on float32 only
-            plain = args.family == "sd1" and args.mixed_precision == "no"
-            kinds = ["ours" if args.family == "sd1" else "ours-sdxl"] + \
-                ([] if args.no_reference or not plain else ["reference"])
-            for kind in kinds:
+            for kind in ["ours" if args.family == "sd1" else "ours-sdxl"]:
                 r = run_child(kind, argv, args.threads)
                 times = r["step_times"][1:] or r["step_times"]  # the first step warms caches
-                label = "reference" if kind == "reference" else "ours"
+                label = "ours"
                 cpu = r["cpu_times"][1:] or r["cpu_times"]
                 vram = f"{r['vram_peak_mib']:10.0f}" if r.get("vram_peak_mib") is not None else f"{'-':>10}"
                 print(f"{model:5} {args.family:6} {str(cached):6} {str(ckpting):5} {label:10} "

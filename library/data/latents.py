@@ -22,6 +22,7 @@ from library.data.images import resize_and_crop, to_tensor
 from library.data.masks import load_pixels, split_mask
 from library.errors import ToolkitError
 from library.files import atomic_path
+from library.models.arch import vae_scale_factor
 
 log = logging.getLogger(__name__)
 SUFFIX = "_sd.npz"
@@ -46,7 +47,7 @@ def crop_ltrb(bucket: Size, image_size: Size) -> tuple[int, int, int, int]:
     return left, top, int(left + w), int(top + h)
 
 
-def load_npz(path: Path, bucket: Size, flip_aug: bool, check: bool = True,
+def load_npz(path: Path, bucket: Size, flip_aug: bool, check: bool = True, factor: int = 8,
              mask: bool = False) -> dict[str, torch.Tensor] | None:
     """Cached latents (and mask) if the file exists, has what is needed and fits the bucket; else None."""
     if not path.exists():
@@ -65,7 +66,7 @@ def load_npz(path: Path, bucket: Size, flip_aug: bool, check: bool = True,
     except (OSError, ValueError, EOFError) as e:
         log.warning("%s: unreadable latent cache (%s); encoding again", path, e)
         return None
-    if check and tuple(out["latents"].shape[-2:]) != (bucket[1] // 8, bucket[0] // 8):
+    if check and tuple(out["latents"].shape[-2:]) != (bucket[1] // factor, bucket[0] // factor):
         return None
     return out
 
@@ -97,11 +98,12 @@ def cache_latents(records: Sequence, vae: torch.nn.Module, batch_size: int = 1, 
     decoded (a broken image is skipped with a warning). With `to_disk` each rank encodes its share of files;
     the caller reads the rest back after a barrier via `load_cached`."""
     generator = torch.Generator(device=next(vae.parameters()).device).manual_seed(seed)
+    factor = vae_scale_factor(vae)
     todo = []
     for i, r in enumerate(records):
         if to_disk:
             r.npz = npz_path(r.path, r.size, suffix)
-            if load_npz(r.npz, r.bucket, r.subset.flip_aug, not skip_check, r.has_mask) is not None \
+            if load_npz(r.npz, r.bucket, r.subset.flip_aug, not skip_check, factor, r.has_mask) is not None \
                     or i % world != rank:
                 continue
         todo.append(r)
@@ -137,11 +139,12 @@ def cache_latents(records: Sequence, vae: torch.nn.Module, batch_size: int = 1, 
     return [r for r in records if id(r) not in bad]
 
 
-def load_cached(records: Sequence, skip_check: bool = False) -> list:
-    """Read every record's latents back from its `.npz` (after all ranks have written theirs)."""
+def load_cached(records: Sequence, skip_check: bool = False, factor: int = 8) -> list:
+    """Read every record's latents back from its `.npz` (after all ranks have written theirs); `factor`: the
+    VAE's pixels per latent cell."""
     kept = []
     for r in records:
-        data = load_npz(r.npz, r.bucket, r.subset.flip_aug, not skip_check, r.has_mask)
+        data = load_npz(r.npz, r.bucket, r.subset.flip_aug, not skip_check, factor, r.has_mask)
         if data is None or (r.has_mask and "mask" not in data):
             log.warning("%s: no usable latent cache (image skipped)", r.path)
             continue

@@ -15,6 +15,12 @@ from library.keys.vae import vae_levels
 
 SHAPES = Mapping[str, tuple[int, ...]]
 LATENT_SCALE = {"sd1": 0.18215, "sd2": 0.18215, "sdxl": 0.13025}
+
+
+def vae_scale_factor(vae: object) -> int:
+    """Pixels per latent cell along a side: 2 ** (levels - 1), 8 for every released SD VAE (the embedded default's
+    3-level VAE: 4). Read from the loaded VAE's config, as Diffusers' pipelines do."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
 TIME_EMBED_DIM_SDXL = 256
 BOS, EOS = 49406, 49407
 

@@ -16,6 +16,7 @@ import torch
 from library.errors import ToolkitError
 from library.files import atomic_path
 from library.generate.schedulers import canonical_sampler, make_scheduler
+from library.models.arch import vae_scale_factor
 from library.prompts import PromptSpec, load_prompt_file
 from library.train.state import rng_state, set_rng_state
 
@@ -67,7 +68,8 @@ def generate(unet: torch.nn.Module, vae: torch.nn.Module, conditioner, prompt: S
     seed = prompt.seed if prompt.seed is not None else random.randint(0, 2 ** 31)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     cond = conditioner([prompt.negative_prompt, prompt.prompt]).to(device, dtype)
-    shape = (1, 4, prompt.height // 8, prompt.width // 8)
+    factor = vae_scale_factor(vae)
+    shape = (1, 4, prompt.height // factor, prompt.width // factor)
     latents = torch.randn(shape, generator=generator).to(device, dtype) * scheduler.init_noise_sigma
     for t in scheduler.timesteps:
         x = scheduler.scale_model_input(torch.cat([latents] * 2), t)

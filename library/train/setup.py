@@ -18,6 +18,7 @@ from library.data.dataset import TrainDataset
 from library.data.latents import SDXL_SUFFIX, SUFFIX, cache_latents, load_cached
 from library.errors import ToolkitError
 from library.models import ModelBundle, load_models, load_vae_file, peek_family
+from library.models.arch import vae_scale_factor
 from library.train import guards
 from library.train.distributed import Distributed
 from library.train.text_cache import cache_text_outputs, check_cacheable, encoders_fingerprint
@@ -226,7 +227,7 @@ def cache_dataset_latents(cfg: TrainConfig, dataset: TrainDataset, vae: torch.nn
                          SDXL_SUFFIX if sdxl else SUFFIX)
     if to_disk:
         dist.barrier()
-        kept = load_cached(kept, cfg.skip_cache_check)
+        kept = load_cached(kept, cfg.skip_cache_check, vae_scale_factor(vae))
     dataset.drop_records(kept)
     if not any(not r.subset.is_reg for r in dataset.records):
         raise ToolkitError("no training image could be decoded")

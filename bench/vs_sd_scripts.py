@@ -1,0 +1,117 @@
+"""This toolkit's trainer side by side with the real sd-scripts, same checkpoint, images and settings, run in turn.
+
+    bash ../shared/peers/setup_sd_scripts.sh GIT_DIR $PEERS      # sd-scripts and its own venv (see that README)
+    python bench/vs_sd_scripts.py --peers $PEERS --family sd1    # real-shape SD1.5, 256 px, rank 4, 5 steps
+    python bench/vs_sd_scripts.py --peers $PEERS --family sdxl   # real-shape SDXL, 256 px, rank 8, 4 steps
+    python bench/vs_sd_scripts.py --peers $PEERS --family sd1 --ours_rev 181f391^   # also an earlier commit
+
+Settings (the issue's): batch 1, U-Net only, fp32 (`--mixed_precision no`, CPU), SDPA, cached latents; SDXL adds
+gradient checkpointing and cached text-encoder outputs. Models are real-shape checkpoints with random weights
+(bench/out/, written once). Each run is its own process, alternating ours / sd-scripts `--runs` times;
+bench/step_clock.py stamps each step from the same tqdm "steps" bar in both, and the kernel's rusage of the
+finished process gives its peak RSS. Printed: median s/step (wall and CPU, first step left out), whole-process
+wall time and peak RSS, median over the runs, and the load average before each run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+CLOCK = ROOT / "bench" / "step_clock.py"
+
+DEFAULTS = {"sd1": {"rank": 4, "steps": 5}, "sdxl": {"rank": 8, "steps": 4}}
+
+
+def settings(family: str, ckpt: Path, img: Path, out: Path, rank: int, steps: int) -> list[str]:
+    """Options both trainers take with the same meaning."""
+    args = ["--pretrained_model_name_or_path", str(ckpt), "--train_data_dir", str(img), "--resolution", "256",
+            "--train_batch_size", "1", "--network_module", "networks.lora", "--network_dim", str(rank),
+            "--network_alpha", str(rank), "--learning_rate", "1e-4", "--max_train_steps", str(steps), "--seed", "0",
+            "--max_data_loader_n_workers", "0", "--output_dir", str(out), "--output_name", "bench",
+            "--network_train_unet_only", "--mixed_precision", "no", "--sdpa", "--caption_extension", ".caption",
+            "--cache_latents", "--save_model_as", "safetensors"]
+    if family == "sdxl":
+        args += ["--gradient_checkpointing", "--cache_text_encoder_outputs"]
+    return args
+
+
+def run_one(python: str, script: Path, args: list[str]) -> dict:
+    """One training process under the step clock: its step stamps, wall time and peak RSS (rusage of the child)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        stamps_file, log = Path(tmp) / "stamps.json", Path(tmp) / "log.txt"
+        load = os.getloadavg()[0]
+        start = time.perf_counter()
+        with open(log, "w") as sink:
+            proc = subprocess.Popen([python, str(CLOCK), str(stamps_file), str(script), *args], stdout=sink,
+                                    stderr=subprocess.STDOUT)
+            _, status, usage = os.wait4(proc.pid, 0)  # reap it here: the kernel's rusage of that process
+            proc.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - start
+        if proc.returncode or not stamps_file.exists():
+            raise SystemExit(f"{script} failed (exit {proc.returncode}):\n{log.read_text()[-4000:]}")
+        stamps = json.loads(stamps_file.read_text())["stamps"]  # step 1 (warm-up) has no start stamp: left out
+    walls = [b[0] - a[0] for a, b in zip(stamps, stamps[1:])]
+    cpus = [b[1] - a[1] for a, b in zip(stamps, stamps[1:])]
+    return {"wall_step": statistics.median(walls), "cpu_step": statistics.median(cpus), "wall": wall,
+            "peak_mib": usage.ru_maxrss / 1024, "load": load, "steps": len(stamps)}
+
+
+def worktree_at(rev: str, where: Path) -> Path:
+    """A detached checkout of `rev` (for 'before' figures), made once."""
+    if not where.exists():
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(where), rev], check=True,
+                       capture_output=True)
+    return where
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--peers", required=True, type=Path, help="folder set up by setup_sd_scripts.sh")
+    parser.add_argument("--family", default="sd1", choices=["sd1", "sdxl"])
+    parser.add_argument("--rank", type=int)
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--runs", type=int, default=2, help="runs of each trainer, alternating")
+    parser.add_argument("--ours_rev", help="also run this toolkit at this git revision (a worktree in bench/out)")
+    args = parser.parse_args()
+    from train_speed import OUT, prepare
+
+    rank = args.rank or DEFAULTS[args.family]["rank"]
+    steps = args.steps or DEFAULTS[args.family]["steps"]
+    ckpt, img = prepare("real", args.family, 256)
+    peer = args.peers / "sd-scripts"
+    tokenizers = ["--tokenizer_cache_dir", str(args.peers / "tokenizers")]
+    script = "sdxl_train_network.py" if args.family == "sdxl" else "train_network.py"
+    tools = {"ours": (sys.executable, ROOT / script, []),
+             "sd-scripts": (str(args.peers / "venv" / "bin" / "python"), peer / script, tokenizers)}
+    if args.ours_rev:
+        tree = worktree_at(args.ours_rev, OUT / f"rev-{args.ours_rev.replace('^', '-parent')}")
+        tools[f"ours@{args.ours_rev}"] = (sys.executable, tree / script, [])
+    results: dict[str, list[dict]] = {name: [] for name in tools}
+    for run in range(args.runs):
+        for name, (python, path, extra) in tools.items():
+            with tempfile.TemporaryDirectory(dir=OUT) as out:
+                r = run_one(python, path, settings(args.family, ckpt, img, Path(out), rank, steps) + extra)
+            results[name].append(r)
+            print(f"run {run + 1} {name:22} {r['wall_step']:7.2f} s/step  cpu {r['cpu_step']:7.2f}  "
+                  f"wall {r['wall']:7.1f} s  peak {r['peak_mib']:7.0f} MiB  (load {r['load']:.1f})", flush=True)
+    print(f"\n{args.family}, real shape, 256 px, batch 1, rank {rank}, {steps} steps, fp32, U-Net only, cached latents"
+          + (", gradient checkpointing, cached text-encoder outputs" if args.family == "sdxl" else "")
+          + f"; medians of {args.runs} runs, {os.cpu_count()} CPUs")
+    print(f"{'trainer':24} {'s/step':>8} {'cpu s/step':>10} {'process wall s':>15} {'peak RSS MiB':>13}")
+    for name, rs in results.items():
+        med = {k: statistics.median(r[k] for r in rs) for k in ("wall_step", "cpu_step", "wall", "peak_mib")}
+        print(f"{name:24} {med['wall_step']:8.2f} {med['cpu_step']:10.2f} {med['wall']:15.1f} {med['peak_mib']:13.0f}")
+
+
+if __name__ == "__main__":
+    main()
