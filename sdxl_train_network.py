@@ -10,13 +10,14 @@ SD1/SD2 models. Every option is declared in library/options; `-h` lists them wit
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see train_network.py
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from library.threads import tune_openmp_waiting  # noqa: E402
+
+tune_openmp_waiting()  # before torch starts OpenMP (library/threads.py)
 
 from library.cli import run_main  # noqa: E402
 from library.options.parse import build_parser as _build_parser  # noqa: E402

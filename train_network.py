@@ -8,15 +8,14 @@ Every option is declared in library/options; `-h` lists them with their status.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-# Before torch starts OpenMP: on a busy CPU, spinning worker threads wait on each other (measured 25x slower
-# steps on a loaded 2-core machine); passive waiting costs next to nothing on an idle one. Override by setting it.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from library.threads import tune_openmp_waiting  # noqa: E402
+
+tune_openmp_waiting()  # before torch starts OpenMP (library/threads.py)
 
 from library.cli import run_main  # noqa: E402
 from library.options.parse import build_parser as _build_parser  # noqa: E402

@@ -135,7 +135,6 @@ def child_ours(argv: list[str], sdxl: bool = False) -> dict:
 
 def run_child(kind: str, argv: list[str], threads: int | None) -> dict:
     env = dict(os.environ)
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # what train_network.py sets; the same for both loops
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     cmd = [sys.executable, __file__, "--child", kind, "--", *argv]

@@ -4,6 +4,7 @@
     python bench/vs_sd_scripts.py --peers $PEERS --family sd1    # real-shape SD1.5, 256 px, rank 4, 5 steps
     python bench/vs_sd_scripts.py --peers $PEERS --family sdxl   # real-shape SDXL, 256 px, rank 8, 4 steps
     python bench/vs_sd_scripts.py --peers $PEERS --family sd1 --ours_rev 181f391^   # also an earlier commit
+    taskset -c 1 python bench/vs_sd_scripts.py --peers $PEERS --threads 1       # one core, one thread each
 
 Settings (the issue's): batch 1, U-Net only, fp32 (`--mixed_precision no`, CPU), SDPA, cached latents; SDXL adds
 gradient checkpointing and cached text-encoder outputs. Models are real-shape checkpoints with random weights
@@ -81,6 +82,7 @@ def main() -> None:
     parser.add_argument("--rank", type=int)
     parser.add_argument("--steps", type=int)
     parser.add_argument("--runs", type=int, default=2, help="runs of each trainer, alternating")
+    parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for both (default: each tool's own choice)")
     parser.add_argument("--ours_rev", help="also run this toolkit at this git revision (a worktree in bench/out)")
     args = parser.parse_args()
     from train_speed import OUT, prepare
@@ -88,6 +90,8 @@ def main() -> None:
     rank = args.rank or DEFAULTS[args.family]["rank"]
     steps = args.steps or DEFAULTS[args.family]["steps"]
     ckpt, img = prepare("real", args.family, 256)
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
     peer = args.peers / "sd-scripts"
     tokenizers = ["--tokenizer_cache_dir", str(args.peers / "tokenizers")]
     script = "sdxl_train_network.py" if args.family == "sdxl" else "train_network.py"
@@ -106,7 +110,8 @@ def main() -> None:
                   f"wall {r['wall']:7.1f} s  peak {r['peak_mib']:7.0f} MiB  (load {r['load']:.1f})", flush=True)
     print(f"\n{args.family}, real shape, 256 px, batch 1, rank {rank}, {steps} steps, fp32, U-Net only, cached latents"
           + (", gradient checkpointing, cached text-encoder outputs" if args.family == "sdxl" else "")
-          + f"; medians of {args.runs} runs, {os.cpu_count()} CPUs")
+          + f"; medians of {args.runs} runs, {len(os.sched_getaffinity(0))} of {os.cpu_count()} CPUs, "
+          + f"threads {args.threads or 'default'}")
     print(f"{'trainer':24} {'s/step':>8} {'cpu s/step':>10} {'process wall s':>15} {'peak RSS MiB':>13}")
     for name, rs in results.items():
         med = {k: statistics.median(r[k] for r in rs) for k in ("wall_step", "cpu_step", "wall", "peak_mib")}

@@ -115,6 +115,7 @@ class LazySafetensors(Mapping):
                 raise ToolkitError(f"{self.path}: corrupt safetensors file ({_first_line(e)})") from None
         else:
             self._file = None
+            self._scratch: torch.Tensor | None = None  # reused by get_as
             self._raw = open(self.path, "rb")  # kept open for the mapping's lifetime
             self._data_start = 8 + int.from_bytes(self._raw.read(8), "little")
 
@@ -137,6 +138,26 @@ class LazySafetensors(Mapping):
             check_finite(t, self.path, key)
         return t
 
+    def get_as(self, key: str, dtype: torch.dtype | None) -> torch.Tensor:
+        """The tensor cast to `dtype` (None: as stored). Without mmap a cast reads into one reused scratch buffer,
+        so only the cast result is fresh memory (half the page faults of reading a new buffer each time)."""
+        if self._file is not None or dtype is None or key not in self._info or self.dtype(key) == dtype \
+                or not self.dtype(key).is_floating_point:
+            t = self[key]
+            return t if dtype is None or not t.is_floating_point() else t.to(dtype)
+        start, end = self._info[key]["data_offsets"]
+        if self._scratch is None or self._scratch.numel() < end - start:
+            self._scratch = None  # free the old one first
+            self._scratch = torch.empty(end - start, dtype=torch.uint8)
+        buf = self._scratch[: end - start]
+        self._raw.seek(self._data_start + start)
+        if self._raw.readinto(buf.numpy()) != end - start:
+            raise ToolkitError(f"{self.path}: truncated while reading {key}")
+        t = buf.view(self.dtype(key)).reshape(self.shape(key))
+        if self.check_finite:
+            check_finite(t, self.path, key)
+        return t.to(dtype)
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._info)
 
@@ -144,6 +165,7 @@ class LazySafetensors(Mapping):
         """Close the file now (otherwise it closes when the mapping is garbage-collected)."""
         if self._file is None:
             self._raw.close()
+            self._scratch = None
 
     def __len__(self) -> int:
         return len(self._info)

@@ -87,7 +87,7 @@ def test_shipped_weights_match_manifest_and_load_as_sd1() -> None:
     assert bundle.family == "sd1" and not bundle.v_parameterization
     assert bundle.unet.config.cross_attention_dim == bundle.text_encoders[0].config.hidden_size == 64
     assert bundle.text_encoders[0].config.vocab_size == 49408  # the real CLIP vocabulary
-    assert len(bundle.vae.config.block_out_channels) == 4  # 8x VAE: 64x64 images, 8x8 latents
+    assert len(bundle.vae.config.block_out_channels) == 3  # 4x VAE: 64x64 images, 16x16 latents
     for model in (bundle.unet, bundle.vae, bundle.text_encoders[0]):
         assert all(torch.isfinite(p).all() for p in model.parameters())
 
@@ -104,15 +104,14 @@ def test_base_model_follows_colour_prompts(tmp_path: Path) -> None:
     assert mean_fraction(other, "yellow") >= 0.3 and mean_fraction(other, "green") >= 0.04
 
 
-def test_quickstart_lora_changes_sks_and_multiplier_zero_is_the_base(tmp_path: Path) -> None:
-    """The quickstart (fewer epochs) trains a LoRA that changes what "sks" draws, and `--network_mul 0` gives the
-    base image exactly. Not asserted: that the change is an orange ring (>= 3x the base's orange fraction). The
-    shipped model does not meet that yet -- its LoRA draws a red-orange blob -- see docs/default_model.md."""
+def test_quickstart_lora_teaches_the_orange_ring_and_multiplier_zero_is_the_base(tmp_path: Path) -> None:
+    """The quickstart (fewer epochs) trains a LoRA after which "sks on a blue background" draws at least 3x the
+    base's orange, still on blue, and `--network_mul 0` gives the base image exactly."""
     config = toml.loads((ROOT / "examples" / "quickstart.toml").read_text(encoding="utf-8"))
     img = write_concept_dataset(tmp_path / "data")
     config["model_arguments"]["pretrained_model_name_or_path"] = str(SHIPPED)
     config["dataset_arguments"]["train_data_dir"] = str(img)
-    config["training_arguments"]["max_train_epochs"] = 3
+    config["training_arguments"]["max_train_epochs"] = 20  # half the quickstart: enough for the ring
     config["saving_arguments"].update(output_dir=str(tmp_path / "out"), save_every_n_epochs=100)
     config["logging_arguments"]["logging_dir"] = str(tmp_path / "logs")
     config.pop("sample_prompt_arguments")
@@ -127,10 +126,31 @@ def test_quickstart_lora_changes_sks_and_multiplier_zero_is_the_base(tmp_path: P
     learned = generate(tmp_path / "lora", prompt, *net, "--network_mul", "1")
     off = generate(tmp_path / "off", prompt, *net, "--network_mul", "0")
     change = np.mean([np.abs(a.astype(int) - b.astype(int)).mean() for a, b in zip(learned, base, strict=True)])
-    print(f"orange: base {mean_fraction(base, 'orange'):.3f}, LoRA {mean_fraction(learned, 'orange'):.3f}; "
+    orange_base, orange = mean_fraction(base, "orange"), mean_fraction(learned, "orange")
+    print(f"orange: base {orange_base:.3f}, LoRA {orange:.3f}; blue {mean_fraction(learned, 'blue'):.3f}; "
           f"mean pixel change {change:.1f}")
-    assert change >= 20  # out of 255: the LoRA redraws the picture
+    assert orange >= 3 * orange_base and orange >= 0.03  # an orange ring where the base drew none
+    assert mean_fraction(learned, "blue") >= 0.3  # on the background the prompt asks for
+    assert change >= 10  # out of 255: the LoRA redraws the picture
     assert all(np.array_equal(a, b) for a, b in zip(off, base, strict=True))  # multiplier 0 is the base model
+
+
+def test_latent_disk_cache_of_the_4x_vae_is_reused(tmp_path: Path) -> None:
+    """The default's VAE downsamples by 4, not SD's 8: its `.npz` latents (16x16 for 64x64 images) are written at
+    that size and a second run takes them as valid instead of encoding again."""
+    img = write_concept_dataset(tmp_path / "data", num_images=2)
+    args = ["--pretrained_model_name_or_path", str(SHIPPED), "--train_data_dir", str(img), "--resolution", "64",
+            "--network_module", "networks.lora", "--network_dim", "2", "--max_train_steps", "1", "--cache_latents",
+            "--cache_latents_to_disk", "--caption_extension", ".caption", "--max_data_loader_n_workers", "0",
+            "--output_dir", str(tmp_path / "out")]
+    train_network.main([*args, "--output_name", "first"])
+    files = sorted(img.rglob("*.npz"))
+    assert len(files) == 2
+    with np.load(files[0]) as npz:
+        assert npz["latents"].shape == (4, 16, 16)
+    written = [f.stat().st_mtime_ns for f in files]
+    train_network.main([*args, "--output_name", "second"])
+    assert [f.stat().st_mtime_ns for f in files] == written
 
 
 def test_make_default_writes_the_concept_dataset_and_checks_the_weights(tmp_path: Path) -> None:
@@ -150,6 +170,45 @@ def test_make_default_writes_the_concept_dataset_and_checks_the_weights(tmp_path
         assert 0.08 <= colour_fraction(image, "orange") <= 0.5, p.name
     assert (out / SHIPPED.name).read_bytes() == SHIPPED.read_bytes()
     assert load_models(out / "tiny-sd1.safetensors").unet.config.block_out_channels == [32, 32, 64, 64]
+
+
+def test_pretraining_is_reproducible_and_writes_its_manifest(tmp_path: Path) -> None:
+    """tools/pretrain_default.py (a few steps): the same seed writes the same file, its manifest names the hash and
+    a command that rebuilds it, and the loss curve is written."""
+    import subprocess
+
+    def run(name: str) -> Path:
+        out = tmp_path / name / "m.safetensors"
+        done = subprocess.run([sys.executable, str(ROOT / "tools" / "pretrain_default.py"), "--out", str(out),
+                               "--log_dir", str(tmp_path / name / "log"), "--steps", "3", "--pool", "64",
+                               "--batch", "4"], capture_output=True, text=True, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return out
+
+    first, second = run("a"), run("b")
+    assert first.read_bytes() == second.read_bytes()
+    manifest = json.loads((first.parent / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["sha256"] == hashlib.sha256(first.read_bytes()).hexdigest()
+    assert manifest["steps"] == 3 and "--steps 3" in manifest["command"] and "--pool 64" in manifest["command"]
+    assert (tmp_path / "a" / "log" / "loss.csv").read_text(encoding="utf-8").count("\n") >= 4
+    assert len(load_models(first).vae.config.block_out_channels) == 3
+
+
+def test_filler_captions_never_name_the_quickstart_concept() -> None:
+    """Pretraining captions may start with a word the picture does not show, but never "sks", "orange" or "ring",
+    and the template words stay meaningful."""
+    from library.default_model import scenes
+    from library.tokenizer import load_tokenizers
+
+    fillers = scenes.filler_words(load_tokenizers("sd1")[0].get_vocab())
+    assert len(fillers) > 10000 and not {"sks", "orange", "ring", "red", "circle", "background"} & set(fillers)
+    rng = np.random.default_rng(0)
+    captions = [scenes.caption_scene(rng, fillers=fillers, filler_rate=0.25)[1] for _ in range(2000)]
+    words = {w.strip(",") for c in captions for w in c.split()}
+    assert not {"sks", "orange", "ring"} & words
+    with_filler = [c for c in captions if not c.startswith(("a ", "on a "))]
+    assert 0.2 <= len(with_filler) / len(captions) <= 0.3
+    assert any(c.split()[1] == "on" for c in with_filler)  # "tulip on a blue background", as "sks on a ..." reads
 
 
 def test_a_changed_checkpoint_fails_the_manifest_check(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompt", action="append", help="a prompt (repeatable) [the quickstart's]")
     parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds [%(default)s]")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--scale", type=float, default=7.5)
+    parser.add_argument("--scale", type=float, default=4.0, help="guidance, as the quickstart's samples [%(default)s]")
     parser.add_argument("--sampler", default="euler_a")
     parser.add_argument("--zoom", type=int, default=3, help="pixel zoom of each 64x64 image [%(default)s]")
     add_verbosity(parser)

@@ -1,4 +1,4 @@
-"""Pretrain the embedded default model on CPU: the VAE is written (8x8 block averages, `vae.py`), its latents are
+"""Pretrain the embedded default model on CPU: the VAE is written (4x4 block averages, `vae.py`), its latents are
 shifted and scaled inside `quant_conv`/`post_quant_conv` so that `latent * 0.18215` has zero mean and unit
 variance (the SD1 convention every trainer and sampler assumes), then the U-Net and the CLIP text encoder learn
 together on the diffusion loss over captioned scenes. The text encoder learns the templated captions from scratch with
@@ -93,8 +93,9 @@ def normalise_latents(vae: AutoencoderKL, rng: np.random.Generator, n: int = 512
 def encode_pool(bundle: ModelBundle, cfg: PretrainConfig, rng: np.random.Generator) -> tuple[torch.Tensor, list]:
     """Latents (scaled) and captions of `cfg.pool` captioned scenes."""
     latents, captions = [], []
+    fillers = scenes.filler_words(bundle.tokenizers[0].get_vocab())
     for _ in tqdm(range(0, cfg.pool, 64), desc="encode", dynamic_ncols=True):
-        pairs = [scenes.caption_scene(rng) for _ in range(64)]
+        pairs = [scenes.caption_scene(rng, fillers=fillers, filler_rate=cfg.filler_rate) for _ in range(64)]
         captions += [c for _, c in pairs]
         z = bundle.vae.encode(_to_tensor([scenes.render(s) for s, _ in pairs])).latent_dist.mean
         latents.append(z * LATENT_SCALE["sd1"])
@@ -131,7 +132,7 @@ def train_diffusion(bundle: ModelBundle, latents: torch.Tensor, captions: list[s
         drop = torch.rand(cfg.batch, generator=gen) < cfg.caption_dropout
         batch_ids[drop] = empty
         x0 = latents[idx]
-        flip = torch.rand(cfg.batch, generator=gen) < 0.5  # exact in latent space: blocks are 8x8-aligned
+        flip = torch.rand(cfg.batch, generator=gen) < 0.5  # exact in latent space: blocks align with the image
         x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
         noise = torch.randn(x0.shape, generator=gen)
         noise = noise + cfg.noise_offset * torch.randn(x0.shape[:2] + (1, 1), generator=gen)

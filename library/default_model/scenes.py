@@ -8,6 +8,7 @@ that teach the VAE to encode any colour and shape (rings included), and the quic
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,9 +78,13 @@ def _place(rng: np.random.Generator, size: int, low: float, high: float) -> tupl
     return (float(cx), float(cy)), radius
 
 
-def caption_scene(rng: np.random.Generator, size: int = 64) -> tuple[Scene, str]:
+def caption_scene(rng: np.random.Generator, size: int = 64, fillers: Sequence[str] = (), filler_rate: float = 0.0
+                  ) -> tuple[Scene, str]:
     """A pretraining scene and its caption: mostly "a {colour} {shape} on a {colour} background", sometimes
-    only the shape or only the background part (so each phrase also means something alone)."""
+    only the shape or only the background part (so each phrase also means something alone). With `fillers`, a
+    share `filler_rate` of captions start with a word the scene does not show ("tulip on a blue background",
+    "tulip, on a blue background", "tulip, a red circle on a blue background"), so a word the model never
+    learned -- like the quickstart's "sks" -- leaves the rest of a prompt working."""
     names = list(PALETTE)
     fg, bg = rng.choice(len(names), 2, replace=False)
     shape = SHAPES[int(rng.integers(len(SHAPES)))]
@@ -88,7 +93,20 @@ def caption_scene(rng: np.random.Generator, size: int = 64) -> tuple[Scene, str]
     form = rng.random()
     thing, ground = f"a {names[fg]} {shape}", f"on a {names[bg]} background"
     caption = f"{thing} {ground}" if form < 0.8 else (thing if form < 0.9 else ground)
+    if fillers and rng.random() < filler_rate:
+        word, form = fillers[int(rng.integers(len(fillers)))], rng.random()
+        caption = f"{word} {ground}" if form < 0.4 else (f"{word}, {ground}" if form < 0.7 else f"{word}, {caption}")
     return scene, caption
+
+
+NOT_FILLERS = frozenset({"sks", "orange", "ring", "rings", "annulus", "a", "on", "background", *PALETTE, *SHAPES})
+
+
+def filler_words(vocab: Iterable[str]) -> list[str]:
+    """Whole words of a CLIP vocabulary ("tulip</w>" -> "tulip"), alphabetic, 3-10 letters, sorted, without the
+    caption template's words and the quickstart's ("sks", "orange", "ring")."""
+    words = {t[:-4] for t in vocab if t.endswith("</w>")}
+    return sorted(w for w in words if w.isascii() and w.isalpha() and 3 <= len(w) <= 10 and w not in NOT_FILLERS)
 
 
 def vae_scene(rng: np.random.Generator, size: int = 64) -> Scene:

@@ -1,4 +1,4 @@
-"""A VAE whose weights are written, not trained: the encoder averages each 8x8 pixel block (RGB -> latent
+"""A VAE whose weights are written, not trained: the encoder averages each pixel block (4x4 for 3 levels) (RGB -> latent
 channels 0-2, channel 3 unused), the decoder paints each block back. Exact, deterministic and free to build.
 
 Why not train one: every SD VAE ends in GroupNorm, which subtracts each group's spatial mean, so a solid colour

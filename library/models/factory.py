@@ -40,16 +40,17 @@ def _vae(channels: list[int], layers: int, family: str) -> dict:
 
 
 def default_configs() -> dict:
-    """The embedded default (`tools/pretrain_default.py`): SD1 blocks sized for 8x8 latents and CPU training --
+    """The embedded default (`tools/pretrain_default.py`): SD1 blocks sized for 16x16 latents and CPU training --
     a 64-wide text encoder, a U-Net of three levels (32-64-64 channels, one res block each, cross-attention on
-    the first two) and a 4-level VAE of 64 channels (even, so every norm group holds a signal pair; see
-    `library.default_model.vae`). About 6M parameters, half of them the 49408-token embedding; 64x64 images,
-    8x8x4 latents."""
+    the first two) and a 3-level VAE of 64 channels, so 4x downsampling (even channels, so every norm group holds
+    a signal pair; see `library.default_model.vae`). About 6M parameters, half of them the 49408-token embedding;
+    64x64 images, 16x16x4 latents."""
     cfg = configs("sd1", "tiny")
     cfg["unet"].update(down_block_types=["CrossAttnDownBlock2D"] * 2 + ["DownBlock2D"],
                        up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 2,
-                       block_out_channels=[32, 64, 64], layers_per_block=1, cross_attention_dim=64)
-    cfg["vae"] = _vae([64, 64, 64, 64], 1, "sd1")
+                       block_out_channels=[32, 64, 64], layers_per_block=1, cross_attention_dim=64,
+                       sample_size=16)
+    cfg["vae"] = _vae([64, 64, 64], 1, "sd1")
     cfg["text_encoders"] = [_te(64, 2, 256, openclip=False)]
     return cfg
 

@@ -17,7 +17,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from library.errors import ToolkitError
-from library.files import load_state_dict, open_streaming
+from library.files import LazySafetensors, load_state_dict, open_streaming
 from library.keys import UNET_PREFIX, VAE_PREFIX, clip, detect_family, te_specs
 from library.keys import unet as unet_keys
 from library.keys import vae as vae_keys
@@ -130,10 +130,14 @@ class _CastingView(Mapping):
         self.source, self.dtype, self.bar = source, dtype, bar
 
     def __getitem__(self, key: str) -> torch.Tensor:
-        v = self.source[key]
+        if isinstance(self.source, LazySafetensors):
+            v = self.source.get_as(key, self.dtype)
+        else:
+            v = self.source[key]
+            v = v.to(self.dtype) if self.dtype is not None and v.is_floating_point() else v
         if self.bar is not None:
             self.bar.update(1)
-        return v.to(self.dtype) if self.dtype is not None and v.is_floating_point() else v
+        return v
 
     def __iter__(self):  # noqa: ANN204
         return iter(self.source)

@@ -362,7 +362,8 @@ class Trainer:
                 self._after_epoch(epoch)
         bar.close()
         self.losses = losses
-        log.debug("rank %d: LoRA checksum %s", self.dist.rank, self._checksum())
+        if log.isEnabledFor(logging.DEBUG):  # hashing every LoRA tensor costs seconds on SDXL
+            log.debug("rank %d: LoRA checksum %s", self.dist.rank, self._checksum())
         if stopped:
             self._on_interrupt()
             raise KeyboardInterrupt
