@@ -127,16 +127,11 @@ class LazySafetensors(Mapping):
                 t = self._file.get_tensor(key)
             except Exception as e:  # safetensors raises its own error types on corrupt data
                 raise ToolkitError(f"{self.path}: corrupt safetensors file ({_first_line(e)})") from None
-        else:
-            start, end = self._info[key]["data_offsets"]
-            buf = torch.empty(end - start, dtype=torch.uint8)
-            self._raw.seek(self._data_start + start)
-            if self._raw.readinto(buf.numpy()) != end - start:
-                raise ToolkitError(f"{self.path}: truncated while reading {key}")
-            t = buf.view(self.dtype(key)).reshape(self.shape(key))
-        if self.check_finite:
-            check_finite(t, self.path, key)
-        return t
+            if self.check_finite:
+                check_finite(t, self.path, key)
+            return t
+        start, end = self._info[key]["data_offsets"]
+        return self._read(key, torch.empty(end - start, dtype=torch.uint8))
 
     def get_as(self, key: str, dtype: torch.dtype | None) -> torch.Tensor:
         """The tensor cast to `dtype` (None: as stored). Without mmap a cast reads into one reused scratch buffer,
@@ -149,14 +144,18 @@ class LazySafetensors(Mapping):
         if self._scratch is None or self._scratch.numel() < end - start:
             self._scratch = None  # free the old one first
             self._scratch = torch.empty(end - start, dtype=torch.uint8)
-        buf = self._scratch[: end - start]
+        return self._read(key, self._scratch[: end - start]).to(dtype)
+
+    def _read(self, key: str, buf: torch.Tensor) -> torch.Tensor:
+        """Read `key`'s bytes into `buf` (uint8, exactly its size), checked, as a tensor viewing `buf`."""
+        start, end = self._info[key]["data_offsets"]
         self._raw.seek(self._data_start + start)
         if self._raw.readinto(buf.numpy()) != end - start:
             raise ToolkitError(f"{self.path}: truncated while reading {key}")
         t = buf.view(self.dtype(key)).reshape(self.shape(key))
         if self.check_finite:
             check_finite(t, self.path, key)
-        return t.to(dtype)
+        return t
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._info)
