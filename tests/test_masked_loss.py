@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -123,6 +124,7 @@ class _FakeVAE(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.p = torch.nn.Parameter(torch.zeros(1))
+        self.config = SimpleNamespace(block_out_channels=[1, 1, 1, 1])  # 4 levels: 8x, as the pooling
 
     def encode(self, images: torch.Tensor):  # noqa: ANN201
         lat = torch.nn.functional.avg_pool2d(images, 8)
