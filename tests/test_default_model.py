@@ -54,13 +54,7 @@ def test_colour_fraction_measures_what_it_says() -> None:
     assert colour_fraction(np.full((4, 4, 3), (240, 215, 50), np.uint8), "orange") == 0.0  # yellow is not orange
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run faster on one thread, and far faster when other jobs share the CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models run best on one thread
 
 
 def generate(outdir: Path, prompt: str, *extra: str) -> list[np.ndarray]:

@@ -24,13 +24,7 @@ from networks.resize_lora import main
 
 # ---- helpers -------------------------------------------------------------------------------------------
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matrices: OpenMP fan-out only costs time here (and a lot on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models run best on one thread
 
 
 def _targets(ckpt: Path, conv: bool) -> tuple[dict, dict]:
