@@ -133,7 +133,10 @@ def wait_text(page, selector: str, pattern: str, timeout: float = 120) -> str:
     end = time.time() + timeout
     text = ""
     while time.time() < end:
-        text = page.locator(selector).inner_text()
+        try:
+            text = page.locator(selector).inner_text(timeout=10_000)
+        except Exception:  # noqa: BLE001 - the page re-renders the element: look again
+            continue
         if re.search(pattern, text):
             return text
         page.wait_for_timeout(300)
