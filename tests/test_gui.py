@@ -248,21 +248,17 @@ def test_start_stop_resume_gives_the_command_lines_lora(page, server, tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("sks on a blue background --w 64 --h 64 --s 3 --l 4 --d 1\n"
-                       "a red circle on a blue background --w 64 --h 64 --s 3 --l 4 --d 3\n", encoding="utf-8")
     load(page, "examples/quickstart.toml")
     ui_out = tmp_path / "ui"
     for name, value in (("output_dir", str(ui_out)), ("max_train_epochs", ""), ("max_train_steps", "8"),
-                        ("save_every_n_epochs", ""), ("sample_every_n_epochs", ""), ("logging_dir", ""),
-                        ("sample_prompts", str(prompts))):
+                        ("save_every_n_epochs", ""), ("sample_every_n_epochs", ""), ("logging_dir", "")):
         set_field(page, "train_network", name, value)
-    argv = preview(page, str(prompts))
+    argv = preview(page, "--max_train_steps 8")
     page.locator("#start-training").click()
     wait_text(page, "#run-status", r"step [2-7]/8", 180)  # progress, live
     page.locator("#run-stop").click()
     wait_text(page, "#run-status", r"stopped", 120)
-    assert page.locator("#run-samples img").count() >= 2  # the step-0 samples
+    assert page.locator("#run-samples img").count() >= 3  # the step-0 samples
     assert page.locator("#loss-chart canvas, #loss-chart svg").count() >= 1
     states = sorted(ui_out.glob("quickstart-step*-state"))
     assert states and (states[-1] / "train_state.json").is_file()
