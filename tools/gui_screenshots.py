@@ -28,7 +28,12 @@ def parse_args() -> argparse.Namespace:
 
 def _fill(page, script: str, name: str, value: str) -> None:  # noqa: ANN001
     from library.gui.forms import elem_id
+    from library.options.train import train_options
 
+    box = page.locator(f"#{elem_id(script, name)} input, #{elem_id(script, name)} textarea").first
+    if not box.count():  # a closed group: gradio renders its fields once opened
+        group = next(o.group for o in train_options(script) if o.name == name)
+        page.locator(f"#{elem_id(script, group, 'grp')}").locator("button").first.click()
     page.locator(f"#{elem_id(script, name)} input, #{elem_id(script, name)} textarea").first.fill(value)
 
 
