@@ -68,8 +68,10 @@ def build_runs_tab(ctx: GuiContext, train: TrainUI, tabs: gr.Tabs) -> None:
         resume = gr.Button("Resume", elem_id="run-resume", scale=1)
     message = gr.Markdown("", elem_id="run-message")
     status = gr.Markdown("", elem_id="run-status")
-    empty = pd.DataFrame({"step": pd.Series([], dtype="int64"), "loss": pd.Series([], dtype="float64"),
-                          "series": pd.Series([], dtype="object")})
+    # one empty (NaN) point per series: gradio's chart reads the series' type from its first value, and an empty
+    # first value would leave the colours unset and draw no lines when the data arrives
+    series = ["step loss", f"moving average ({WINDOW})", "validation"]
+    empty = pd.DataFrame({"step": [0] * 3, "loss": [float("nan")] * 3, "series": series})
     chart = gr.LinePlot(empty, x="step", y="loss", color="series", title="loss", height=280, elem_id="loss-chart",
                         color_map={"step loss": "#4c78a8", f"moving average ({WINDOW})": "#f58518",
                                    "validation": "#54a24b"})
