@@ -106,6 +106,11 @@ def cache_latents(records: Sequence, vae: torch.nn.Module, batch_size: int = 1, 
             if load_npz(r.npz, r.bucket, r.subset.flip_aug, not skip_check, factor, r.has_mask) is not None \
                     or i % world != rank:
                 continue
+        elif r.npz is not None:  # precomputed latents of a metadata dataset (prepare_buckets_latents.py)
+            data = load_npz(r.npz, r.bucket, r.subset.flip_aug, not skip_check, factor, r.has_mask)
+            if data is not None:
+                r.latents, r.latents_flipped, r.mask = data["latents"], data.get("latents_flipped"), data.get("mask")
+                continue
         todo.append(r)
     by_bucket: dict[Size, list] = {}
     for r in todo:
