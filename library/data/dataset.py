@@ -292,9 +292,10 @@ class TrainDataset(torch.utils.data.Dataset):
     def _rng(self, req: BatchRequest, slot: int) -> random.Random:
         return random.Random(((self.seed * 1_000_003 + req.epoch) * 1_000_003 + req.position) * 1024 + slot)
 
-    def _pixels(self, r: ImageRecord, rng: random.Random) -> tuple[np.ndarray, tuple[int, int], torch.Tensor | None]:
-        """The augmented bucket-sized image, its crop (top, left) in the flipped-if-flipped resized image, and its
-        loss mask (None without one), cropped and flipped with it."""
+    def _pixels(self, r: ImageRecord,
+                rng: random.Random) -> tuple[np.ndarray, tuple[int, int], torch.Tensor | None, bool]:
+        """The augmented bucket-sized image, its crop (top, left) in the flipped-if-flipped resized image, its
+        loss mask (None without one), cropped and flipped with it, and whether it was flipped."""
         img = load_pixels(r)
         if r.face is not None:
             img, scaled, (left, top) = face_crop(img, r.bucket, r.face, r.subset.face_crop_aug_range,
@@ -304,28 +305,31 @@ class TrainDataset(torch.utils.data.Dataset):
             left, top = choose_crop(r.resized, r.bucket, r.subset.random_crop, rng)
             img = resize_and_crop(img, r.resized, r.bucket, interpolation=r.subset.resize_interpolation,
                                   offset=(left, top))
-        if r.subset.flip_aug and rng.random() < 0.5:
+        flipped = r.subset.flip_aug and rng.random() < 0.5
+        if flipped:
             img = img[:, ::-1]
             left = scaled[0] - r.bucket[0] - left
         img, mask = split_mask(img)
         if r.subset.color_aug:
             img = color_aug(np.ascontiguousarray(img), rng)
-        return img, (top, left), mask
+        return img, (top, left), mask, flipped
 
     def _sample(self, r: ImageRecord,
-                rng: random.Random) -> tuple[torch.Tensor, bool, tuple[int, int], torch.Tensor | None]:
-        """(latents or pixels, whether they are latents, crop (top, left), loss mask or None) of one record."""
+                rng: random.Random) -> tuple[torch.Tensor, bool, tuple[int, int], torch.Tensor | None, bool]:
+        """(latents or pixels, whether they are latents, crop (top, left), loss mask or None, whether flipped)
+        of one record."""
         if r.latents is not None:
             left, top = crop_offsets(r.resized, r.bucket)  # cached latents are always centre-cropped
             if r.latents_flipped is not None and rng.random() < 0.5:
                 mask = None if r.mask is None else r.mask.flip(-1)
-                return r.latents_flipped, True, (top, r.resized[0] - r.bucket[0] - left), mask
-            return r.latents, True, (top, left), r.mask
-        img, crop, mask = self._pixels(r, rng)
-        return to_tensor(img), False, crop, mask
+                return r.latents_flipped, True, (top, r.resized[0] - r.bucket[0] - left), mask, True
+            return r.latents, True, (top, left), r.mask, False
+        img, crop, mask, flipped = self._pixels(r, rng)
+        return to_tensor(img), False, crop, mask, flipped
 
     def __getitem__(self, req: BatchRequest) -> dict:
         captions, weights, latents, pixels, size_cond, te_outputs, masks = [], [], [], [], [], [], []
+        paths, flips = [], []
         usable = [i for i in req.indices if i not in self._bad] or list(req.indices)
         for slot, index in enumerate(req.indices):
             if index in self._bad:
@@ -336,7 +340,7 @@ class TrainDataset(torch.utils.data.Dataset):
                                             self.max_train_steps))
             weights.append(self.prior_loss_weight if r.subset.is_reg else 1.0)
             try:
-                tensor, is_latent, crop, mask = self._sample(r, rng)
+                tensor, is_latent, crop, mask, flipped = self._sample(r, rng)
             except ToolkitError as e:
                 if len(usable) <= 1:
                     raise
@@ -344,9 +348,11 @@ class TrainDataset(torch.utils.data.Dataset):
                 self._bad.add(index)
                 usable = [i for i in usable if i != index]
                 r = self.records[usable[0]]
-                tensor, is_latent, crop, mask = self._sample(r, rng)
+                tensor, is_latent, crop, mask, flipped = self._sample(r, rng)
             (latents if is_latent else pixels).append(tensor)
             masks.append(mask)
+            paths.append(r.path)
+            flips.append(flipped)
             # SDXL's size conditioning: original (h, w), crop (top, left), target (h, w)
             size_cond.append((r.size[1], r.size[0], *crop, r.bucket[1], r.bucket[0]))
             if r.te_outputs is not None:
@@ -362,6 +368,8 @@ class TrainDataset(torch.utils.data.Dataset):
             "masks": batch_masks(masks, self.records[req.indices[0]].bucket[::-1]),
             "network_multiplier": multiplier,
             "position": req.position,
+            "paths": paths,  # which image each sample is, and whether it was mirrored (--debug_dataset)
+            "flipped": flips,
         }
 
     # ---- metadata -------------------------------------------------------------------------------------------

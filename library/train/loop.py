@@ -534,7 +534,12 @@ class Trainer:
 
 def train(cfg: TrainConfig, sdxl_script: bool = False) -> Path | None:
     """Run one training from its typed configuration (`sdxl_script`: sdxl_train_network.py, which refuses
-    non-SDXL models); returns the final LoRA file."""
+    non-SDXL models); returns the final LoRA file (None with --debug_dataset, which trains nothing)."""
+    if cfg.debug_dataset:
+        from library.train.debug_dataset import debug_dataset
+
+        debug_dataset(cfg, sdxl_script)
+        return None
     trainer = Trainer(cfg, sdxl_script)
     trainer.setup()
     return trainer.run()
