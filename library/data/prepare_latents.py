@@ -78,8 +78,12 @@ def load_vae(model: str | Path, dtype: torch.dtype) -> torch.nn.Module:
     return load_vae_file(path, peek_family(path) or "sd1", dtype)
 
 
-def _check(train_data_dir: Path, in_json: Path, out_json: Path, o: PrepareOptions) -> tuple[Size, torch.dtype]:
+def _check(train_data_dir: Path, in_json: Path, out_json: Path, model: Path,
+           o: PrepareOptions) -> tuple[Size, torch.dtype]:
     """Everything that can be refused before the VAE loads."""
+    if not model.exists():
+        raise ToolkitError(f"model_name_or_path {model}: not found (a checkpoint, a VAE file or a Diffusers "
+                           "folder; nothing is downloaded)")
     if o.recursive and not o.full_path:
         raise ToolkitError("--recursive needs --full_path (keys of images in sub-folders must be paths)")
     if not train_data_dir.is_dir():
@@ -119,7 +123,7 @@ def prepare_buckets_latents(train_data_dir: str | Path, in_json: str | Path, out
                             model: str | Path, o: PrepareOptions) -> dict[str, dict]:
     """Buckets into the metadata and latents into `.npz` files for every image of `train_data_dir`."""
     train_data_dir, in_json, out_json = Path(train_data_dir), Path(in_json), Path(out_json)
-    max_reso, dtype = _check(train_data_dir, in_json, out_json, o)
+    max_reso, dtype = _check(train_data_dir, in_json, out_json, Path(model), o)
     metadata = read_metadata(in_json, "in_json")
     selector = BucketSelector(max_reso, True, o.min_bucket_reso, o.max_bucket_reso, o.bucket_reso_steps,
                               o.bucket_no_upscale)
