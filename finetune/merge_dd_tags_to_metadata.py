@@ -9,33 +9,22 @@ the caption (`caption,tags`). docs/finetune_metadata.md.
 
 from __future__ import annotations
 
-import argparse
+import logging
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from library.cli import add_verbosity, run_main, setup_logging  # noqa: E402
-
-
-def setup_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("train_data_dir", help="folder of the training images")
-    parser.add_argument("out_json", help="metadata file to write")
-    parser.add_argument("--in_json", help="metadata file to start from [out_json when it exists]")
-    parser.add_argument("--full_path", action="store_true", help="key images by their full path, not their stem")
-    parser.add_argument("--recursive", action="store_true", help="also images in sub-folders (needs --full_path)")
-    parser.add_argument("--caption_extension", default=".txt", help="extension of the tag files [.txt]")
-    parser.add_argument("--debug", action="store_true", help="log each image's tags")
-    add_verbosity(parser)
-    return parser
+from library.cli import run_main  # noqa: E402
+from library.options.tools import parse_tool_args  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = setup_parser().parse_args(argv)
-    setup_logging(max(args.verbosity, int(args.debug)))
+    args = parse_tool_args("merge_dd_tags_to_metadata", argv)
     from library.data.metadata import merge_texts
 
+    if args.debug:
+        logging.getLogger("library.data.metadata").setLevel(logging.DEBUG)
     merge_texts(Path(args.train_data_dir), Path(args.out_json), Path(args.in_json) if args.in_json else None,
                 "tags", args.caption_extension, args.full_path, args.recursive)
 
