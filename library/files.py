@@ -160,6 +160,9 @@ class LazySafetensors(Mapping):
     def __iter__(self) -> Iterator[str]:
         return iter(self._info)
 
+    def __contains__(self, key: object) -> bool:  # Mapping's default would read the tensor
+        return key in self._info
+
     def close(self) -> None:
         """Close the file now (otherwise it closes when the mapping is garbage-collected)."""
         if self._file is None:

@@ -51,9 +51,21 @@ def _shapes(sd: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in sd.items()}
 
 
-def _build_unet(sd: dict[str, torch.Tensor], family: str, v_param: bool, path: Path) -> UNet2DConditionModel:
+def _pooled_dim(keys: Mapping[str, torch.Tensor], family: str) -> int | None:
+    """SDXL: the width of the pooled text embedding the U-Net is conditioned on (OpenCLIP `text_projection` is
+    [width, projection]); read from the header shape, no tensor is loaded."""
+    if family != "sdxl":
+        return None
+    key = te_specs(family)[1].ckpt_prefix + "text_projection"
+    shape = keys.shape(key) if isinstance(keys, LazySafetensors) and key in keys else (
+        tuple(keys[key].shape) if key in keys else None)
+    return shape[1] if shape and len(shape) == 2 else None
+
+
+def _build_unet(sd: dict[str, torch.Tensor], family: str, v_param: bool, path: Path,
+                pooled_dim: int | None = None) -> UNet2DConditionModel:
     try:
-        config = arch.unet_config(_shapes(sd), family, v_param)
+        config = arch.unet_config(_shapes(sd), family, v_param, pooled_dim)
         layout = unet_keys.layout_from_original_keys(sd)
         converted = {unet_keys.original_to_diffusers(k, layout): v for k, v in sd.items()}
     except (KeyError, ValueError, StopIteration) as e:
@@ -167,7 +179,7 @@ def load_single_file(path: str | Path, family: str | None = None, v_parameteriza
     sd = _CastingView(raw, dtype, bar)
     used = {UNET_PREFIX, VAE_PREFIX, *(s.ckpt_prefix for s in te_specs(family))}
     extra = {k: sd[k] for k in keys_ if keep_extra and not any(k.startswith(p) for p in used)}
-    unet = _build_unet(_strip(sd, UNET_PREFIX), family, v_parameterization, path)
+    unet = _build_unet(_strip(sd, UNET_PREFIX), family, v_parameterization, path, _pooled_dim(raw, family))
     if not any(k.startswith(VAE_PREFIX) for k in keys_):
         raise ToolkitError(f"{path}: no VAE weights (first_stage_model.*) in the checkpoint")
     vae_sd = _CastingView(raw, dtype if vae_dtype is None else vae_dtype, bar)
