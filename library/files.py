@@ -18,7 +18,7 @@ import os
 import pickle
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -133,18 +133,23 @@ class LazySafetensors(Mapping):
         start, end = self._info[key]["data_offsets"]
         return self._read(key, torch.empty(end - start, dtype=torch.uint8))
 
-    def get_as(self, key: str, dtype: torch.dtype | None) -> torch.Tensor:
+    def get_as(self, key: str, dtype: torch.dtype | None,
+               cast: Callable[[torch.Tensor, torch.dtype], torch.Tensor] | None = None) -> torch.Tensor:
         """The tensor cast to `dtype` (None: as stored). Without mmap a cast reads into one reused scratch buffer,
-        so only the cast result is fresh memory (half the page faults of reading a new buffer each time)."""
+        so only the cast result is fresh memory (half the page faults of reading a new buffer each time).
+        `cast(tensor, dtype)` replaces the plain `.to` (fp8 narrowing); it may change the tensor it gets in place."""
         if self._file is not None or dtype is None or key not in self._info or self.dtype(key) == dtype \
                 or not self.dtype(key).is_floating_point:
             t = self[key]
-            return t if dtype is None or not t.is_floating_point() else t.to(dtype)
+            if dtype is None or not t.is_floating_point() or t.dtype == dtype:
+                return t
+            return cast(t, dtype) if cast is not None else t.to(dtype)
         start, end = self._info[key]["data_offsets"]
         if self._scratch is None or self._scratch.numel() < end - start:
             self._scratch = None  # free the old one first
             self._scratch = torch.empty(end - start, dtype=torch.uint8)
-        return self._read(key, self._scratch[: end - start]).to(dtype)
+        t = self._read(key, self._scratch[: end - start])
+        return cast(t, dtype) if cast is not None else t.to(dtype)
 
     def _read(self, key: str, buf: torch.Tensor) -> torch.Tensor:
         """Read `key`'s bytes into `buf` (uint8, exactly its size), checked, as a tensor viewing `buf`."""

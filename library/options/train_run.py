@@ -113,8 +113,11 @@ class PrecisionOptions:
                                choices=("no", "fp16", "bf16"), meta="ss_mixed_precision")
     full_fp16: bool = flag("keep the LoRA weights in fp16 too (needs --mixed_precision fp16)", meta="ss_full_fp16")
     full_bf16: bool = flag("keep the LoRA weights in bf16 too (needs --mixed_precision bf16)")
-    fp8_base: bool = flag("keep the base model in float8", meta="ss_fp8_base", **refused("fp8 base weights are not supported"))
-    fp8_base_unet: bool = flag("keep the U-Net in float8", meta="ss_fp8_base_unet", **refused("fp8 base weights are not supported"))
+    fp8_base: bool = flag("store the frozen U-Net and text encoders in float8_e4m3fn, computed in the "
+                          "--mixed_precision dtype (about half the memory of bf16; needs mixed precision)",
+                          meta="ss_fp8_base")
+    fp8_base_unet: bool = flag("store only the frozen U-Net in float8_e4m3fn (text encoders stay in the "
+                               "mixed-precision dtype)", meta="ss_fp8_base_unet")
     no_half_vae: bool = flag("keep the VAE in float32 under mixed precision")
     xformers: bool = flag("xformers attention (optional package, GPU only)")
     sdpa: bool = flag("PyTorch scaled-dot-product attention (the default)")
