@@ -17,8 +17,7 @@ from library.data.config import datasets_from_config, datasets_from_folders
 from library.data.dataset import TrainDataset
 from library.data.latents import SDXL_SUFFIX, SUFFIX, cache_latents, load_cached
 from library.errors import ToolkitError
-from library.models import ModelBundle, load_models, load_vae_file, peek_family
-from library.models import fp8
+from library.models import ModelBundle, fp8, load_models, load_vae_file, peek_family
 from library.models.arch import vae_scale_factor
 from library.train import guards
 from library.train.distributed import Distributed
