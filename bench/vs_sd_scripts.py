@@ -118,8 +118,12 @@ def main() -> None:
     for run in range(args.runs):
         for name, (python, path, extra) in tools.items():
             with tempfile.TemporaryDirectory(dir=OUT) as out:
-                r = run_one(python, path, settings(args.family, ckpt, img, Path(out), rank, steps, precisions[name])
-                            + extra)
+                try:
+                    r = run_one(python, path, settings(args.family, ckpt, img, Path(out), rank, steps,
+                                                       precisions[name]) + extra)
+                except SystemExit as e:  # one trainer failing must not lose the others' figures
+                    print(f"run {run + 1} {name}: {str(e)[-3000:]}", flush=True)
+                    continue
             results[name].append(r)
             print(f"run {run + 1} {name:22} {r['wall_step']:7.2f} s/step  cpu {r['cpu_step']:7.2f}  "
                   f"wall {r['wall']:7.1f} s  peak {r['peak_mib']:7.0f} MiB  (load {r['load']:.1f})", flush=True)
@@ -130,6 +134,8 @@ def main() -> None:
           + f"threads {args.threads or 'default'}")
     print(f"{'trainer':24} {'s/step':>8} {'cpu s/step':>10} {'process wall s':>15} {'peak RSS MiB':>13}")
     for name, rs in results.items():
+        if not rs:
+            continue
         med = {k: statistics.median(r[k] for r in rs) for k in ("wall_step", "cpu_step", "wall", "peak_mib")}
         print(f"{name:24} {med['wall_step']:8.2f} {med['cpu_step']:10.2f} {med['wall']:15.1f} {med['peak_mib']:13.0f}")
 
