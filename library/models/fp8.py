@@ -32,16 +32,18 @@ def stays_wide(key: str, ndim: int) -> bool:
     return ndim < 2 or "embedding" in key
 
 
-def narrow(t: torch.Tensor, dtype: torch.dtype, key: str = "", inplace: bool = False) -> torch.Tensor:
+def narrow(t: torch.Tensor, dtype: torch.dtype, key: str = "", inplace: bool = False,
+           bounds: tuple[float, float] | None = None) -> torch.Tensor:
     """`t` cast to `dtype`; to fp8 with values beyond +-448 clamped first (in place when `inplace`: the caller's
-    scratch buffer). Non-float tensors and other targets are a plain cast."""
+    scratch buffer). `bounds` = (min, max) of `t` when already known (the loader's finite check computes them).
+    Non-float tensors and other targets are a plain cast."""
     if not t.is_floating_point() or t.dtype == dtype:
         return t
     if dtype is FP8 and t.numel():
-        low, high = torch.aminmax(t)
-        if float(high) > FP8_MAX or float(low) < -FP8_MAX:
+        low, high = bounds if bounds is not None else (float(v) for v in torch.aminmax(t))
+        if high > FP8_MAX or low < -FP8_MAX:
             log.warning("%s: values up to %.4g do not fit float8_e4m3fn; clamped to +-448", key or "a tensor",
-                        max(float(high), -float(low)))
+                        max(high, -low))
             t = t.clamp_(-FP8_MAX, FP8_MAX) if inplace else t.clamp(-FP8_MAX, FP8_MAX)
     return t.to(dtype)
 

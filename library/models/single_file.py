@@ -149,7 +149,8 @@ class _CastingView(Mapping):
         ndim = len(self.source.shape(key)) if lazy else self.source[key].ndim
         dtype = fp8.part_dtype(key, ndim, self.dtype, self.compute)
         if lazy:
-            cast = (lambda t, d: fp8.narrow(t, d, key, inplace=True)) if dtype is fp8.FP8 else None
+            source = self.source
+            cast = (lambda t, d: fp8.narrow(t, d, key, True, source.last_bounds)) if dtype is fp8.FP8 else None
             v = self.source.get_as(key, dtype, cast)
         else:
             v = self.source[key]
