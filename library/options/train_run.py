@@ -220,5 +220,8 @@ class LoggingOptions:
                                         **ignored("use -v for more detail"))
     console_log_file: str | None = opt(str, None, "also log to this file", **ignored("logs go to the console"))
     console_log_simple: bool = flag("plain console logs", **ignored("logs are always plain"))
+    progress_jsonl: str | None = opt(str, None, "append one JSON line per step, epoch, validation, sample and save "
+                                     "to this file (a machine-readable progress feed; the web UI reads it)",
+                                     metavar="PATH")
     verbosity: int = opt(int, 0, "more log detail (-v: debug)", aliases=("-v", "--verbose_log"),
                          nargs="count", scripts=("train_network", "sdxl_train_network", "gen_img_diffusers"))

@@ -29,6 +29,7 @@ from library.train import guards, saving
 from library.train.distributed import Distributed
 from library.train.objective import Objective, ObjectiveConfig
 from library.train.optim import build_optimizer, build_scheduler, current_lrs, int_or_ratio, steps_for_epochs
+from library.train.progress import ProgressFeed
 from library.train.sampling import load_prompts, sample_images
 from library.train.setup import (
     build_dataset,
@@ -113,6 +114,7 @@ class Trainer:
         self.cfg = cfg
         self.sdxl_script = sdxl_script
         self.dist = Distributed()
+        self.feed = ProgressFeed(cfg.progress_jsonl, self.dist.is_main)
         self.precision = resolve_precision(cfg, self.dist.device)
         seed = cfg.seed if cfg.seed is not None else random.randint(0, 2 ** 31 - 1)
         self.seed = cfg.seed = self.dist.broadcast_int(seed)
@@ -146,6 +148,7 @@ class Trainer:
     # ---- setup ------------------------------------------------------------------------------------------------
     def setup(self) -> None:
         a, p = self.cfg, self.precision
+        self.feed.emit("setup")
         self.dataset = build_dataset(a, self.seed, self.family)
         check_text_cache(a, self.dataset, self.family)
         self.bundle = load_training_models(a, p, self.sdxl_script)
@@ -315,6 +318,8 @@ class Trainer:
         self.val_losses: list[tuple[str, int, float]] = []
         if self.opt.schedule_free:
             self.opt.optimizer.train()
+        self.feed.emit("start", step=self.global_step, epoch=self.start_epoch + 1, max_steps=a.max_train_steps,
+                       epochs=self.num_epochs, steps_per_epoch=self.steps_per_epoch)
         if a.sample_at_first:
             self._sample(epoch=None)
         self._train_mode(True)
@@ -345,6 +350,8 @@ class Trainer:
                     avg = sum(epoch_losses) / len(epoch_losses)
                     bar.update(1)
                     self._log_step(epoch_losses[-1], avg)
+                    self.feed.emit("step", step=self.global_step, epoch=epoch + 1, loss=epoch_losses[-1],
+                                   avg_loss=avg, lr=current_lrs(self.opt.optimizer))
                     if self.validator and self.validator.due_after_step(self.global_step):
                         self._validate("step", avg, self.global_step)
                     bar.set_postfix(avr_loss=f"{avg:.4f}", loss=f"{epoch_losses[-1]:.4f}", **self.val_postfix)
@@ -359,6 +366,9 @@ class Trainer:
                 if self.validator and epoch_losses and self.validator.due_after_epoch(epoch + 1):
                     self._validate("epoch", sum(epoch_losses) / len(epoch_losses), epoch + 1)
                     bar.set_postfix(avr_loss=f"{sum(epoch_losses) / len(epoch_losses):.4f}", **self.val_postfix)
+                if epoch_losses:
+                    self.feed.emit("epoch", epoch=epoch + 1, step=self.global_step,
+                                   avg_loss=sum(epoch_losses) / len(epoch_losses))
                 self._after_epoch(epoch)
         bar.close()
         self.losses = losses
@@ -370,6 +380,8 @@ class Trainer:
         final = self._save_final()
         if self.writer:
             self.writer.close()
+        self.feed.emit("end", status="done", step=self.global_step, path=final)
+        self.feed.close()
         return final
 
     def _validate(self, kind: str, train_loss: float, at: int) -> None:
@@ -382,6 +394,7 @@ class Trainer:
         if self.opt.schedule_free:
             self.opt.optimizer.train()
         self.val_losses.append((kind, at, loss))
+        self.feed.emit("validation", kind=kind, at=at, loss=loss)
         self.val_postfix = {"val_loss": f"{loss:.4f}"}
         log.debug("validation (%s %d): %.6f", kind, at, loss)
         if self.writer:
@@ -449,12 +462,14 @@ class Trainer:
             if self.opt.schedule_free:
                 self.opt.optimizer.train()
             log.info("saved %s", path)
+            self.feed.emit("save", kind="lora", path=path, step=self.global_step)
         self.dist.barrier()
         return path
 
     def _save_state(self, stem: str, epoch: int) -> None:
         save_state(self.out_dir / f"{stem}-state", self.network, self.opt.optimizer, self.lr_scheduler, epoch,
                    self.global_step, self.dist.rank, self.dist.barrier, {"loss_scale": self.scaler.scale})
+        self.feed.emit("save", kind="state", path=self.out_dir / f"{stem}-state", step=self.global_step)
 
     def _after_step(self, epoch: int) -> None:
         a, s = self.cfg, self.global_step
@@ -499,15 +514,14 @@ class Trainer:
         return path
 
     def _on_interrupt(self) -> None:
-        a = self.cfg
+        """Ctrl-C / SIGTERM / the UI's Stop: always save a resumable state (a stop is a pause, not a loss)."""
         epoch = self.global_step // self.steps_per_epoch
-        if a.save_state:
-            stem = saving.step_name(a.output_name, self.global_step)
-            self._save_state(stem, epoch)
-            log.warning("interrupted at step %d; resume with --resume %s", self.global_step,
-                        self.out_dir / f"{stem}-state")
-        else:
-            log.warning("interrupted at step %d; files saved before this point are complete", self.global_step)
+        stem = saving.step_name(self.cfg.output_name, self.global_step)
+        self._save_state(stem, epoch)
+        log.warning("interrupted at step %d; resume with --resume %s", self.global_step,
+                    self.out_dir / f"{stem}-state")
+        self.feed.emit("end", status="interrupted", step=self.global_step, path=self.out_dir / f"{stem}-state")
+        self.feed.close()
 
     def _sample(self, epoch: int | None) -> None:
         if not self.prompts:
@@ -523,9 +537,10 @@ class Trainer:
                 from library.generate.pipeline import build_pipeline
 
                 pipe = build_pipeline(self.bundle)
-            sample_images(self.out_dir, self.cfg.output_name, self.prompts, self.bundle.unet, self.bundle.vae,
+            files = sample_images(self.out_dir, self.cfg.output_name, self.prompts, self.bundle.unet, self.bundle.vae,
                           self.text, self.cfg.sample_sampler, self.cfg.v_parameterization, self.latent_scale,
                           p.device, p.weight_dtype, epoch, self.global_step, p.autocast, pipe)
+            self.feed.emit("sample", step=self.global_step, epoch=epoch, files=files)
             if caches_text(self.cfg):
                 self._release_text_encoders()
             self._train_mode(True)
