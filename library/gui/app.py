@@ -67,14 +67,15 @@ def build_app(ctx: GuiContext | None = None) -> gr.Blocks:
     return app
 
 
-def launch(app: gr.Blocks, host: str, port: int | None, auth: tuple[str, str] | None,
+def launch(app: gr.Blocks, host: str, port: int | None, auth: list[tuple[str, str]] | None,
            block: bool = True) -> str:
     """Serve the page; returns its URL. Files are served only from the UI's own outputs (`ctx.served`)."""
     ctx: GuiContext = app.ctx  # type: ignore[attr-defined]
     app.queue(default_concurrency_limit=4)
     _, url, _ = app.launch(server_name=host, server_port=port, auth=auth, prevent_thread_lock=True,
                            quiet=True, show_error=True, ssr_mode=False, theme=theme(), css=CSS,
-                           allowed_paths=[str(ctx.output_root)], favicon_path=None, footer_links=[])
+                           allowed_paths=[str(p) for p in ctx.served.roots], footer_links=[])
+    ctx.served.on_allow.append(lambda path: app.allowed_paths.append(str(path)))
     if block:
         app.block_thread()
     return url

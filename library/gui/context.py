@@ -15,12 +15,15 @@ class ServedFiles:
     """The folders whose files the page may show; anything else is refused (no path typed in a field is served)."""
 
     roots: list[Path] = field(default_factory=list)
+    on_allow: list = field(default_factory=list)  # callbacks (the app tells gradio's file route)
 
     def allow(self, folder: str | Path) -> Path:
         """Let the page show files under `folder` (a run's output_dir, the UI's own image folder)."""
         path = Path(folder).resolve()
         if path not in self.roots:
             self.roots.append(path)
+            for hook in self.on_allow:
+                hook(path)
         return path
 
     def allowed(self, path: str | Path) -> bool:
@@ -36,13 +39,15 @@ class ServedFiles:
 
 @dataclass
 class GuiContext:
-    """Shared by the tabs: `root` (where the scripts are and run), `output_root` (everything the UI writes goes
-    under it: runs/, generate/, tools/), `runs` (the run manager), `served` (files the page may show)."""
+    """Shared by the tabs: `root` (where the scripts are), `output_root` (everything the UI writes goes under it:
+    runs/, generate/, tools/), `runs` (the run manager), `served` (files the page may show), `workdir` (where
+    scripts run and relative paths typed in fields are read from: the folder gui.py was started in)."""
 
     root: Path
     output_root: Path
     runs: object  # library.gui.runs.RunManager (kept untyped here so this module imports nothing heavy)
     served: ServedFiles = field(default_factory=ServedFiles)
+    workdir: Path = field(default_factory=Path.cwd)
 
     def output_dir(self, kind: str) -> Path:
         """A folder under output_root for one kind of output (`generate`, `tools`, ...), created, and served."""

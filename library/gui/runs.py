@@ -15,6 +15,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from library.gui.progress_view import Progress
+
 QUEUED, RUNNING, STOPPING, DONE, STOPPED, FAILED = "queued", "running", "stopping", "done", "stopped", "failed"
 FINISHED = (DONE, STOPPED, FAILED)
 
@@ -52,6 +54,7 @@ class RunManager:
         self.lock = threading.RLock()
         self.procs: dict[str, subprocess.Popen] = {}
         self.runs: dict[str, Run] = {}
+        self._progress: dict[str, Progress] = {}
         self._load()
         self._watcher = threading.Thread(target=self._watch, daemon=True, name="run-watcher")
         self._watcher.start()
@@ -103,7 +106,7 @@ class RunManager:
         """Queue a run (it starts at once when none is running). `argv` must already parse."""
         with self.lock:
             run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{len(self.runs) + 1:03d}"
-            run = Run(run_id, script, list(argv), str(Path(output_dir).resolve()), output_name,
+            run = Run(run_id, script, list(argv), str(Path(self.ctx.workdir, output_dir).resolve()), output_name,
                       resumed_from=resumed_from)
             self.runs[run_id] = run
             self.ctx.served.allow(run.output_dir)  # type: ignore[attr-defined]
@@ -125,7 +128,7 @@ class RunManager:
         cmd = [self.python, str(self.ctx.script(f"{run.script}.py")), *run.argv,  # type: ignore[attr-defined]
                "--progress_jsonl", str(folder / "progress.jsonl")]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        proc = subprocess.Popen(cmd, cwd=self.ctx.root, stdout=log, stderr=subprocess.STDOUT,  # type: ignore
+        proc = subprocess.Popen(cmd, cwd=self.ctx.workdir, stdout=log, stderr=subprocess.STDOUT,  # type: ignore
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         log.close()
         self.procs[run.id] = proc
@@ -163,6 +166,57 @@ class RunManager:
                     self._save(run)
                 self._start_next()
 
+    # ---- what the Runs tab shows --------------------------------------------------------------------------
+    def progress(self, run_id: str) -> Progress:
+        """The run's progress so far (its feed read on from where the last call stopped)."""
+        prog = self._progress.setdefault(run_id, Progress())
+        prog.update(self.folder(run_id) / "progress.jsonl")
+        return prog
+
+    def log_tail(self, run_id: str, lines: int = 30) -> str:
+        """The end of the run's console output (progress-bar redraws collapsed to their last state)."""
+        try:
+            with open(self.folder(run_id) / "log.txt", "rb") as f:
+                f.seek(max(0, f.seek(0, 2) - 20000))
+                text = f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+        out = [ln.rsplit("\r", 1)[-1] for ln in text.replace("\r\n", "\n").split("\n")]
+        return "\n".join(out[-lines:])
+
+    def error_line(self, run_id: str) -> str | None:
+        """The `error: ...` line a failed run ended with, if any."""
+        found = [ln for ln in self.log_tail(run_id, 200).splitlines() if ln.startswith("error: ")]
+        return found[-1] if found else None
+
+    def state_to_resume(self, run: Run) -> Path | None:
+        """The state folder a stopped run left (the one its feed names, else the newest in its output_dir)."""
+        end = self.progress(run.id).end
+        if end and end.get("status") == "interrupted" and Path(end["path"]).is_dir():
+            return Path(end["path"])
+        states = sorted(Path(run.output_dir).glob(f"{run.output_name}*-state"), key=lambda p: p.stat().st_mtime)
+        return states[-1] if states else None
+
+    def resume(self, run_id: str) -> Run:
+        """Queue a run that continues a stopped one from its saved state (same options, `--resume STATE`)."""
+        from library.errors import ToolkitError
+
+        run = self.runs.get(run_id)
+        if run is None:
+            raise ToolkitError(f"run {run_id}: not found")
+        if run.status not in FINISHED:
+            raise ToolkitError(f"run {run_id} is {run.status}: stop it first")
+        state = self.state_to_resume(run)
+        if state is None:
+            raise ToolkitError(f"--resume: run {run_id} left no saved state in {run.output_dir}")
+        argv = _without(run.argv, "--resume")
+        return self.submit(run.script, [*argv, "--resume", str(state)], run.output_dir, run.output_name,
+                           resumed_from=run.id)
+
+    def lora_files(self, run: Run) -> list[str]:
+        """The LoRA files the run wrote that still exist."""
+        return [p for kind, p in self.progress(run.id).saves if kind == "lora" and Path(p).is_file()]
+
     def wait(self, run_id: str, timeout: float = 600) -> Run:
         """Block until the run has ended (tests, scripts)."""
         end = time.time() + timeout
@@ -172,6 +226,19 @@ class RunManager:
                 return run
             time.sleep(0.2)
         raise TimeoutError(run_id)
+
+
+def _without(argv: list[str], option: str) -> list[str]:
+    """`argv` without `option` and its value."""
+    out, skip = [], False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word == option:
+            skip = True
+        elif not word.startswith(option + "="):
+            out.append(word)
+    return out
 
 
 def _alive(pid: int) -> bool:

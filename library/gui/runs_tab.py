@@ -1,13 +1,135 @@
-"""The Runs tab: the current run live (progress, loss chart, samples, log tail), Stop and Resume, and the history
-of past runs."""
+"""The Runs tab: the chosen run live (progress, it/s, time left, loss chart, sample images as they are written, log
+tail), Stop (as Ctrl-C: the state is saved) and Resume, and the history of past runs. Also wires the Train tab's
+Start, which checks the page's command line in-process first (the command line's errors; nothing starts)."""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import gradio as gr
+import pandas as pd
 
+from library.errors import ToolkitError
 from library.gui.context import GuiContext
+from library.gui.runs import FINISHED, RUNNING, STOPPING, Run, RunManager
+from library.gui.train_tab import TrainUI, error_text, parse_page
+
+REFRESH_S = 1.5
+HISTORY_COLUMNS = ["run", "script", "status", "steps", "final loss", "LoRA files", "started", "config"]
 
 
-def build_runs_tab(ctx: GuiContext, train: object, tabs: gr.Tabs) -> None:
-    """Build the Runs tab in the current `gr.Tab` context."""
-    gr.Markdown("Runs")
+def start_run(ctx: GuiContext, train: TrainUI, values: tuple) -> Run:
+    """Check the page's command line with the script's own parser, then queue the run."""
+    script, argv = train.argv(values)
+    parsed = parse_page(script, argv)
+    runs: RunManager = ctx.runs  # type: ignore[assignment]
+    return runs.submit(script, argv, parsed.get("output_dir") or ".", parsed.get("output_name") or "last")
+
+
+def _label(run: Run) -> str:
+    started = time.strftime("%m-%d %H:%M", time.localtime(run.created))
+    return f"{run.id} · {run.output_name} · {run.status} ({started})"
+
+
+def _choices(runs: RunManager) -> list[tuple[str, str]]:
+    return [(_label(r), r.id) for r in runs.list()]
+
+
+def history(ctx: GuiContext) -> pd.DataFrame:
+    """One row per run: status, steps, final loss (mean of the last steps), LoRA files, config."""
+    runs: RunManager = ctx.runs  # type: ignore[assignment]
+    rows = []
+    for r in runs.list():
+        prog = runs.progress(r.id)
+        loss = prog.final_loss()
+        files = ", ".join(Path(p).name for p in runs.lora_files(r))
+        rows.append([r.id, r.script, r.status, prog.step, f"{loss:.4f}" if loss is not None else "", files,
+                     time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created)), " ".join(r.argv)])
+    return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
+
+
+def build_runs_tab(ctx: GuiContext, train: TrainUI, tabs: gr.Tabs) -> None:
+    """Build the Runs tab in the current `gr.Tab` context and wire the Train tab's Start to it."""
+    runs: RunManager = ctx.runs  # type: ignore[assignment]
+    current = runs.current()
+    with gr.Row(equal_height=True):
+        pick = gr.Dropdown(_choices(runs), value=current.id if current else None, label="run", scale=4,
+                           elem_id="run-pick")
+        stop = gr.Button("Stop (saves a resumable state)", variant="stop", elem_id="run-stop", scale=1)
+        resume = gr.Button("Resume", elem_id="run-resume", scale=1)
+    message = gr.Markdown("", elem_id="run-message")
+    status = gr.Markdown("", elem_id="run-status")
+    chart = gr.LinePlot(pd.DataFrame({"step": [], "loss": [], "series": []}), x="step", y="loss", color="series",
+                        title="loss", height=280, elem_id="loss-chart")
+    samples = gr.Gallery(label="sample images (base at step 0, then as written)", columns=6, height=260,
+                         elem_id="run-samples", object_fit="contain")
+    with gr.Row():
+        log = gr.Textbox("", label="log (tail)", lines=10, max_lines=10, autoscroll=True, interactive=False,
+                         elem_id="run-log", scale=3)
+        files = gr.Markdown("", elem_id="run-files")
+    with gr.Accordion("history of runs", open=False):
+        table = gr.Dataframe(history(ctx), interactive=False, wrap=True, elem_id="run-history")
+    timer = gr.Timer(REFRESH_S)
+    shown_samples: dict[str, int] = {}
+
+    def refresh(run_id: str | None) -> list:
+        run = runs.get(run_id) if run_id else runs.current()
+        if run is None:
+            return [gr.update(), "no runs yet: set up a run in the Train tab and press Start", gr.update(),
+                    gr.update(), "", ""]
+        prog = runs.progress(run.id)
+        text = f"**{run.status}** · {prog.summary(run.status in (RUNNING, STOPPING))}"
+        if run.status == "failed":
+            text += f"\n\n`{runs.error_line(run.id) or 'the run failed: see the log'}`"
+        elif run.status == "queued":
+            text = "**queued**: starts when the run in progress ends"
+        key = f"{run.id}:{len(prog.samples)}"
+        gallery = gr.update()
+        if shown_samples.get(run_id or "") != key:
+            shown = [(ctx.served.check(f), c) for f, c in prog.samples if Path(f).is_file()]
+            gallery = gr.update(value=shown)
+            shown_samples[run_id or ""] = key
+        made = runs.lora_files(run)
+        lora = "\n".join(f"- `{p}`" for p in made) or "no LoRA file yet"
+        return [gr.update(choices=_choices(runs)), text, pd.DataFrame(prog.chart_rows(),
+                columns=["step", "loss", "series"]), gallery, runs.log_tail(run.id), f"**LoRA files**\n\n{lora}"]
+
+    outputs = [pick, status, chart, samples, log, files]
+    timer.tick(refresh, inputs=[pick], outputs=outputs, show_progress="hidden", queue=False)
+
+    def on_pick(run_id: str | None) -> list:
+        shown_samples.pop(run_id or "", None)
+        return refresh(run_id)
+
+    pick.input(on_pick, inputs=[pick], outputs=outputs, show_progress="hidden")
+
+    def on_start(*values: object) -> list:
+        try:
+            run = start_run(ctx, train, values)
+        except (ToolkitError, OSError) as e:
+            return [error_text(e), gr.update(), gr.update(), ""]
+        shown_samples.pop(run.id, None)
+        return ["", gr.Tabs(selected="runs"), gr.update(choices=_choices(runs), value=run.id),
+                f"started run {run.id}: `{run.script}.py {' '.join(run.argv)}`"]
+
+    train.start.click(on_start, inputs=train.inputs(), outputs=[train.error, tabs, pick, message])
+
+    def on_stop(run_id: str | None) -> str:
+        run = runs.get(run_id) if run_id else runs.current()
+        if run is None or run.status in FINISHED:
+            return "nothing to stop"
+        runs.stop(run.id)
+        return f"stopping {run.id}: it finishes its step and saves a resumable state"
+
+    stop.click(on_stop, inputs=[pick], outputs=[message])
+
+    def on_resume(run_id: str | None) -> list:
+        try:
+            run = runs.resume(run_id or "")
+        except ToolkitError as e:
+            return [error_text(e), gr.update()]
+        return [f"resumed as {run.id}: `--resume {run.argv[-1]}`", gr.update(choices=_choices(runs), value=run.id)]
+
+    resume.click(on_resume, inputs=[pick], outputs=[message, pick])
+    timer.tick(lambda: history(ctx), outputs=[table], show_progress="hidden", queue=False)

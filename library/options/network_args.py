@@ -1,0 +1,92 @@
+"""`--network_args key=value` settings of each network module, declared once like the options (`spec.opt`), so the
+web UI's network section, and any doc, are built from them. `scripts=` names the network modules that read a key.
+
+A new network module (e.g. a LyCORIS one) makes its keys appear in the UI by declaring them here: a group class
+whose fields name the module(s) in `scripts=`, added to `NETWORK_ARG_GROUPS`, and the module added to
+`NETWORK_MODULES`. The networks themselves still parse and check the values (they get them as strings)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from library.options.spec import Option, between, non_negative, options_of, opt, positive
+
+LORA, DYLORA = "networks.lora", "networks.dylora"
+# the network modules the UI offers; --network_module also takes any other module with create_network()
+NETWORK_MODULES: list[str] = [LORA, DYLORA]
+BOTH = (LORA, DYLORA)
+
+
+@dataclass
+class ConvArgs:
+    GROUP = "LoCon (3x3 convolutions)"
+    conv_dim: int | None = opt(int, None, "rank of the 3x3 conv modules (LoCon); none: no conv modules",
+                               check=positive, scripts=BOTH)
+    conv_alpha: float | None = opt(float, None, "alpha of the conv modules [1]", check=non_negative, scripts=BOTH)
+
+
+@dataclass
+class DyLoRAArgs:
+    GROUP = "DyLoRA"
+    unit: int | None = opt(int, None, "rank step: one run trains usable LoRAs at unit, 2*unit, ... network_dim "
+                           "[1]", check=positive, scripts=(DYLORA,))
+
+
+@dataclass
+class DropoutArgs:
+    GROUP = "dropout"
+    dropout: float | None = opt(float, None, "dropout of the rank activations (as --network_dropout)",
+                                check=between(0, 1), scripts=(LORA,))
+    rank_dropout: float | None = opt(float, None, "drop whole ranks with this probability while training",
+                                     check=between(0, 1), scripts=(LORA,))
+    module_dropout: float | None = opt(float, None, "skip whole modules with this probability while training",
+                                       check=between(0, 1), scripts=(LORA,))
+
+
+@dataclass
+class LoraPlusArgs:
+    GROUP = "LoRA+"
+    loraplus_lr_ratio: float | None = opt(float, None, "learning rate of the up factors = this x the down "
+                                          "factors' (LoRA+; 16 is common)", check=positive, scripts=BOTH)
+    loraplus_unet_lr_ratio: float | None = opt(float, None, "LoRA+ ratio for the U-Net only", check=positive,
+                                               scripts=BOTH)
+    loraplus_text_encoder_lr_ratio: float | None = opt(float, None, "LoRA+ ratio for the text encoder only",
+                                                       check=positive, scripts=BOTH)
+
+
+@dataclass
+class BlockArgs:
+    GROUP = "block-wise dims and learning rates"
+    block_dims: str | None = opt(str, None, "rank of each U-Net block, comma-separated (25 values SD1/SD2: in0-11, "
+                                 "mid, out0-11; 23 SDXL)", scripts=(LORA,))
+    block_alphas: str | None = opt(str, None, "alpha of each U-Net block, comma-separated (as block_dims)",
+                                   scripts=(LORA,))
+    conv_block_dims: str | None = opt(str, None, "conv rank of each U-Net block, comma-separated", scripts=(LORA,))
+    conv_block_alphas: str | None = opt(str, None, "conv alpha of each U-Net block, comma-separated", scripts=(LORA,))
+    down_lr_weight: str | None = opt(str, None, "lr weight of each input block (12 values, or a preset: sine, "
+                                     "cosine, linear, reverse_linear, zeros, with +offset)", scripts=(LORA,))
+    mid_lr_weight: str | None = opt(str, None, "lr weight of the middle block", scripts=(LORA,))
+    up_lr_weight: str | None = opt(str, None, "lr weight of each output block (as down_lr_weight)", scripts=(LORA,))
+    block_lr_zero_threshold: float | None = opt(float, None, "blocks whose lr weight is not above this are not "
+                                                "trained", scripts=(LORA,))
+
+
+NETWORK_ARG_GROUPS: list[type] = [ConvArgs, DyLoRAArgs, DropoutArgs, LoraPlusArgs, BlockArgs]
+
+
+def network_arg_options(module: str) -> list[Option]:
+    """The declared `--network_args` keys of a network module (empty for an undeclared module)."""
+    return [o for cls in NETWORK_ARG_GROUPS for o in options_of(cls) if module in o.scripts]
+
+
+def split_network_args(words: list[str] | None, module: str) -> tuple[dict[str, str], list[str]]:
+    """`["conv_dim=4", "foo=1"]` -> ({"conv_dim": "4"}, ["foo=1"]): the declared keys of `module`, and the rest."""
+    declared = {o.name for o in network_arg_options(module)}
+    known, rest = {}, []
+    for word in words or []:
+        key, sep, value = word.partition("=")
+        if sep and key.strip() in declared:
+            known[key.strip()] = value.strip()
+        else:
+            rest.append(word)
+    return known, rest
