@@ -76,6 +76,8 @@ def image_parameters(path: Path) -> str:
     with Image.open(path) as im:
         text = dict(getattr(im, "text", {}) or {})
     params = text.get("parameters", "")
+    if text.get("networks"):
+        params += f"\nLoRAs: {text['networks']}"
     if text.get("network-muls"):
-        params += f"\nLoRA multipliers: {text['network-muls']}"
+        params += f"\nper-prompt multipliers: {text['network-muls']}"
     return params

@@ -131,6 +131,7 @@ def _generate(ctx: GuiContext, panel: GeneratePanel, values: tuple):  # noqa: AN
         return
     command = command_text(GEN_SCRIPT, argv)
     run = ScriptRun(argv)
+    yield gr.update(value="", visible=False), command, "starting", [], "", ""
     for run in stream_script(ctx.root, GEN_SCRIPT, argv):
         yield gr.update(value="", visible=False), command, run.status(), gr.update(), gr.update(), run.output
     images = sorted(outdir.glob("*.png")) if outdir.is_dir() else []

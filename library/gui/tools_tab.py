@@ -106,6 +106,7 @@ def _run(ctx: GuiContext, panel: ToolPanel, values: tuple):  # noqa: ANN202 - a 
         return
     command = command_text(tool.script, argv)
     run = ScriptRun(argv)
+    yield _updates(panel, command=command, status="starting")
     for run in stream_script(ctx.root, tool.script, argv):
         yield _updates(panel, command=command, status=run.status(), output=run.output)
     tools_dir = ctx.output_dir("tools")
