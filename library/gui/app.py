@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 TITLE = "sd-lora-toolkit"
 CSS = """
 .opt-field .info, .opt-field span[data-testid='block-info'] + div { font-size: 0.8em; }
-#error-box { color: #b00020; font-family: ui-monospace, monospace; white-space: pre-wrap; }
+#error-box { min-height: 0 !important; padding: 0 !important; }
+#error-box p { color: #b00020; font-family: ui-monospace, monospace; white-space: pre-wrap; }
 #cmd-preview textarea { font-family: ui-monospace, monospace; font-size: 0.85em; }
 footer { display: none !important; }
 """

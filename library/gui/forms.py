@@ -13,6 +13,7 @@ differ from their default) that goes to the script's own parser: the page and th
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -75,8 +76,8 @@ def value_to_text(option: Option, value: object) -> str:
         return ""
     if isinstance(value, (list, tuple)):
         return shlex.join(str(v) for v in value)
-    if isinstance(value, float) and value == int(value) and option.type is not float and abs(value) < 1e15:
-        return str(int(value))
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))  # 8.0 -> "8", as a user types it (the option's type gives the float back)
     return str(value)
 
 
@@ -90,6 +91,12 @@ def field_info(option: Option, script: str) -> str:
     return text
 
 
+def elem_id(script: str, name: str, kind: str = "opt") -> str:
+    """The HTML id of an option's field (`opt-train_network-network_dim`; dots in module names become `_`), or
+    of a group's accordion with kind="grp"."""
+    return f"{kind}-{re.sub(r'[^A-Za-z0-9_-]', '_', script)}-{re.sub(r'[^A-Za-z0-9_-]', '_', name)}"
+
+
 def make_field(option: Option, script: str) -> Field:
     """The widget of one option (created in the current gradio context)."""
     status, why = option.status_in(script)
@@ -98,7 +105,7 @@ def make_field(option: Option, script: str) -> Field:
     if status == IGNORED:
         label = f"{option.name} (ignored here)"
     info = field_info(option, script)
-    common = {"label": label, "info": info, "interactive": enabled, "elem_id": f"opt-{script}-{option.name}",
+    common = {"label": label, "info": info, "interactive": enabled, "elem_id": elem_id(script, option.name),
               "elem_classes": ["opt-field"]}
     if option.flag:
         comp = gr.Checkbox(value=False, **common)
@@ -127,7 +134,7 @@ def build_form(options: Iterable[Option], script: str, *, skip: Iterable[str] = 
         if o.name not in skip:
             by_group.setdefault(o.group, []).append(o)
     for group, opts in by_group.items():
-        with gr.Accordion(group or "other", open=group in open_groups, elem_id=f"grp-{script}-{group}") as acc:
+        with gr.Accordion(group or "other", open=group in open_groups, elem_id=elem_id(script, group, "grp")) as acc:
             form.groups[group] = acc
             for start in range(0, len(opts), columns):
                 with gr.Row(equal_height=False):

@@ -49,6 +49,13 @@ def history(ctx: GuiContext) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
 
 
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return -1
+
+
 def build_runs_tab(ctx: GuiContext, train: TrainUI, tabs: gr.Tabs) -> None:
     """Build the Runs tab in the current `gr.Tab` context and wire the Train tab's Start to it."""
     runs: RunManager = ctx.runs  # type: ignore[assignment]
@@ -70,50 +77,52 @@ def build_runs_tab(ctx: GuiContext, train: TrainUI, tabs: gr.Tabs) -> None:
         files = gr.Markdown("", elem_id="run-files")
     with gr.Accordion("history of runs", open=False):
         table = gr.Dataframe(history(ctx), interactive=False, wrap=True, elem_id="run-history")
-    timer = gr.Timer(REFRESH_S)
-    shown_samples: dict[str, int] = {}
+    timer = gr.Timer(REFRESH_S, active=False)  # ticks only while the Runs tab is shown
+    seen = gr.State({})  # per page: what it shows already, so an unchanged run sends nothing
 
-    def refresh(run_id: str | None) -> list:
+    def refresh(run_id: str | None, shown: dict) -> list:
+        same = [gr.update()] * 7
         run = runs.get(run_id) if run_id else runs.current()
         if run is None:
-            return [gr.update(), "no runs yet: set up a run in the Train tab and press Start", gr.update(),
-                    gr.update(), "", ""]
+            return [*same[:1], "no runs yet: set up a run in the Train tab and press Start", *same[2:], shown]
         prog = runs.progress(run.id)
+        log_size = _size(runs.folder(run.id) / "log.txt")
+        key = [run.id, run.status, prog.offset, log_size, len(runs.runs)]
+        if shown.get("key") == key:
+            return [*same, shown]
         text = f"**{run.status}** · {prog.summary(run.status in (RUNNING, STOPPING))}"
         if run.status == "failed":
             text += f"\n\n`{runs.error_line(run.id) or 'the run failed: see the log'}`"
         elif run.status == "queued":
             text = "**queued**: starts when the run in progress ends"
-        key = f"{run.id}:{len(prog.samples)}"
         gallery = gr.update()
-        if shown_samples.get(run_id or "") != key:
-            shown = [(ctx.served.check(f), c) for f, c in prog.samples if Path(f).is_file()]
-            gallery = gr.update(value=shown)
-            shown_samples[run_id or ""] = key
-        made = runs.lora_files(run)
-        lora = "\n".join(f"- `{p}`" for p in made) or "no LoRA file yet"
-        return [gr.update(choices=_choices(runs)), text, pd.DataFrame(prog.chart_rows(),
-                columns=["step", "loss", "series"]), gallery, runs.log_tail(run.id), f"**LoRA files**\n\n{lora}"]
+        if shown.get("samples") != [run.id, len(prog.samples)]:
+            gallery = gr.update(value=[(ctx.served.check(f), c) for f, c in prog.samples if Path(f).is_file()])
+        lora = "\n".join(f"- `{p}`" for p in runs.lora_files(run)) or "no LoRA file yet"
+        table = history(ctx) if shown.get("runs") != [len(runs.runs), run.status] else gr.update()
+        chart_rows = pd.DataFrame(prog.chart_rows(), columns=["step", "loss", "series"])
+        shown = {"key": key, "samples": [run.id, len(prog.samples)], "runs": [len(runs.runs), run.status]}
+        return [gr.update(choices=_choices(runs)), text, chart_rows, gallery, runs.log_tail(run.id),
+                f"**LoRA files**\n\n{lora}", table, shown]
 
-    outputs = [pick, status, chart, samples, log, files]
-    timer.tick(refresh, inputs=[pick], outputs=outputs, show_progress="hidden", queue=False)
+    outputs = [pick, status, chart, samples, log, files, table, seen]
+    timer.tick(refresh, inputs=[pick, seen], outputs=outputs, show_progress="hidden", queue=False)
+    pick.input(lambda run_id: refresh(run_id, {}), inputs=[pick], outputs=outputs, show_progress="hidden")
 
-    def on_pick(run_id: str | None) -> list:
-        shown_samples.pop(run_id or "", None)
-        return refresh(run_id)
+    def on_tab(evt: gr.SelectData) -> gr.Timer:
+        return gr.Timer(active=evt.value == "Runs")
 
-    pick.input(on_pick, inputs=[pick], outputs=outputs, show_progress="hidden")
+    tabs.select(on_tab, outputs=[timer], queue=False)
 
     def on_start(*values: object) -> list:
         try:
             run = start_run(ctx, train, values)
         except (ToolkitError, OSError) as e:
-            return [error_text(e), gr.update(), gr.update(), ""]
-        shown_samples.pop(run.id, None)
+            return [error_text(e), gr.update(), gr.update(), "", gr.update()]
         return ["", gr.Tabs(selected="runs"), gr.update(choices=_choices(runs), value=run.id),
-                f"started run {run.id}: `{run.script}.py {' '.join(run.argv)}`"]
+                f"started run {run.id}: `{run.script}.py {' '.join(run.argv)}`", gr.Timer(active=True)]
 
-    train.start.click(on_start, inputs=train.inputs(), outputs=[train.error, tabs, pick, message])
+    train.start.click(on_start, inputs=train.inputs(), outputs=[train.error, tabs, pick, message, timer])
 
     def on_stop(run_id: str | None) -> str:
         run = runs.get(run_id) if run_id else runs.current()
@@ -132,4 +141,3 @@ def build_runs_tab(ctx: GuiContext, train: TrainUI, tabs: gr.Tabs) -> None:
         return [f"resumed as {run.id}: `--resume {run.argv[-1]}`", gr.update(choices=_choices(runs), value=run.id)]
 
     resume.click(on_resume, inputs=[pick], outputs=[message, pick])
-    timer.tick(lambda: history(ctx), outputs=[table], show_progress="hidden", queue=False)

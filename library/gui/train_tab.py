@@ -204,12 +204,17 @@ def _wire(ui: TrainUI, cfg_path: gr.Textbox, load: gr.Button, save: gr.Button, f
         return [gr.update(visible=s == script) for s in ui.groups] + \
                [gr.update(visible=m == module) for m in ui.net_groups]
 
-    def preview(*values: object) -> tuple[str, str]:
+    def preview(*values: object) -> str:
+        script, argv = ui.argv(values)
+        return shlex.join(["python", f"{script}.py", *argv])
+
+    def live_preview(message: str, *values: object) -> tuple:
+        """The preview on every change; an error shown above the form goes once the page is edited."""
         try:
-            script, argv = ui.argv(values)
+            text = preview(*values)
         except ToolkitError as e:
             return gr.update(), error_text(e)
-        return shlex.join(["python", f"{script}.py", *argv]), ""
+        return text, "" if str(message).startswith("error:") else gr.update()
 
     def on_load(path: str, *values: object) -> list:
         script = str(values[0])
@@ -219,7 +224,7 @@ def _wire(ui: TrainUI, cfg_path: gr.Textbox, load: gr.Button, save: gr.Button, f
             return [gr.update()] * (len(inputs) + len(shown) + 1) + [error_text(e)]
         new = ui.fill(script, loaded)
         module = str(loaded.get("network_module") or "networks.lora")
-        return [*new, *visibility(script, module), preview(*new)[0], f"loaded {path}"]
+        return [*new, *visibility(script, module), preview(*new), f"loaded {path}"]
 
     def on_save(path: str, *values: object) -> str:
         try:
@@ -240,7 +245,7 @@ def _wire(ui: TrainUI, cfg_path: gr.Textbox, load: gr.Button, save: gr.Button, f
         for name, form in ui.net_forms.items():
             out += [per_module[name][k] for k in form.fields]
         module = str(copied.get("network_module") or "networks.lora")
-        return [*out, *visibility(script, module), preview(*out)[0]]
+        return [*out, *visibility(script, module), preview(*out)]
 
     def on_module(*values: object) -> list:
         script, per_script, _ = ui.split(values)
@@ -254,17 +259,19 @@ def _wire(ui: TrainUI, cfg_path: gr.Textbox, load: gr.Button, save: gr.Button, f
         except (ToolkitError, OSError) as e:
             return "", error_text(e)
 
-    triggers = [c.input for c in inputs[1:]]
-    gr.on(triggers, preview, inputs=inputs, outputs=[ui.preview, ui.error], show_progress="hidden",
-          queue=False)
+    # .change, not .input: gradio's input event misses deletions (Backspace), and a load must refresh it too;
+    # always_last folds a burst of changes (a config loaded) into one more call
+    triggers = [c.change for c in inputs[1:]]
+    gr.on(triggers, live_preview, inputs=[ui.error, *inputs], outputs=[ui.preview, ui.error], show_progress="hidden",
+          trigger_mode="always_last")
     load.click(on_load, inputs=[cfg_path, *inputs], outputs=[*inputs, *shown, ui.preview, ui.error])
     save.click(on_save, inputs=[cfg_path, *inputs], outputs=[ui.error])
     ui.script.input(on_script, inputs=inputs, outputs=[*inputs, *shown, ui.preview])
     module_fields = [f.fields["network_module"].component for f in ui.forms.values()]
-    gr.on([c.input for c in module_fields], on_module, inputs=inputs, outputs=shown, queue=False)
+    gr.on([c.change for c in module_fields], on_module, inputs=inputs, outputs=shown, queue=False)
     find.click(on_find, inputs=inputs, outputs=[found, ui.error])
     # opens with the quickstart preloaded: one click on Start reproduces README command 1
     filled = ui.fill(TRAIN, quickstart)
     for comp, value in zip(inputs, filled, strict=True):
         comp.value = value
-    ui.preview.value = preview(*filled)[0]
+    ui.preview.value = preview(*filled)
