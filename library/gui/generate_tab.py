@@ -100,7 +100,8 @@ def build_generate_tab(ctx: GuiContext) -> GeneratePanel:
             gallery = gr.Gallery(label="images", columns=3, object_fit="contain", height=420, elem_id="gen-gallery")
             parameters = gr.Textbox(label="parameters (stored in each PNG)", interactive=False, lines=6,
                                     elem_id="gen-params")
-            log = gr.Textbox(label="log", interactive=False, lines=6, max_lines=20, autoscroll=True, elem_id="gen-log")
+            log = gr.Textbox(label="log", interactive=False, lines=6, max_lines=20, autoscroll=True, elem_id="gen-log",
+                             elem_classes=["mono"])
     panel = GeneratePanel(main, more, loras, image, button, error, command, status, gallery, parameters, log)
 
     def on_generate(*values: object):  # noqa: ANN202 - a generator of gradio updates
@@ -133,7 +134,8 @@ def _generate(ctx: GuiContext, panel: GeneratePanel, values: tuple):  # noqa: AN
     run = ScriptRun(argv)
     yield gr.update(value="", visible=False), command, "starting", [], "", ""
     for run in stream_script(ctx.root, GEN_SCRIPT, argv):
-        yield gr.update(value="", visible=False), command, run.status(), gr.update(), gr.update(), run.output
+        if run.returncode is None:  # the last one (exit code) comes below, with the images
+            yield gr.update(value="", visible=False), command, run.status(), gr.update(), gr.update(), run.output
     images = sorted(outdir.glob("*.png")) if outdir.is_dir() else []
     shown = [(ctx.served.check(p), _caption(image_parameters(p))) for p in images]
     params = "\n\n".join(f"{p.name}\n{image_parameters(p)}" for p in images)

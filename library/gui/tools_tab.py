@@ -74,9 +74,9 @@ def _build_panel(ctx: GuiContext, tool: Tool) -> ToolPanel:
         table = gr.Dataframe(headers=HEADERS, label="modules", interactive=False, wrap=True,
                              elem_id="tool-check-table")
     output = gr.Textbox(label="output", interactive=False, lines=8, max_lines=30, autoscroll=True,
-                        elem_id=f"tool-output-{name}")
+                        elem_id=f"tool-output-{name}", elem_classes=["mono"])
     files = gr.File(label="files written under the UI's tools folder", file_count="multiple", interactive=False,
-                    elem_id=f"tool-files-{name}")
+                    visible=False, elem_id=f"tool-files-{name}")
     panel = ToolPanel(tool, form, button, error, command, status, output, files, table)
 
     def on_run(*values: object):  # noqa: ANN202 - a generator of gradio updates
@@ -108,7 +108,8 @@ def _run(ctx: GuiContext, panel: ToolPanel, values: tuple):  # noqa: ANN202 - a 
     run = ScriptRun(argv)
     yield _updates(panel, command=command, status="starting")
     for run in stream_script(ctx.root, tool.script, argv):
-        yield _updates(panel, command=command, status=run.status(), output=run.output)
+        if run.returncode is None:  # the last one (exit code) comes below, with the files and the table
+            yield _updates(panel, command=command, status=run.status(), output=run.output)
     tools_dir = ctx.output_dir("tools")
     files = [ctx.served.check(p) for p in new_files(tools_dir, run.started)]
     table = _check_table(ctx, argv) if panel.table is not None and run.returncode in (0, 1) else None
@@ -128,7 +129,8 @@ def _check_table(ctx: GuiContext, argv: list[str]) -> list[list[object]] | None:
 def _updates(panel: ToolPanel, error: str = "", command: str | None = None, status: str = "",
              output: str = "", files: list[str] | None = None, table: list | None = None) -> list[object]:
     out: list[object] = [gr.update(value=error, visible=bool(error)),
-                         gr.update() if command is None else command, status, output, files]
+                         gr.update() if command is None else command, status, output,
+                         gr.update(value=files, visible=bool(files))]
     if panel.table is not None:
         out.append(gr.update() if table is None else table)
     return out
