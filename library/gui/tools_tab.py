@@ -52,7 +52,8 @@ def build_tools_tab(ctx: GuiContext) -> dict[str, ToolPanel]:
                 f"under `{tools_dir}` can be downloaded here. Fields left at their default are not passed.")
     panels: dict[str, ToolPanel] = {}
     with gr.Tabs(elem_id="tools-tabs"):
-        for name, label in TABS.items():
+        others = {n: t.title for n, t in TOOLS.items() if n not in TABS}  # tools declared since: a tab each too
+        for name, label in {**TABS, **others}.items():
             with gr.Tab(label, id=f"tool-{name}", elem_id=f"tab-tool-{name}"):
                 panels[name] = _build_panel(ctx, TOOLS[name])
     return panels

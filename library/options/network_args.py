@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from library.options.spec import Option, between, non_negative, options_of, opt, positive
+from library.options.spec import Option, between, non_negative, opt, options_of, positive
 
 LORA, DYLORA = "networks.lora", "networks.dylora"
 # the network modules the UI offers; --network_module also takes any other module with create_network()
