@@ -57,8 +57,8 @@ def step_seconds(feed: Path, skip: int) -> float:
     return statistics.median(gaps)
 
 
-def quickstart_argv(out: Path, steps: int) -> list[str]:
-    """The page's command line with the quickstart loaded, redirected to `out`, `steps` steps, no samples."""
+def quickstart_argv(out: Path, steps: int) -> tuple:
+    """The Train tab (quickstart loaded) and its field values redirected to `out`, `steps` steps, no samples."""
     import gradio as gr
 
     from library.gui.app import make_context

@@ -123,7 +123,12 @@ def preview(page, until: str | None = None, timeout: float = 60) -> list[str]:
 
     end = time.time() + timeout
     while True:
-        text = page.locator("#cmd-preview textarea").input_value()
+        try:
+            text = page.locator("#cmd-preview textarea").input_value(timeout=10_000)
+        except Exception:  # noqa: BLE001 - the page is busy re-rendering: look again
+            text = ""
+            if time.time() < end:
+                continue
         if until is None or until in text or time.time() > end:
             return shlex.split(text)[2:]
         page.wait_for_timeout(200)
@@ -239,7 +244,7 @@ def test_bad_value_shows_the_command_line_error_and_starts_nothing(page, server)
     before = sorted(runs.iterdir()) if runs.exists() else []
     page.locator("#start-training").click()
     with pytest.raises(ToolkitError) as cli:
-        parse_training_args(preview(page))
+        parse_training_args(preview(page, "--network_dim -3"))
     wait_text(page, "#error-box", re.escape(f"error: {cli.value}"), 30)
     assert (sorted(runs.iterdir()) if runs.exists() else []) == before
 
@@ -248,26 +253,22 @@ def test_start_stop_resume_gives_the_command_lines_lora(page, server, tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("sks on a blue background --w 64 --h 64 --s 3 --l 4 --d 1\n"
-                       "a red circle on a blue background --w 64 --h 64 --s 3 --l 4 --d 3\n", encoding="utf-8")
     load(page, "examples/quickstart.toml")
     ui_out = tmp_path / "ui"
-    for name, value in (("output_dir", str(ui_out)), ("max_train_epochs", ""), ("max_train_steps", "8"),
-                        ("save_every_n_epochs", ""), ("sample_every_n_epochs", ""), ("logging_dir", ""),
-                        ("sample_prompts", str(prompts))):
+    for name, value in (("output_dir", str(ui_out)), ("max_train_epochs", ""), ("max_train_steps", "30"),
+                        ("save_every_n_epochs", ""), ("sample_every_n_epochs", ""), ("logging_dir", "")):
         set_field(page, "train_network", name, value)
-    argv = preview(page, str(prompts))
+    argv = preview(page, "--max_train_steps 30")
     page.locator("#start-training").click()
-    wait_text(page, "#run-status", r"step [2-7]/8", 180)  # progress, live
+    wait_text(page, "#run-status", r"step ([2-9]|1[0-9])/30", 180)  # progress, live
     page.locator("#run-stop").click()
     wait_text(page, "#run-status", r"stopped", 120)
-    assert page.locator("#run-samples img").count() >= 2  # the step-0 samples
+    assert page.locator("#run-samples img").count() >= 3  # the step-0 samples
     assert page.locator("#loss-chart canvas, #loss-chart svg").count() >= 1
     states = sorted(ui_out.glob("quickstart-step*-state"))
     assert states and (states[-1] / "train_state.json").is_file()
     page.locator("#run-resume").click()
-    wait_text(page, "#run-status", r"done .*step 8/8", 180)
+    wait_text(page, "#run-status", r"done .*step 30/30", 240)
     assert page.locator("#run-files").inner_text().count("quickstart.safetensors") == 1
     assert page.problems == []
 

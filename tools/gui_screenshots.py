@@ -3,7 +3,7 @@ the Train tab with the quickstart loaded, and the Runs tab during a short quicks
 model's step-0 samples beside the first epoch's).
 
     python tools/gui_screenshots.py                 # writes docs/images/gui_train.png, docs/images/gui_runs.png
-    python tools/gui_screenshots.py --steps 80 --chromium /usr/bin/chromium
+    python tools/gui_screenshots.py --chromium /usr/bin/chromium
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=80, help="steps of the run shown in the Runs tab [80]")
     p.add_argument("--chromium", default="/usr/bin/chromium", help="browser executable [/usr/bin/chromium]")
     p.add_argument("--out", default=str(ROOT / "docs" / "images"), help="folder of the pictures [docs/images]")
     return p.parse_args()
@@ -29,7 +28,12 @@ def parse_args() -> argparse.Namespace:
 
 def _fill(page, script: str, name: str, value: str) -> None:  # noqa: ANN001
     from library.gui.forms import elem_id
+    from library.options.train import train_options
 
+    box = page.locator(f"#{elem_id(script, name)} input, #{elem_id(script, name)} textarea").first
+    if not box.count():  # a closed group: gradio renders its fields once opened
+        group = next(o.group for o in train_options(script) if o.name == name)
+        page.locator(f"#{elem_id(script, group, 'grp')}").locator("button").first.click()
     page.locator(f"#{elem_id(script, name)} input, #{elem_id(script, name)} textarea").first.fill(value)
 
 

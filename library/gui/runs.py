@@ -161,7 +161,9 @@ class RunManager:
                         continue
                     run = self.runs[run_id]
                     run.returncode, run.ended = code, time.time()
-                    run.status = DONE if code == 0 else STOPPED if run.status == STOPPING else FAILED
+                    end = self.progress(run_id).end or {}
+                    finished = code == 0 or end.get("status") == "done"  # a stop that came after the last save
+                    run.status = DONE if finished else STOPPED if run.status == STOPPING else FAILED
                     del self.procs[run_id]
                     self._save(run)
                 self._start_next()

@@ -12,6 +12,7 @@ import pandas as pd
 
 from library.errors import ToolkitError
 from library.gui.context import GuiContext
+from library.gui.progress_view import WINDOW
 from library.gui.runs import FINISHED, RUNNING, STOPPING, Run, RunManager
 from library.gui.train_tab import TrainUI, error_text, parse_page
 
@@ -67,9 +68,14 @@ def build_runs_tab(ctx: GuiContext, train: TrainUI, tabs: gr.Tabs) -> None:
         resume = gr.Button("Resume", elem_id="run-resume", scale=1)
     message = gr.Markdown("", elem_id="run-message")
     status = gr.Markdown("", elem_id="run-status")
-    chart = gr.LinePlot(pd.DataFrame({"step": [], "loss": [], "series": []}), x="step", y="loss", color="series",
-                        title="loss", height=280, elem_id="loss-chart")
-    samples = gr.Gallery(label="sample images (base at step 0, then as written)", columns=6, height=260,
+    # one empty (NaN) point per series: gradio's chart reads the series' type from its first value, and an empty
+    # first value would leave the colours unset and draw no lines when the data arrives
+    series = ["step loss", f"moving average ({WINDOW})", "validation"]
+    empty = pd.DataFrame({"step": [0] * 3, "loss": [float("nan")] * 3, "series": series})
+    chart = gr.LinePlot(empty, x="step", y="loss", color="series", title="loss", height=280, elem_id="loss-chart",
+                        color_map={"step loss": "#4c78a8", f"moving average ({WINDOW})": "#f58518",
+                                   "validation": "#54a24b"})
+    samples = gr.Gallery(label="sample images (base at step 0, then as written)", columns=8, height=240,
                          elem_id="run-samples", object_fit="contain")
     with gr.Row():
         log = gr.Textbox("", label="log (tail)", lines=10, max_lines=10, autoscroll=True, interactive=False,
