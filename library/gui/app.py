@@ -24,6 +24,7 @@ CSS = """
 #error-box p { color: #b00020; font-family: ui-monospace, monospace; white-space: pre-wrap; }
 #cmd-preview textarea { font-family: ui-monospace, monospace; font-size: 0.85em; }
 footer { display: none !important; }
+.mono textarea { font-family: ui-monospace, monospace; font-size: 0.85em; }
 """
 
 
