@@ -26,7 +26,8 @@ SUFFIXES = {
     FULL: frozenset({"diff", "diff_b"}),
     NORM: frozenset({"w_norm", "b_norm"}),
 }
-ALL_SUFFIXES = COMMON.union(*SUFFIXES.values())
+MODULE_SUFFIXES = frozenset().union(*SUFFIXES.values())
+ALL_SUFFIXES = COMMON | MODULE_SUFFIXES
 # kinds LyCORIS or kohya can write that no tool here applies: the suffix that names them
 UNSUPPORTED = (("on_input", "IA3"), ("oft_blocks", "OFT/BOFT"), ("oft_diag", "OFT (LyCORIS 2.0)"),
                ("a1.weight", "GLoRA"), ("q_layer.weight", "T-LoRA"), ("lokr_t1", "LoKr prototype (lokr_t1)"))
@@ -64,7 +65,8 @@ def algorithm_of(tensors: Tensors, name: str = "") -> str:
     elif "w_norm" in keys:
         algo = NORM
     else:
-        raise ToolkitError(f"{where}: unknown module kind (keys {', '.join(sorted(keys))})")
+        listing = ", ".join(sorted(keys)[:6]) + (" ..." if len(keys) > 6 else "")
+        raise ToolkitError(f"{where}: unknown module kind (keys {listing})")
     odd = keys - SUFFIXES[algo] - COMMON
     if odd:
         raise ToolkitError(f"{where}: {NAMES[algo]} module with unknown key(s) {', '.join(sorted(odd))}")
