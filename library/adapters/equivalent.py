@@ -8,15 +8,17 @@ additive (its change depends on the base weight): it needs the base weight and c
 
 from __future__ import annotations
 
+import logging
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
 from library.adapters import modules as M
 from library.errors import ToolkitError
 
+log = logging.getLogger(__name__)
 Tensors = Mapping[str, torch.Tensor]
 
 # U-Net layers that are 3x3 convs in SD1/SD2 (Diffusers-style names) and SDXL (SGM names)
@@ -124,3 +126,62 @@ def _inner(t: Tensors, key: str) -> int:
         s = t[key].shape
         return min(s[0], math.prod(s[1:]))
     return t[key + "_b"].shape[0]
+
+
+BaseLookup = Callable[[str], "torch.Tensor | None"]
+
+
+def needs_lora_form(sd: Mapping[str, torch.Tensor]) -> bool:
+    """True when a kohya-named state dict holds modules a plain up/down pair cannot read as they are."""
+    return any(k.partition(".")[2] in _NON_PLAIN for k in sd)
+
+
+_NON_PLAIN = (M.MODULE_SUFFIXES - {"lora_up.weight", "lora_down.weight", "w_norm", "b_norm"}) | {"dora_scale"}
+
+
+def lora_state_dict(sd: Mapping[str, torch.Tensor], base: BaseLookup | None = None, sdxl: bool = False,
+                    source: str = "<memory>") -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The state dict with every LoHa/LoKr/Tucker/full/DoRA module replaced by an exact plain LoRA (float32,
+    alpha = rank: the scale is inside the factors) so rank tools can treat it as one; plain LoRA modules, norms
+    and tensors of no module pass through. Returns the new dict and the converted module names."""
+    groups = M.group_modules(sd)
+    out: dict[str, torch.Tensor] = {}
+    converted = []
+    for name, tensors in groups.items():
+        if not (set(tensors) & _NON_PLAIN):
+            out.update({f"{name}.{k}": v for k, v in tensors.items()})
+            continue
+        try:
+            M.algorithm_of(tensors, name)
+        except ToolkitError as e:
+            raise ToolkitError(f"{source}: {e}") from None
+        w = base(name) if base is not None and M.is_dora(tensors) else None
+        if M.is_dora(tensors) and w is None:
+            why = "give the base checkpoint" if base is None else "the base model has no such layer"
+            raise ToolkitError(f"{source}: module {name} is DoRA, whose change depends on the base weights; {why}")
+        shape = layer_shape(name, tensors, None if w is None else w.shape, sdxl)
+        if "diff_b" in tensors:
+            log.warning("%s: module %s: the bias change (diff_b) has no LoRA form and is left out", source, name)
+        up, down = _lora_pair(tensors, w, name)
+        k = up.shape[1]
+        if len(shape) == 4:
+            up, down = up.reshape(shape[0], k, 1, 1), down.reshape(k, *shape[1:])
+        out[f"{name}.lora_up.weight"] = up.contiguous()
+        out[f"{name}.lora_down.weight"] = down.contiguous()
+        out[f"{name}.alpha"] = torch.tensor(float(k))
+        converted.append(name)
+    return out, converted
+
+
+def _lora_pair(tensors: Tensors, base: torch.Tensor | None, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact (up, down) of a module's change: its factored form, or the SVD of DoRA's dense W' − W."""
+    if not M.is_dora(tensors):
+        up, down = factored(tensors, torch.float32)
+        if up.shape[1] <= min(up.shape[0], down.shape[1]):
+            return up, down
+        d = up @ down
+    else:
+        d = effective_delta(tensors, base, name, torch.float32)
+    u, s, vh = torch.linalg.svd(d, full_matrices=False)
+    keep = max(1, int((s > s[0] * 1e-7).sum())) if s.numel() and s[0] > 0 else 1
+    return u[:, :keep] * s[:keep], vh[:keep]
