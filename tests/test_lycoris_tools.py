@@ -14,7 +14,7 @@ from library.keys import checkpoint_targets, detect_family
 from library.lora_io import save_lora
 from library.merge import tensor_shapes
 from library.random_lora import random_lycoris
-from networks import merge_lora, resize_lora, svd_merge_lora
+from networks import convert_lora, merge_lora, resize_lora, svd_merge_lora
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 FILES = {
@@ -140,3 +140,41 @@ def test_lora_plus_lora_refuses_lycoris_modules(files, tmp_path, capsys):  # noq
     assert run_main(merge_lora.main, argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "LoHa" in err and "svd_merge_lora.py" in err and not out.exists()
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_convert_to_diffusers_applies_every_module(family, tiny_checkpoints, tmp_path, capsys):  # noqa: ANN001
+    """LoHa (Tucker convs) + DoRA LoCon, converted exactly for diffusers: `load_lora_weights` creates every module
+    with the file's ΔW (DoRA: W' − W against the base); at --rank 1 the printed error is the Eckart-Young one."""
+    from test_convert_lora import _pipeline, diffusers_deltas
+
+    from library.models.factory import random_bundle
+
+    ckpt = tiny_checkpoints[family]
+    sd = random_lycoris(ckpt, "loha", 2, 1.0, conv=True, tucker=True, std=0.3, seed=3)
+    dora = random_lycoris(ckpt, "locon", 2, 1.0, dora="out", std=0.3, seed=4, te=False)
+    sd = {k: v for k, v in sd.items() if "_attn2_" not in k}  # cross-attention modules: DoRA LoCon instead
+    sd.update({k: v for k, v in dora.items() if "_attn2_" in k})
+    src = tmp_path / "lyco.safetensors"
+    save_lora(src, sd)
+    out = tmp_path / "d.safetensors"
+    argv = [str(src), str(out), "--to", "diffusers"]
+    assert run_main(convert_lora.main, argv) == 2 and "DoRA" in capsys.readouterr().err
+    convert_lora.main([*argv, "--sd_model", str(ckpt)])
+    assert "relative error 0 " in capsys.readouterr().out  # exact
+    base, _ = load_state_dict(ckpt)
+    shapes = tensor_shapes(base)
+    files = {"base": base, "targets": checkpoint_targets(shapes, detect_family(shapes))}
+    want = {n: _delta(files, n, m).float() for n, m in A.group_modules(sd).items()}
+    pipe = _pipeline(random_bundle(family))
+    pipe.load_lora_weights(str(out), adapter_name="a")
+    got = diffusers_deltas(pipe, family == "sdxl", "a")
+    assert set(got) == set(want)
+    for n, d in want.items():
+        assert float((got[n].flatten(1) - d).norm() / d.norm()) < 1e-4, n
+    low = tmp_path / "r1.safetensors"
+    convert_lora.main([str(src), str(low), "--to", "kohya", "--rank", "1", "--sd_model", str(ckpt)])
+    line = capsys.readouterr().out
+    errs = [(torch.linalg.svdvals(d.double())[1:].pow(2).sum(), d.double().pow(2).sum()) for d in want.values()]
+    expect = float(sum(e for e, _ in errs) / sum(n for _, n in errs)) ** 0.5
+    assert f"relative error {expect:.3g}" in line, (line, expect)

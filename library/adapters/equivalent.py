@@ -12,11 +12,13 @@ import logging
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import torch
 
 from library.adapters import modules as M
 from library.errors import ToolkitError
+from library.lowrank import svd_of_product
 
 log = logging.getLogger(__name__)
 Tensors = Mapping[str, torch.Tensor]
@@ -139,14 +141,35 @@ def needs_lora_form(sd: Mapping[str, torch.Tensor]) -> bool:
 _NON_PLAIN = (M.MODULE_SUFFIXES - {"lora_up.weight", "lora_down.weight", "w_norm", "b_norm"}) | {"dora_scale"}
 
 
+@dataclass
+class Conversion:
+    """What turning LyCORIS modules into plain LoRAs did: per module (rank kept, ‖error‖², ‖ΔW‖²)."""
+
+    modules: dict[str, tuple[int, float, float]] = field(default_factory=dict)
+
+    @property
+    def relative_error(self) -> float:
+        """‖ΔW_lora − ΔW‖ / ‖ΔW‖ over every converted module together."""
+        total = sum(n for _, _, n in self.modules.values())
+        return math.sqrt(sum(e for _, e, _ in self.modules.values()) / total) if total else 0.0
+
+    def worst(self) -> tuple[str, float] | None:
+        """The module with the largest relative error."""
+        if not self.modules:
+            return None
+        name = max(self.modules, key=lambda n: self.modules[n][1] / max(self.modules[n][2], 1e-300))
+        e, n = self.modules[name][1:]
+        return name, math.sqrt(e / n) if n else 0.0
+
+
 def lora_state_dict(sd: Mapping[str, torch.Tensor], base: BaseLookup | None = None, sdxl: bool = False,
-                    source: str = "<memory>") -> tuple[dict[str, torch.Tensor], list[str]]:
-    """The state dict with every LoHa/LoKr/Tucker/full/DoRA module replaced by an exact plain LoRA (float32,
-    alpha = rank: the scale is inside the factors) so rank tools can treat it as one; plain LoRA modules, norms
-    and tensors of no module pass through. Returns the new dict and the converted module names."""
+                    source: str = "<memory>", rank: int | None = None) -> tuple[dict[str, torch.Tensor], Conversion]:
+    """The state dict with every LoHa/LoKr/Tucker/full/DoRA module replaced by a plain LoRA (float32, alpha =
+    rank: the scale is inside the factors): exact (the change's own rank) unless `rank` caps it, then the best
+    rank-`rank` approximation. Plain LoRA modules, norms and tensors of no module pass through."""
     groups = M.group_modules(sd)
     out: dict[str, torch.Tensor] = {}
-    converted = []
+    report = Conversion()
     for name, tensors in groups.items():
         if not (set(tensors) & _NON_PLAIN):
             out.update({f"{name}.{k}": v for k, v in tensors.items()})
@@ -157,31 +180,36 @@ def lora_state_dict(sd: Mapping[str, torch.Tensor], base: BaseLookup | None = No
             raise ToolkitError(f"{source}: {e}") from None
         w = base(name) if base is not None and M.is_dora(tensors) else None
         if M.is_dora(tensors) and w is None:
-            why = "give the base checkpoint" if base is None else "the base model has no such layer"
+            why = "give the base checkpoint (--sd_model)" if base is None else "the base model has no such layer"
             raise ToolkitError(f"{source}: module {name} is DoRA, whose change depends on the base weights; {why}")
         shape = layer_shape(name, tensors, None if w is None else w.shape, sdxl)
         if "diff_b" in tensors:
             log.warning("%s: module %s: the bias change (diff_b) has no LoRA form and is left out", source, name)
-        up, down = _lora_pair(tensors, w, name)
+        up, down, err2, norm2 = plain_lora(tensors, w, rank, name)
         k = up.shape[1]
         if len(shape) == 4:
             up, down = up.reshape(shape[0], k, 1, 1), down.reshape(k, *shape[1:])
         out[f"{name}.lora_up.weight"] = up.contiguous()
         out[f"{name}.lora_down.weight"] = down.contiguous()
         out[f"{name}.alpha"] = torch.tensor(float(k))
-        converted.append(name)
-    return out, converted
+        report.modules[name] = (k, err2, norm2)
+    return out, report
 
 
-def _lora_pair(tensors: Tensors, base: torch.Tensor | None, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact (up, down) of a module's change: its factored form, or the SVD of DoRA's dense W' − W."""
-    if not M.is_dora(tensors):
-        up, down = factored(tensors, torch.float32)
-        if up.shape[1] <= min(up.shape[0], down.shape[1]):
-            return up, down
-        d = up @ down
-    else:
+def plain_lora(tensors: Tensors, base: torch.Tensor | None = None, rank: int | None = None, name: str = ""
+               ) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """(up [out,k], down [k, in·kh·kw], ‖error‖², ‖ΔW‖²) of one module's change at strength 1: the exact LoRA
+    (k = the change's numerical rank) or, when `rank` is smaller, its best rank-`rank` approximation."""
+    if M.is_dora(tensors):
         d = effective_delta(tensors, base, name, torch.float32)
-    u, s, vh = torch.linalg.svd(d, full_matrices=False)
-    keep = max(1, int((s > s[0] * 1e-7).sum())) if s.numel() and s[0] > 0 else 1
-    return u[:, :keep] * s[:keep], vh[:keep]
+        u, s, vh = torch.linalg.svd(d, full_matrices=False)
+    else:
+        up, down = factored(tensors, torch.float32)
+        if up.shape[1] < min(up.shape[0], down.shape[1]):
+            u, s, vh = svd_of_product(up, down)
+        else:
+            u, s, vh = torch.linalg.svd(up @ down, full_matrices=False)
+    s64 = s.double()
+    exact = int((s > s[0] * 1e-6).sum()) if s.numel() and s[0] > 0 else 1
+    k = max(1, min(exact, rank or exact))
+    return u[:, :k] * s[:k], vh[:k], float(s64[k:].pow(2).sum()), float(s64.pow(2).sum())
