@@ -178,3 +178,20 @@ def test_convert_to_diffusers_applies_every_module(family, tiny_checkpoints, tmp
     errs = [(torch.linalg.svdvals(d.double())[1:].pow(2).sum(), d.double().pow(2).sum()) for d in want.values()]
     expect = float(sum(e for e, _ in errs) / sum(n for _, n in errs)) ** 0.5
     assert f"relative error {expect:.3g}" in line, (line, expect)
+
+
+def test_check_reports_kinds_scales_and_traps(files, tmp_path, capsys):  # noqa: ANN001
+    from networks import check_lora_weights
+
+    assert check_lora_weights.main([str(files["paths"]["locon_dora"])]) == 0
+    out = capsys.readouterr().out
+    assert "LoCon Tucker +DoRA(out)" in out and "scale trap" not in out
+    # a kohya_ss full-matrix preset alpha (100000) where some layers got low-rank factors
+    sd = random_lycoris(files["ckpt"], "lokr", 8, alpha=100000.0, factor=-1, conv=True)
+    low = [k.split(".")[0] for k in sd if k.endswith("lokr_w2_a")]
+    path = tmp_path / "trap.safetensors"
+    save_lora(path, sd)
+    assert check_lora_weights.main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert low and f"{len(low)} scale traps" in out and "switches per layer" in out
+    assert "alpha/r = 100000/8 = 12500" in out
