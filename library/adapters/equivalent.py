@@ -163,10 +163,12 @@ class Conversion:
 
 
 def lora_state_dict(sd: Mapping[str, torch.Tensor], base: BaseLookup | None = None, sdxl: bool = False,
-                    source: str = "<memory>", rank: int | None = None) -> tuple[dict[str, torch.Tensor], Conversion]:
+                    source: str = "<memory>", rank: int | None = None, compress: bool = True
+                    ) -> tuple[dict[str, torch.Tensor], Conversion]:
     """The state dict with every LoHa/LoKr/Tucker/full/DoRA module replaced by a plain LoRA (float32, alpha =
     rank: the scale is inside the factors): exact (the change's own rank) unless `rank` caps it, then the best
-    rank-`rank` approximation. Plain LoRA modules, norms and tensors of no module pass through."""
+    rank-`rank` approximation. `compress=False` keeps the exact factored form (inner rank r1·r2 for LoHa...) without
+    an SVD, for tools that decompose it anyway. Plain LoRA modules, norms and tensors of no module pass through."""
     groups = M.group_modules(sd)
     out: dict[str, torch.Tensor] = {}
     report = Conversion()
@@ -185,7 +187,7 @@ def lora_state_dict(sd: Mapping[str, torch.Tensor], base: BaseLookup | None = No
         shape = layer_shape(name, tensors, None if w is None else w.shape, sdxl)
         if "diff_b" in tensors:
             log.warning("%s: module %s: the bias change (diff_b) has no LoRA form and is left out", source, name)
-        up, down, err2, norm2 = plain_lora(tensors, w, rank, name)
+        up, down, err2, norm2 = plain_lora(tensors, w, rank, name, compress)
         k = up.shape[1]
         if len(shape) == 4:
             up, down = up.reshape(shape[0], k, 1, 1), down.reshape(k, *shape[1:])
@@ -196,8 +198,8 @@ def lora_state_dict(sd: Mapping[str, torch.Tensor], base: BaseLookup | None = No
     return out, report
 
 
-def plain_lora(tensors: Tensors, base: torch.Tensor | None = None, rank: int | None = None, name: str = ""
-               ) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+def plain_lora(tensors: Tensors, base: torch.Tensor | None = None, rank: int | None = None, name: str = "",
+               compress: bool = True) -> tuple[torch.Tensor, torch.Tensor, float, float]:
     """(up [out,k], down [k, in·kh·kw], ‖error‖², ‖ΔW‖²) of one module's change at strength 1: the exact LoRA
     (k = the change's numerical rank) or, when `rank` is smaller, its best rank-`rank` approximation."""
     if M.is_dora(tensors):
@@ -205,7 +207,10 @@ def plain_lora(tensors: Tensors, base: torch.Tensor | None = None, rank: int | N
         u, s, vh = torch.linalg.svd(d, full_matrices=False)
     else:
         up, down = factored(tensors, torch.float32)
-        if up.shape[1] < min(up.shape[0], down.shape[1]):
+        low = up.shape[1] < min(up.shape[0], down.shape[1])
+        if low and rank is None and not compress:  # exact as it is; ‖ΔW‖² from the R x R Gram matrices
+            return up, down, 0.0, float(((up.T @ up).double() * (down @ down.T).double()).sum())
+        if low:
             u, s, vh = svd_of_product(up, down)
         else:
             u, s, vh = torch.linalg.svd(up @ down, full_matrices=False)

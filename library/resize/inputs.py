@@ -130,7 +130,7 @@ def load_input(members: list[Member], base: BaseLookup | None = None, sdxl: bool
     for m in members:
         sd, meta = load_lora(m.path)
         if needs_lora_form(sd):
-            sd, _ = lora_state_dict(sd, base, sdxl, str(m.path))
+            sd, _ = lora_state_dict(sd, base, sdxl, str(m.path), compress=False)
             meta = {**meta, "ss_network_module": "networks.lora"}
         loaded.append((split_modules(sd, m.path), sd, meta))
     mods, sd, meta = loaded[0]

@@ -216,7 +216,7 @@ def _as_lora(sd: Mapping[str, torch.Tensor], meta: dict[str, str], model: str | 
 
     base = BaseWeights(sd_model) if sd_model else None
     sdxl = family_of_lora({k.partition(".")[0] for k in sd}) == "sdxl"
-    sd, report = lora_state_dict(sd, base.get if base else None, sdxl, str(model))
+    sd, report = lora_state_dict(sd, base.get if base else None, sdxl, str(model), compress=False)
     log.info("%s: %d LyCORIS module(s) read as exact LoRAs before the resize", model, len(report.modules))
     meta["ss_network_module"] = "networks.lora"
     meta.pop("ss_network_args", None)
