@@ -105,7 +105,7 @@ def test_svd_merge_mixed_algorithms_reaches_eckart_young(files, tmp_path, capsys
 
 
 def test_resize_kohya_form_reaches_eckart_young(files, tmp_path, capsys):  # noqa: ANN001
-    for key in ("loha", "lokr", "lokr_both"):
+    for key in ("loha", "lokr_both"):  # lokr (factor 4, flat 3x3) is covered by the merge and svd_merge tests
         out = tmp_path / f"{key}-r2.safetensors"
         resize_lora.main(["--model", str(files["paths"][key]), "--save_to", str(out), "--new_rank", "2"])
         src, res = _modules(files["paths"][key]), _modules(out)
