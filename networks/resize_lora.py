@@ -26,7 +26,7 @@ from library.resize.recipe import parse_recipes  # noqa: E402
 
 log = logging.getLogger("resize_lora")
 KOHYA_OPTIONS = ("--model", "--save_to", "--new_rank", "--new_conv_rank", "--dynamic_method", "--dynamic_param",
-                 "--save_precision", "--svd_lowrank_niter")
+                 "--save_precision", "--svd_lowrank_niter", "--sd_model")
 
 
 def is_kohya_form(argv: list[str]) -> bool:
@@ -47,10 +47,11 @@ def run_kohya(argv: list[str]) -> None:
 
     settings = kohya.KohyaSettings(args.new_rank, args.new_conv_rank, args.dynamic_method, args.dynamic_param,
                                    args.device)
-    check_output_file(args.save_to, "--save_to", [("--model", args.model)])
+    check_output_file(args.save_to, "--save_to", [("--model", args.model)] +
+                      ([("--sd_model", args.sd_model)] if args.sd_model else []))
     if args.report:
         check_output_file(args.report, "--report", [("--model", args.model), ("--save_to", args.save_to)])
-    result = kohya.resize_file(args.model, args.save_to, settings, str_to_dtype(args.save_precision))
+    result = kohya.resize_file(args.model, args.save_to, settings, str_to_dtype(args.save_precision), args.sd_model)
     if args.verbose:
         for line in kohya.verbose_summary(result.reports, bool(args.dynamic_method)):
             print(line)

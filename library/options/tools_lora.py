@@ -23,7 +23,8 @@ VERBOSE_TOOLS = (*ALL_MERGES, EXTRACT, DYLORA, CONVERT, CHECK)
 class MergeFiles:
     GROUP = "files"
     sd_model: str | None = opt(str, None, "single-file checkpoint (.safetensors/.ckpt) to merge into; omit to merge "
-                               "LoRAs together", metavar="PATH", scripts=MERGES)
+                               "LoRAs together (svd_merge_lora: the base model, needed for DoRA inputs)",
+                               metavar="PATH", scripts=ALL_MERGES)
     v2: bool = flag("the model is SD2.x (optional: the family is read from the checkpoint's keys)", scripts=(MERGE,))
     models: list[str] = opt(str, [], "LoRA files, applied in order", nargs="*", metavar="PATH", scripts=ALL_MERGES)
     ratios: list[float] | None = opt(float, None, "one ratio per model (default: 1.0 each)", nargs="*",
@@ -123,6 +124,11 @@ class ConvertOptions:
     to: str = opt(str, None, "format written", choices=LORA_FORMATS, required=True, scripts=(CONVERT,))
     save_precision: str | None = opt(str, None, "dtype written (default: as stored in the input)",
                                      choices=PRECISIONS, scripts=(CONVERT,))
+    rank: int | None = opt(int, None, "LoHa/LoKr/DoRA/Tucker modules become plain LoRAs of at most this rank (the "
+                           "best approximation; the relative error is printed) [exact: each change's own rank]",
+                           check=positive, scripts=(CONVERT,))
+    sd_model: str | None = opt(str, None, "base checkpoint the LoRA was made for: needed to convert DoRA modules "
+                               "(their change depends on the base weights)", metavar="PATH", scripts=(CONVERT,))
 
 
 @dataclass

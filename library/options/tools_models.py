@@ -32,6 +32,8 @@ class ResizeOptions:
                                       "sv_cumulative: Σσ share kept", scripts=K)
     save_precision: str | None = opt(str, None, "dtype written [float]", choices=PRECISIONS, scripts=K)
     device: str | None = opt(str, None, "device for the SVD, e.g. cuda [cpu]", scripts=K)
+    sd_model: str | None = opt(str, None, "base checkpoint the LoRA was trained on: needed to resize DoRA modules "
+                               "(their change depends on the base weights)", metavar="PATH", scripts=K)
     verbose: bool = flag("print one line per module and the mean retention", scripts=K)
     svd_lowrank_niter: int | None = opt(int, None, "iterations of sd-scripts' randomized SVD",
                                         **ignored("the decomposition here is always exact"), scripts=K)
