@@ -1,0 +1,44 @@
+"""The one owner of adapter math: LoRA/LoCon (incl. Tucker), LoHa, LoKr, full diffs, norms and DoRA on top.
+
+`factors` holds the differentiable factor-level formulas (training modules use them); `modules` works on a
+file's `{suffix: tensor}` groups (every tool uses it). Key names, shapes and scale rules: docs/lycoris.md.
+"""
+
+from library.adapters.factors import (
+    dora_magnitude,
+    loha_delta,
+    lokr_delta,
+    lokr_factorization,
+    lora_delta,
+    tucker_rebuild,
+    weight_decompose,
+)
+from library.adapters.modules import (
+    ALGORITHMS,
+    FULL,
+    LOHA,
+    LOKR,
+    LORA,
+    NAMES,
+    NORM,
+    algorithm_of,
+    alpha_of,
+    apply_delta,
+    bias_delta,
+    delta_weight,
+    dora_out_axis,
+    dora_weight,
+    group_modules,
+    is_dora,
+    natural_shape,
+    rank_of,
+    raw_delta,
+    scale_of,
+)
+
+__all__ = [
+    "ALGORITHMS", "FULL", "LOHA", "LOKR", "LORA", "NAMES", "NORM", "algorithm_of", "alpha_of", "apply_delta",
+    "bias_delta", "delta_weight", "dora_magnitude", "dora_out_axis", "dora_weight", "group_modules", "is_dora",
+    "lokr_delta", "lokr_factorization", "loha_delta", "lora_delta", "natural_shape", "rank_of", "raw_delta",
+    "scale_of", "tucker_rebuild", "weight_decompose",
+]
