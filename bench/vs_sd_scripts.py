@@ -5,6 +5,11 @@
     python bench/vs_sd_scripts.py --peers $PEERS --family sdxl   # real-shape SDXL, 256 px, rank 8, 4 steps
     python bench/vs_sd_scripts.py --peers $PEERS --family sd1 --ours_rev 181f391^   # also an earlier commit
     taskset -c 1 python bench/vs_sd_scripts.py --peers $PEERS --threads 1       # one core, one thread each
+    python bench/vs_sd_scripts.py --peers $PEERS --family sd1 --rank 8 --algo loha   # LyCORIS: lokr, dora too
+
+`--algo loha|lokr|dora` trains a LyCORIS network on both sides: sd-scripts with `--network_module lycoris.kohya`
+(the lycoris-lora in its venv), this toolkit with `--network_module networks.lycoris`, the same network_args
+(LoKr: factor 8; DoRA: LoCon with dora_wd and the input-axis magnitude, wd_on_output=False, on both).
 
 Settings (the issue's): batch 1, U-Net only, fp32 (`--mixed_precision no`, CPU), SDPA, cached latents; SDXL adds
 gradient checkpointing and cached text-encoder outputs. Models are real-shape checkpoints with random weights
@@ -31,6 +36,17 @@ sys.path.insert(0, str(ROOT / "bench"))
 CLOCK = ROOT / "bench" / "step_clock.py"
 
 DEFAULTS = {"sd1": {"rank": 4, "steps": 5}, "sdxl": {"rank": 8, "steps": 4}}
+ALGO_ARGS = {"loha": ["algo=loha"], "lokr": ["algo=lokr", "factor=8"],
+             "dora": ["algo=locon", "dora_wd=True", "wd_on_output=False"]}
+
+
+def with_algo(args: list[str], algo: str | None, module: str) -> list[str]:
+    """The LyCORIS variant of the settings: its network module and network_args."""
+    if not algo:
+        return args
+    args = list(args)
+    args[args.index("--network_module") + 1] = module
+    return args + ["--network_args", *ALGO_ARGS[algo]]
 
 
 def settings(family: str, ckpt: Path, img: Path, out: Path, rank: int, steps: int) -> list[str]:
@@ -83,6 +99,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int)
     parser.add_argument("--runs", type=int, default=2, help="runs of each trainer, alternating")
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for both (default: each tool's own choice)")
+    parser.add_argument("--algo", choices=sorted(ALGO_ARGS), help="a LyCORIS algorithm (default: plain LoRA)")
     parser.add_argument("--ours_rev", help="also run this toolkit at this git revision (a worktree in bench/out)")
     args = parser.parse_args()
     from train_speed import OUT, prepare
@@ -95,20 +112,22 @@ def main() -> None:
     peer = args.peers / "sd-scripts"
     tokenizers = ["--tokenizer_cache_dir", str(args.peers / "tokenizers")]
     script = "sdxl_train_network.py" if args.family == "sdxl" else "train_network.py"
-    tools = {"ours": (sys.executable, ROOT / script, []),
-             "sd-scripts": (str(args.peers / "venv" / "bin" / "python"), peer / script, tokenizers)}
+    tools = {"ours": (sys.executable, ROOT / script, [], "networks.lycoris"),
+             "sd-scripts": (str(args.peers / "venv" / "bin" / "python"), peer / script, tokenizers, "lycoris.kohya")}
     if args.ours_rev:
         tree = worktree_at(args.ours_rev, OUT / f"rev-{args.ours_rev.replace('^', '-parent')}")
-        tools[f"ours@{args.ours_rev}"] = (sys.executable, tree / script, [])
+        tools[f"ours@{args.ours_rev}"] = (sys.executable, tree / script, [], "networks.lycoris")
     results: dict[str, list[dict]] = {name: [] for name in tools}
     for run in range(args.runs):
-        for name, (python, path, extra) in tools.items():
+        for name, (python, path, extra, module) in tools.items():
             with tempfile.TemporaryDirectory(dir=OUT) as out:
-                r = run_one(python, path, settings(args.family, ckpt, img, Path(out), rank, steps) + extra)
+                common = settings(args.family, ckpt, img, Path(out), rank, steps)
+                r = run_one(python, path, with_algo(common, args.algo, module) + extra)
             results[name].append(r)
             print(f"run {run + 1} {name:22} {r['wall_step']:7.2f} s/step  cpu {r['cpu_step']:7.2f}  "
                   f"wall {r['wall']:7.1f} s  peak {r['peak_mib']:7.0f} MiB  (load {r['load']:.1f})", flush=True)
-    print(f"\n{args.family}, real shape, 256 px, batch 1, rank {rank}, {steps} steps, fp32, U-Net only, cached latents"
+    what = f"LyCORIS {' '.join(ALGO_ARGS[args.algo])}, " if args.algo else ""
+    print(f"\n{what}{args.family}, real shape, 256 px, batch 1, rank {rank}, {steps} steps, fp32, U-Net only, cached latents"
           + (", gradient checkpointing, cached text-encoder outputs" if args.family == "sdxl" else "")
           + f"; medians of {args.runs} runs, {len(os.sched_getaffinity(0))} of {os.cpu_count()} CPUs, "
           + f"threads {args.threads or 'default'}")
