@@ -60,22 +60,38 @@ def args_for(ckpt: Path, img: Path, out: Path, steps: int, *extra: str) -> list[
             "--cache_latents", "--network_train_unet_only", "--max_data_loader_n_workers", "0", *extra]
 
 
+KOHYA_RUN = ("sd1", "lokr")  # trained from a config that says `network_module = "lycoris.kohya"`
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_checkpoints) -> dict:
-    """Each RUNS entry trained STEPS steps by its family's script: (file, step losses)."""
+    """Each RUNS entry trained STEPS steps by its family's script: (file, step losses, stderr)."""
     from library.sample_data import make_sample_dataset
 
     root = tmp_path_factory.mktemp("lyco")
     img = make_sample_dataset(root / "data", num_images=8, resolution=64, seed=0)
-    out = {"img": img, "root": root}
-    for (family, name), algo in RUNS.items():
-        script = sdxl_train_network if family == "sdxl" else train_network
-        logs = root / f"logs-{family}-{name}"
-        path = script.main(args_for(tiny_checkpoints[family], img, root / f"{family}-{name}", STEPS,
-                                    "--network_module", "networks.lycoris", "--logging_dir", str(logs),
-                                    "--network_args", *algo))
-        out[family, name] = (Path(path), [v for _, v in tb_scalars(logs, "loss/current")])
+    config = root / "kohya.toml"
+    config.write_text('network_module = "lycoris.kohya"\n')
+    out = {"img": img, "root": root, "config": config}
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LORA_TOOLKIT_LYCORIS", "native")  # lycoris-lora is installed here: force the native module
+    try:
+        for (family, name), algo in RUNS.items():
+            script = sdxl_train_network if family == "sdxl" else train_network
+            logs = root / f"logs-{family}-{name}"
+            module = ["--config_file", str(config)] if (family, name) == KOHYA_RUN else \
+                ["--network_module", "networks.lycoris"]
+            path = script.main([*module, *args_for(tiny_checkpoints[family], img, root / f"{family}-{name}", STEPS,
+                                                   "--logging_dir", str(logs), "--network_args", *algo)])
+            out[family, name] = (Path(path), [v for _, v in tb_scalars(logs, "loss/current")])
+    finally:
+        mp.undo()
     return out
+
+
+@pytest.fixture(scope="module")
+def sd1_bundle():
+    return random_bundle("sd1")
 
 
 # ---- training ---------------------------------------------------------------------------------------------------
@@ -88,7 +104,7 @@ def test_loss_falls_and_the_file_has_lycoris_layout(trained, case):
     suffixes = {k.split(".", 1)[1] for k in sd}
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
-    assert meta["ss_network_module"] == "networks.lycoris"
+    assert meta["ss_network_module"] == ("lycoris.kohya" if case == KOHYA_RUN else "networks.lycoris")
     args = json.loads(meta["ss_network_args"])
     assert args["algo"] == case[1]
     if case[1] == "loha":
@@ -116,25 +132,27 @@ def test_lokr_alphas_as_lycoris_writes_them(trained):
     assert all(float(sd[f"{n}.alpha"]) == 2 for n in low)
 
 
-def test_same_seed_same_file_and_lycoris_kohya_runs_native(trained, tiny_checkpoints, tmp_path, monkeypatch, capsys):
-    """A config naming `lycoris.kohya` trains with the native module when told to (or when lycoris is absent),
-    and gives the tensors `networks.lycoris` gives at the same seed."""
-    img = trained["img"]
-    extra = ["--network_args", "algo=locon", "dora_wd=True", "conv_dim=2", "conv_alpha=1"]
-    a = train_network.main(args_for(tiny_checkpoints["sd1"], img, tmp_path / "a", 2, "--network_module",
-                                    "networks.lycoris", *extra))
-    config = tmp_path / "c.toml"
-    config.write_text('network_module = "lycoris.kohya"\n')
-    monkeypatch.setenv("LORA_TOOLKIT_LYCORIS", "native")
+def test_same_seed_same_file_and_lycoris_kohya_ran_native(trained, tiny_checkpoints, tmp_path, capsys):
+    """The fixture trained KOHYA_RUN from a config naming `lycoris.kohya` (native module forced): networks.lycoris
+    at the same seed gives the same tensors."""
     capsys.readouterr()
-    b = train_network.main(["--config_file", str(config), *args_for(tiny_checkpoints["sd1"], img, tmp_path / "b", 2,
-                                                                    *extra)])
-    lines = [ln for ln in capsys.readouterr().err.splitlines() if "lycoris.kohya:" in ln]
-    assert len(lines) == 1 and "native networks.lycoris" in lines[0], lines
-    sa, sb = load_file(a), load_file(b)
+    again = train_network.main(["--network_module", "networks.lycoris",
+                                *args_for(tiny_checkpoints["sd1"], trained["img"], tmp_path, STEPS, "--network_args",
+                                          *RUNS[KOHYA_RUN])])
+    assert "lycoris.kohya" not in capsys.readouterr().err
+    sa, sb = load_file(trained[KOHYA_RUN][0]), load_file(again)
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-    assert any(k.endswith("lora_mid.weight") for k in sa) is False
-    assert any(v.abs().sum() > 0 for k, v in sa.items() if k.endswith("lora_up.weight"))
+    assert any(v.abs().sum() > 0 for k, v in sa.items() if "lokr_w2" in k)
+
+
+def test_lycoris_kohya_says_which_module_in_one_line(monkeypatch, caplog):
+    from library.network_module import import_network_module
+
+    monkeypatch.setenv("LORA_TOOLKIT_LYCORIS", "native")
+    with caplog.at_level(logging.INFO, logger="library.network_module"):
+        assert import_network_module("lycoris.kohya") is lycoris
+    lines = [r.getMessage() for r in caplog.records if r.name == "library.network_module"]
+    assert len(lines) == 1 and "native networks.lycoris" in lines[0]
 
 
 def test_lycoris_kohya_is_the_package_when_installed(monkeypatch):
@@ -207,10 +225,10 @@ def _names(net) -> set[str]:  # noqa: ANN001
 
 
 @pytest.mark.parametrize("preset", ["full", "full-lin", "attn-mlp", "unet-only", "unet-convblock-only"])
-def test_presets_select_what_lycoris_selects_on_sd1(preset):
+def test_presets_select_what_lycoris_selects_on_sd1(preset, sd1_bundle):
     from lycoris import kohya
 
-    b = random_bundle("sd1")
+    b = sd1_bundle
     te = b.text_encoders[0]
     ours = lycoris.create_network(1.0, 2, 1, None, te, b.unet, algo="loha", preset=preset)
     try:
@@ -223,10 +241,10 @@ def test_presets_select_what_lycoris_selects_on_sd1(preset):
     assert any("(3, 3)" in k for k in kinds) == (preset in ("full", "unet-only", "unet-convblock-only"))
 
 
-def test_attn_only_and_sdxl_names_are_sd_scripts_names():
+def test_attn_only_and_sdxl_names_are_sd_scripts_names(sd1_bundle):
     from test_sdxl_train import sd_scripts_sdxl_names
 
-    b = random_bundle("sd1")
+    b = sd1_bundle
     net = lycoris.create_network(1.0, 2, 1, None, b.text_encoders[0], b.unet, preset="attn-only")
     unet = {n for n in _names(net) if n.startswith("lora_unet_")}
     assert unet and all(n.endswith(("_to_q", "_to_k", "_to_v", "_to_out_0")) for n in unet)
@@ -248,8 +266,8 @@ def test_attn_only_and_sdxl_names_are_sd_scripts_names():
     assert _names(full) == sd_scripts_sdxl_names()[1]
 
 
-def test_bad_network_args_are_one_line_errors():
-    b = random_bundle("sd1")
+def test_bad_network_args_are_one_line_errors(sd1_bundle):
+    b = sd1_bundle
     for kwargs, message in ((dict(algo="glora"), "lycoris.kohya"), (dict(factor="0"), "factor"),
                             (dict(preset="nope"), "preset=nope"), (dict(conv_dim="abc"), "conv_dim"),
                             (dict(rank_dropout="1"), "rank_dropout")):
@@ -258,11 +276,12 @@ def test_bad_network_args_are_one_line_errors():
 
 
 # ---- files in LyCORIS, the pipeline API and generation ----------------------------------------------------------
-def _randomized(algo_args: dict, path: Path, family: str = "sd1") -> Path:
-    b = random_bundle(family)
-    te = b.text_encoders if family == "sdxl" else b.text_encoders[0]
-    net = lycoris.create_network(1.0, 4, 2, None, te, b.unet, **algo_args)
-    net.apply_to(te, b.unet, True, True)
+def _randomized(bundle, algo_args: dict, path: Path) -> Path:  # noqa: ANN001
+    """A file of random modules for the bundle's model (the model is left as it was)."""
+    te, unet = bundle.text_encoders[0], bundle.unet
+    net = lycoris.create_network(1.0, 4, 2, None, te, unet, **algo_args)
+    net.apply_to(te, unet, True, True)
+    net.remove_from()  # the modules stay registered (and saved); the model runs as before
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, p in net.named_parameters():
@@ -283,36 +302,42 @@ def _unet_out(unet: nn.Module, family: str = "sd1") -> torch.Tensor:
 @pytest.mark.parametrize("algo_args", [dict(algo="loha", use_tucker="True"), dict(algo="lokr", factor="4"),
                                        dict(algo="locon", dora_wd="True", wd_on_output="True")],
                          ids=["loha-tucker", "lokr", "dora-output-axis"])
-def test_our_file_loads_in_lycoris_with_the_same_output(algo_args, tmp_path):
+def test_our_file_loads_in_lycoris_with_the_same_output(algo_args, sd1_bundle, tmp_path):
     from lycoris import kohya
 
-    path = _randomized(algo_args, tmp_path / "f.safetensors")
-    b = random_bundle("sd1")
+    b = sd1_bundle
+    path = _randomized(b, algo_args, tmp_path / "f.safetensors")
     base = _unet_out(b.unet)
-    theirs_unet, ours_unet = copy.deepcopy(b.unet), copy.deepcopy(b.unet)
     te = b.text_encoders[0]
-    theirs, _ = kohya.create_network_from_weights(1.0, str(path), None, _HFTextModel(copy.deepcopy(te)), theirs_unet)
-    ours, sd = lycoris.create_network_from_weights(1.0, str(path), None, copy.deepcopy(te), ours_unet)
-    assert _names(theirs) == _names(ours) == {k.split(".")[0] for k in sd}
-    theirs.apply_to(None, theirs_unet, True, True)
-    theirs.load_state_dict(sd, strict=False)
-    ours.apply_to(None, ours_unet)
+    theirs, _ = kohya.create_network_from_weights(1.0, str(path), None, _HFTextModel(te), b.unet)
+    ours, sd = lycoris.create_network_from_weights(1.0, str(path), None, te, b.unet)
+    assert _names(theirs) == _names(ours) == {k.split(".")[0] for k in sd} and len(sd) > 100
+    theirs.apply_to(te, b.unet, True, True)
+    try:
+        want = _unet_out(b.unet)
+    finally:
+        theirs.restore()
+    ours.apply_to(te, b.unet)
     ours.load_state_dict(sd, strict=False)
-    got, want = _unet_out(ours_unet), _unet_out(theirs_unet)
+    try:
+        got = _unet_out(b.unet)
+    finally:
+        ours.remove_from()
+    assert torch.equal(_unet_out(b.unet), base)
     assert (got - base).abs().max() > 1e-3
     assert torch.allclose(got, want, rtol=1e-4, atol=1e-4), (got - want).abs().max()
 
 
-def test_input_axis_dora_is_applied_like_lycoris_built_by_hand(trained):
+def test_input_axis_dora_is_applied_like_lycoris_built_by_hand(trained, sd1_bundle):
     """LyCORIS 3.2 rebuilds DoRA modules on the output axis, so its loader cannot read the input-axis layout we
     write (spec §4); its module class built for that axis gives our numbers."""
     from lycoris import kohya
 
     path = trained["sd1", "loha"][0]
-    b = random_bundle("sd1")
+    unet = copy.deepcopy(sd1_bundle.unet)
     with pytest.raises(RuntimeError):
-        kohya.create_network_from_weights(1.0, str(path), None, None, copy.deepcopy(b.unet))
-    ours, sd = lycoris.create_network_from_weights(1.0, str(path), None, None, b.unet)
+        kohya.create_network_from_weights(1.0, str(path), None, None, unet)
+    ours, sd = lycoris.create_network_from_weights(1.0, str(path), None, None, unet)
     groups = {}
     for k, v in sd.items():
         groups.setdefault(k.split(".")[0], {})[k.split(".", 1)[1]] = v.float()
@@ -329,23 +354,23 @@ def test_input_axis_dora_is_applied_like_lycoris_built_by_hand(trained):
     m.remove()
 
 
-def test_pipeline_api_apply_merge_multiplier(tmp_path):
+def test_pipeline_api_apply_merge_multiplier(sd1_bundle, tmp_path):
     from networks import lora
 
-    path = _randomized(dict(algo="lokr", factor="4"), tmp_path / "k.safetensors", "sdxl")
-    b = random_bundle("sdxl")
-    base = _unet_out(b.unet)
-    net, sd = lora.create_network_from_weights(1.0, str(path), None, b.text_encoders, b.unet)  # delegates
+    path = _randomized(sd1_bundle, dict(algo="lokr", factor="4"), tmp_path / "k.safetensors")
+    te, unet = copy.deepcopy(sd1_bundle.text_encoders[0]), copy.deepcopy(sd1_bundle.unet)
+    base = _unet_out(unet)
+    net, sd = lora.create_network_from_weights(1.0, str(path), None, te, unet)  # delegates to networks.lycoris
     assert isinstance(net, lycoris.LycorisNetwork)
-    net.apply_to(b.text_encoders, b.unet)
+    net.apply_to(te, unet)
     net.load_state_dict(sd, strict=False)
-    applied = _unet_out(b.unet)
+    applied = _unet_out(unet)
     net.set_multiplier(0.0)
-    assert torch.equal(_unet_out(b.unet), base)
+    assert torch.equal(_unet_out(unet), base)
     net.set_multiplier(1.0)
     net.remove_from()
-    net.merge_to(b.text_encoders, b.unet, sd)
-    merged = _unet_out(b.unet)
+    net.merge_to(te, unet, sd)
+    merged = _unet_out(unet)
     assert (applied - base).abs().max() > 1e-3
     assert torch.allclose(merged, applied, rtol=1e-4, atol=1e-4)
 
