@@ -53,26 +53,30 @@ class LycorisArgs:
     GROUP = "network_args (networks.lycoris)"
     algo: str = opt(str, "lora", "algorithm: lora/locon (LoRA on Linear and conv layers), loha (Hadamard product "
                     "of two low-rank products), lokr (Kronecker product)", choices=ALGOS)
-    preset: str = opt(str, "full", "which layers: full (attention, MLP, resnets with their 3x3 convs, samplers, "
-                      "conv_in/out, time embedding), full-lin (no 3x3 convs), attn-mlp (transformer blocks; kohya's "
-                      "LoRA), attn-only, unet-only, unet-transformer-only, unet-convblock-only, or a TOML file",
-                      metavar="NAME|PATH")
-    conv_dim: int | None = opt(int, None, "rank of 3x3 (kxk) conv layers [network_dim]", check=_non_negative)
-    conv_alpha: float | None = opt(float, None, "alpha of kxk conv layers [network_alpha]", check=_non_negative)
+    preset: str = opt(str, "full", "which layers (presets below), or a LyCORIS preset TOML with unet_target_module, "
+                      "unet_target_name, text_encoder_target_module, text_encoder_target_name, enable_conv, "
+                      "use_fnmatch", metavar="NAME|PATH")
+    conv_dim: int | None = opt(int, None, "rank of kxk conv layers (1x1 convs use network_dim); 0 or unset: "
+                               "network_dim, as in LyCORIS", check=_non_negative)
+    conv_alpha: float | None = opt(float, None, "alpha of kxk conv layers; 0 or unset: network_alpha",
+                                   check=_non_negative)
     factor: int = opt(int, -1, "LoKr: split each dimension as (factor, dim/factor); -1 = most balanced",
                       check=_factor)
-    use_tucker: bool = opt(bool, False, "Tucker decomposition of kxk conv kernels (LoCon lora_mid, LoHa hada_t1/t2, "
-                           "LoKr lokr_t2); aliases use_cp, use_conv_cp, disable_conv_cp (deprecated)")
+    use_tucker: bool = opt(bool, False, "Tucker core for kxk conv kernels (LoCon lora_mid, LoHa hada_t1/t2, LoKr "
+                           "lokr_t2). Deprecated aliases use_cp, use_conv_cp, disable_conv_cp are copied over it in "
+                           "the order given, as LyCORIS does (disable_conv_cp=True turns Tucker on)")
     decompose_both: bool = opt(bool, False, "LoKr: also make the small factor W1 low-rank (when rank < its size/2)")
-    full_matrix: bool = opt(bool, False, "LoKr: keep W2 a full matrix whatever the rank (scale 1, alpha ignored)")
+    full_matrix: bool = opt(bool, False, "LoKr: keep W2 a full matrix whatever the rank (all factors full: scale "
+                            "1, alpha written as network_dim)")
     unbalanced_factorization: bool = opt(bool, False, "LoKr: swap the output factors (the bigger one in W1)")
-    dora_wd: bool = opt(bool, False, "DoRA: also train a magnitude per column (dora_scale)")
+    dora_wd: bool = opt(bool, False, "DoRA: also train a magnitude (dora_scale) on top of the algorithm")
     wd_on_output: bool = opt(bool, False, "DoRA: magnitude per output row instead of per input column. Off here "
                              "(LyCORIS >= 3.2 defaults to on): the input axis is the layout LyCORIS, ComfyUI and "
                              "A1111 apply alike")
-    dropout: float = opt(float, 0.0, "dropout of the module's output (ΔW·x) while training (not with DoRA)",
-                         check=_ratio)
-    rank_dropout: float = opt(float, 0.0, "drop output rows of ΔW while training (probability)", check=_ratio)
+    dropout: float = opt(float, 0.0, "dropout of the module's output ΔW·x while training (not with DoRA, as in "
+                         "LyCORIS); --network_dropout sets it too", check=_ratio)
+    rank_dropout: float = opt(float, 0.0, "drop output rows of ΔW while training (probability, LyCORIS' meaning)",
+                              check=_ratio)
     rank_dropout_scale: bool = opt(bool, False, "rescale the rows kept by rank_dropout by 1/mean")
     module_dropout: float = opt(float, 0.0, "skip the whole module in a training step (probability)", check=_ratio)
     rs_lora: bool = opt(bool, False, "rank-stabilised scale alpha/sqrt(rank) (the file stores alpha*sqrt(rank))")
