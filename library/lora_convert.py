@@ -1,5 +1,8 @@
 """Convert LoRA files between the kohya, Diffusers and PEFT formats without touching the numbers.
 
+LyCORIS modules (LoHa, LoKr, Tucker LoCon, full, DoRA) are first turned into plain LoRAs, exactly or at a chosen
+rank, so that diffusers and PEFT can load them (they read neither hada_/lokr_ keys nor kohya's dora_scale).
+
 Every module is read as stored (down, up, alpha, per-module rank), named by (component, Diffusers module path)
 through `library.keys.lora_formats`, and written in the target's names; only a fused projection (OpenCLIP's
 `in_proj`, a fused `to_qkv`) is split by rows into q, k and v, which is exact (the down factor is shared).
@@ -21,8 +24,10 @@ from pathlib import Path
 
 import torch
 
+from library.adapters.equivalent import BaseLookup, Conversion, lora_state_dict, needs_lora_form
 from library.errors import ToolkitError
 from library.files import load_state_dict, save_state_dict
+from library.keys import family_of_lora
 from library.keys import lora_formats as lf
 from library.lora_io import LoRAFactors, modules_to_state_dict, save_lora
 from library.metadata import base_model_version, family_from_metadata
@@ -51,6 +56,7 @@ class LoRAFile:
     fmt: str
     sdxl: bool
     ignored: list[str]  # left out: stray tensors, modules holding more than a LoRA (DoRA, Tucker cores, biases)
+    conversion: Conversion | None = None  # LyCORIS modules turned into plain LoRAs on reading
 
 
 def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str], dict | None]:
@@ -163,12 +169,19 @@ def _group(sd: Mapping[str, torch.Tensor]) -> tuple[dict[str, dict[str, torch.Te
     return parts, extras, loose
 
 
-def read_lora(path: str | os.PathLike) -> LoRAFile:
-    """Read a kohya, Diffusers or PEFT LoRA (file, or PEFT adapter folder); the format comes from the keys."""
+def read_lora(path: str | os.PathLike, rank: int | None = None, base: BaseLookup | None = None) -> LoRAFile:
+    """Read a kohya, Diffusers or PEFT LoRA (file, or PEFT adapter folder); the format comes from the keys.
+
+    kohya-named LyCORIS modules (LoHa, LoKr, Tucker LoCon, full, DoRA with `base`) become plain LoRAs: exact, or
+    the best rank-`rank` approximation (`LoRAFile.conversion` says what that cost)."""
     path = Path(path)
     if not path.exists():
         raise ToolkitError(f"{path}: file not found")
     sd, metadata, adapter_config = _read_tensors(path)
+    conversion = None
+    if needs_lora_form(sd) and any(re.match(r"lora_(unet|te[12]?)_", k) for k in sd):
+        sdxl = family_of_lora({k.partition(".")[0] for k in sd}) == "sdxl"
+        sd, conversion = lora_state_dict(sd, base, sdxl, str(path), rank)
     fmt = detect_format(list(sd))
     if fmt is None:
         raise ToolkitError(f"{path}: not a LoRA file (no lora_down/lora_up, lora.down/up or lora_A/lora_B tensors)")
@@ -201,7 +214,7 @@ def read_lora(path: str | os.PathLike) -> LoRAFile:
     if fmt != "kohya" and not configs and not any("alpha" in r for r in parts.values()):
         log.warning("%s: no alpha stored (no %s or adapter_config.json): alpha = rank (scale 1), as diffusers "
                     "assumes", path, ADAPTER_META)
-    return LoRAFile(entries, metadata, fmt, sdxl, ignored)
+    return LoRAFile(entries, metadata, fmt, sdxl, ignored, conversion)
 
 
 def _split_fused(entry: Entry) -> list[Entry]:
@@ -301,15 +314,18 @@ def _plan(lora: LoRAFile, to: str, src: str | os.PathLike) -> dict[str, Entry]:
     return written
 
 
-def convert_lora(src: str | os.PathLike, dst: str | os.PathLike, to: str,
-                 dtype: torch.dtype | None = None) -> tuple[LoRAFile, int]:
-    """Convert `src` (any format) to `dst` in format `to`; returns the input and the number of modules written."""
+def convert_lora(src: str | os.PathLike, dst: str | os.PathLike, to: str, dtype: torch.dtype | None = None,
+                 rank: int | None = None, base: BaseLookup | None = None) -> tuple[LoRAFile, int]:
+    """Convert `src` (any format) to `dst` in format `to`; returns the input and the number of modules written.
+    LyCORIS modules become plain LoRAs (exact, or at most `rank`; DoRA needs the `base` weights)."""
     if to not in lf.FORMATS:
         raise ToolkitError(f"--to {to}: use one of {', '.join(lf.FORMATS)}")
     dst = Path(dst)
     if to != "kohya" and dst.suffix.lower() != ".safetensors":
         raise ToolkitError(f"{dst}: a {to} LoRA keeps its alphas in the safetensors header: use a .safetensors name")
-    lora = read_lora(src)
+    if rank is not None and rank < 1:
+        raise ToolkitError(f"--rank {rank}: must be at least 1")
+    lora = read_lora(src, rank, base)
     written = _plan(lora, to, src)
     if to == "kohya":
         modules = {name: e.factors for name, e in written.items()}

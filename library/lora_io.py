@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from library.adapters import MODULE_SUFFIXES, lora_delta
 from library.errors import ToolkitError
 from library.files import load_state_dict, replace_metadata, safetensors_parts, save_state_dict, write_parts
 
@@ -57,11 +58,8 @@ class LoRAFactors:
 
 
 def compose(up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
-    """up@down for Linear, 1x1 and kxk conv factors (conv up is always 1x1)."""
-    w = up.reshape(up.shape[0], -1) @ down.reshape(down.shape[0], -1)
-    if down.ndim == 4:
-        return w.reshape(up.shape[0], *down.shape[1:])
-    return w
+    """up@down for Linear, 1x1 and kxk conv factors (conv up is always 1x1), from `library.adapters`."""
+    return lora_delta(up, down)
 
 
 def split_modules(sd: Mapping[str, torch.Tensor], path: str | os.PathLike = "<memory>") -> dict[str, LoRAFactors]:
@@ -83,12 +81,12 @@ def split_modules(sd: Mapping[str, torch.Tensor], path: str | os.PathLike = "<me
 
 
 def load_lora(path: str | os.PathLike, check_finite: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read a LoRA file; fails with the file's name when it holds no lora_down/lora_up tensors, or (unless
+    """Read a LoRA/LyCORIS file; fails with the file's name when it holds no module tensors, or (unless
     `check_finite` is False, for inspection) a tensor with NaN/Inf."""
     sd, meta = load_state_dict(path, check_finite=check_finite)
     sd = dict(sd)
-    if not any(k.endswith(DOWN) for k in sd):
-        raise ToolkitError(f"{path}: not a LoRA file (no *.lora_down.weight tensors)")
+    if not any(k.partition(".")[2] in MODULE_SUFFIXES for k in sd):
+        raise ToolkitError(f"{path}: not a LoRA file (no *.lora_down.weight, hada_*, lokr_* or diff tensors)")
     return sd, dict(meta)
 
 

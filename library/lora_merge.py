@@ -16,10 +16,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+import library.adapters as A
+from library.adapters.equivalent import effective_delta, factored, layer_shape
 from library.errors import ToolkitError
 from library.lora_io import LoRAFactors
 from library.lora_sources import LoRASource, as_2d_shape, check_same_layer, ordered_names
 from library.lowrank import lowrank_of_sum, quantile_abs_clamp
+from library.merge import BaseWeights
 from library.metadata import base_model_version, modelspec
 
 log = logging.getLogger(__name__)
@@ -78,6 +81,12 @@ def merge_loras(sources: Sequence[LoRASource], mode: str = "concat", shuffle: bo
                 dtype: torch.dtype = torch.float32) -> dict[str, LoRAFactors]:
     """Merge LoRAs into one: `concat` (exact, ranks add up) or `sum` (sd-scripts' factor-wise sum, equal ranks)."""
     names = ordered_names(sources)
+    for s in sources:
+        other = next((n for n in s.names if not s.is_plain(n)), None)
+        if other is not None:
+            kind = "DoRA" if s.is_dora(other) else ("Tucker LoCon" if s.algos[other] == A.LORA else A.NAMES[s.algos[other]])
+            raise ToolkitError(f"{s.path}: module {other} is {kind}, which LoRA+LoRA merging cannot join exactly; use "
+                               "svd_merge_lora.py (any algorithms, a LoRA of the rank you choose) or --sd_model")
     holders = {n: check_same_layer(sources, n) for n in names}
     if mode == "sum":
         for n, hs in holders.items():
@@ -112,40 +121,80 @@ def _not_empty(modules: dict[str, LoRAFactors]) -> dict[str, LoRAFactors]:
 
 def svd_merge(sources: Sequence[LoRASource], new_rank: int, new_conv_rank: int | None = None,
               device: str | None = None, dtype: torch.dtype = torch.float32,
-              clamp_quantile: float | None = None) -> dict[str, LoRAFactors]:
-    """Best rank-`new_rank` LoRA of Σ c_i·up_i@down_i per module (kxk convs: `new_conv_rank`).
+              clamp_quantile: float | None = None, base: BaseWeights | None = None) -> dict[str, LoRAFactors]:
+    """Best rank-`new_rank` LoRA of Σ ratio·ΔW_i per module (kxk convs: `new_conv_rank`), any algorithms.
 
-    Inputs are read in `dtype`; the decomposition itself runs in float32 (LAPACK has no half precision).
+    Inputs are read in `dtype`; the decomposition itself runs in float32 (LAPACK has no half precision). DoRA
+    inputs need `base` (their change depends on the base weight) and contribute W' − W at strength 1.
     """
     if new_rank < 1 or (new_conv_rank is not None and new_conv_rank < 1):
         raise ToolkitError("--new_rank/--new_conv_rank must be at least 1")
+    _need_base(sources, base)
     conv_rank = new_conv_rank or new_rank
     dev = torch.device(device) if device else torch.device("cpu")
     out = {}
     for n in tqdm(ordered_names(sources), desc="svd merge", unit="module"):
-        hs = check_same_layer(sources, n)
-        n_out, n_in, kernel = as_2d_shape(hs[0].delta_shape(n))
-        terms = []
+        hs = [s for s in check_same_layer(sources, n) if s.algos[n] != A.NORM]
+        if not hs:
+            log.warning("%s: norm modules have no low-rank form; left out", n)
+            continue
+        shape = _layer_shape(hs, n, base)
+        n_out, n_in, kernel = as_2d_shape(shape)
+        terms, dense = [], None
         for s in hs:
-            if s.coef(n) != 0:
+            if s.weight(n) == 0:
+                continue
+            if s.is_plain(n):
                 f = s.factors(n, dtype)
                 terms.append((f.up2d().to(dev, torch.float32), f.down2d().to(dev, torch.float32), s.coef(n)))
-        if not terms:
+                continue
+            module = s.module(n, dtype)
+            if s.is_dora(n):
+                w = base.get(n)
+                d = effective_delta(module, w.reshape(shape), n, torch.float32).to(dev) * s.weight(n)
+                dense = d if dense is None else dense + d
+            else:
+                up, down = factored(module, torch.float32)
+                terms.append((up.to(dev), down.to(dev), s.weight(n)))
+        if not terms and dense is None:
             log.debug("%s: every ratio is 0, module left out", n)
             continue
-        k = min(conv_rank if kernel else new_rank, n_out, hs[0].delta_shape(n)[1])  # capped as sd-scripts: in channels
+        k = min(conv_rank if kernel else new_rank, n_out, shape[1])  # capped as sd-scripts: in channels
         try:
-            up, down, _ = lowrank_of_sum(terms, k)
+            up, down, _ = lowrank_of_sum(terms, k, dense)
         except torch.linalg.LinAlgError as e:  # finite inputs whose product overflows float32
             raise ToolkitError(f"module {n}: the merged change cannot be decomposed ({str(e).splitlines()[0][:120]});"
                                " check the inputs' values with check_lora_weights.py") from None
         if clamp_quantile is not None and clamp_quantile < 1:
             up, down = quantile_abs_clamp(up, down, clamp_quantile)
-        first = hs[0].down_shapes[n]
-        if len(first) == 4:
-            up, down = up.reshape(n_out, k, 1, 1), down.reshape(k, *first[1:])
+        if len(shape) == 4:
+            up, down = up.reshape(n_out, k, 1, 1), down.reshape(k, *shape[1:])
         out[n] = LoRAFactors(down.cpu(), up.cpu(), float(k))
     return _not_empty(out)
+
+
+def _need_base(sources: Sequence[LoRASource], base: BaseWeights | None) -> None:
+    """DoRA inputs need the base model, and every one of their modules must be found in it."""
+    for s in sources:
+        dora = [n for n in s.names if s.is_dora(n)]
+        if dora and base is None:
+            raise ToolkitError(f"{s.path}: has DoRA modules, whose change depends on the base weights; give the base "
+                               "checkpoint with --sd_model")
+        lost = [n for n in dora if base.get_shape(n) is None]
+        if lost:
+            raise ToolkitError(f"{s.path}: DoRA module {lost[0]} has no weight in {base.path}; is it the right base "
+                               "model?")
+
+
+def _layer_shape(holders: Sequence[LoRASource], name: str, base: BaseWeights | None) -> tuple[int, ...]:
+    """The layer's weight shape: from the base model when given, else from the inputs' factors and the name."""
+    if base is not None and base.get_shape(name) is not None:
+        return base.get_shape(name)
+    shapes = [s.delta_shape(name) for s in holders]
+    four = next((sh for sh in shapes if len(sh) == 4), None)
+    if four is not None:
+        return four
+    return layer_shape(name, holders[0].stand_ins[name], sdxl=holders[0].sdxl)
 
 
 def common_or_dynamic(values: Sequence[float | int]) -> str:

@@ -1,4 +1,4 @@
-"""LoRA files opened for merging: names, shapes and alphas up front, factor tensors one module at a time.
+"""LoRA/LyCORIS files opened for merging: kinds, shapes and alphas up front, tensors one module at a time.
 
 Every merge tool reads its inputs through `open_sources`, so ratio/`--lbws` counts, file problems and
 family mismatches fail before any output is written, and peak memory stays at about one module per input.
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+import library.adapters as A
 from library.errors import ToolkitError
 from library.files import LazySafetensors, open_streaming
 from library.keys import family_of_lora
@@ -25,42 +26,65 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class LoRASource:
-    """One input LoRA: where it is, how strongly it merges, and lazy access to its modules."""
+    """One input LoRA/LyCORIS file: where it is, how strongly it merges, and lazy access to its modules.
+
+    Module kinds and shapes are known up front (from the header); tensors are read one module at a time.
+    """
 
     path: Path
     ratio: float
     tensors: object  # LazySafetensors or an in-memory dict (.ckpt/.pt)
     metadata: dict[str, str]
-    down_shapes: dict[str, tuple[int, ...]]
-    up_shapes: dict[str, tuple[int, ...]]
-    alphas: dict[str, float]
+    stand_ins: dict[str, dict[str, torch.Tensor]]  # module -> suffix -> meta tensor (alpha: the real value)
+    algos: dict[str, str]
     block_weights: list[float] | None = None
     sdxl: bool = False
     family: str | None = field(default=None)
 
     @property
     def names(self) -> list[str]:
-        return list(self.down_shapes)
+        return list(self.stand_ins)
 
     @property
     def title(self) -> str:
         return self.metadata.get("modelspec.title") or self.path.stem
 
+    def is_plain(self, name: str) -> bool:
+        """A LoRA/LoCon module without Tucker core or DoRA magnitude: up@down is its whole effect."""
+        m = self.stand_ins[name]
+        return self.algos[name] == A.LORA and "lora_mid.weight" not in m and not A.is_dora(m)
+
+    def is_dora(self, name: str) -> bool:
+        return A.is_dora(self.stand_ins[name])
+
     def rank(self, name: str) -> int:
-        return self.down_shapes[name][0]
+        return A.rank_of(self.stand_ins[name]) or 0
 
     def delta_shape(self, name: str) -> tuple[int, ...]:
-        """Shape of up@down: (out, in) or (out, in, kh, kw)."""
-        return (self.up_shapes[name][0], *self.down_shapes[name][1:])
+        """Shape of ΔW as the factors tell it: (out, in) or (out, in, kh, kw); flat LoHa/LoKr convs stay 2-D."""
+        return A.natural_shape(self.stand_ins[name])
+
+    def module(self, name: str, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        """The module's tensors, read now (cast to `dtype` except alpha)."""
+        out = {}
+        for suffix in self.stand_ins[name]:
+            t = self.tensors[f"{name}.{suffix}"]
+            out[suffix] = t if dtype is None or suffix == ALPHA else t.to(dtype)
+        return out
 
     def factors(self, name: str, dtype: torch.dtype = torch.float32) -> LoRAFactors:
+        """up/down/alpha of a plain LoRA module (missing or zero alpha: alpha = rank, scale 1)."""
         down = self.tensors[f"{name}.{DOWN}"].to(dtype)
         up = self.tensors[f"{name}.{UP}"].to(dtype)
-        return LoRAFactors(down, up, self.alphas[name])
+        return LoRAFactors(down, up, A.scale_of(self.stand_ins[name]) * down.shape[0])
+
+    def weight(self, name: str) -> float:
+        """ratio · block weight: the strength this module merges with."""
+        return self.ratio * self.lbw(name)
 
     def coef(self, name: str) -> float:
-        """What multiplies up@down of this module in the merged delta: ratio · block weight · alpha/rank."""
-        return self.ratio * self.lbw(name) * self.alphas[name] / self.rank(name)
+        """What multiplies the raw factor product in the merged delta: ratio · block weight · alpha/rank."""
+        return self.weight(name) * A.scale_of(self.stand_ins[name])
 
     def lbw(self, name: str) -> float:
         return block_weight(self.block_weights, name, self.sdxl)
@@ -71,30 +95,35 @@ def _shape(tensors: object, key: str) -> tuple[int, ...]:
 
 
 def open_source(path: str | os.PathLike, ratio: float = 1.0) -> LoRASource:
-    """Open one LoRA file lazily and check that its modules are complete."""
+    """Open one LoRA/LyCORIS file lazily; every module is classified (unknown kinds refused) before any work."""
     path = Path(path)
     tensors, metadata = open_streaming(path)
-    keys = list(tensors)
-    if any("oft_blocks" in k for k in keys):
-        raise ToolkitError(f"{path}: OFT files are not supported by the LoRA merge tools")
-    downs = [k[: -len(DOWN) - 1] for k in keys if k.endswith("." + DOWN)]
-    if not downs:
-        raise ToolkitError(f"{path}: not a LoRA file (no *.lora_down.weight tensors)")
-    ups = {k[: -len(UP) - 1] for k in keys if k.endswith("." + UP)}
-    if set(downs) != ups:
-        odd = sorted(set(downs) ^ ups)[0]
-        raise ToolkitError(f"{path}: module {odd} has lora_down without lora_up or the reverse")
-    down_shapes, up_shapes, alphas = {}, {}, {}
-    for n in downs:
-        d, u = _shape(tensors, f"{n}.{DOWN}"), _shape(tensors, f"{n}.{UP}")
-        if len(d) not in (2, 4) or len(u) != len(d) or u[1] != d[0]:
-            raise ToolkitError(f"{path}: module {n}: lora_up {u} and lora_down {d} do not fit together")
-        down_shapes[n], up_shapes[n] = d, u
-        a = float(tensors[f"{n}.{ALPHA}"]) if f"{n}.{ALPHA}" in tensors else 0.0
-        alphas[n] = a if a != 0 else float(d[0])  # missing or zero alpha means alpha = rank (scale 1)
-    family = family_of_lora(downs)
-    return LoRASource(path, float(ratio), tensors, dict(metadata), down_shapes, up_shapes, alphas,
-                      sdxl=family == "sdxl", family=family)
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    for key in tensors:
+        name, dot, suffix = key.partition(".")
+        if not dot:
+            raise ToolkitError(f"{path}: tensor {key} is not a `<module>.<suffix>` key: not a LoRA file")
+        if suffix == ALPHA:
+            t = tensors[key]
+            groups.setdefault(name, {})[suffix] = t
+        else:
+            groups.setdefault(name, {})[suffix] = torch.empty(_shape(tensors, key), device="meta")
+    if not any(set(g) & A.MODULE_SUFFIXES for g in groups.values()):
+        raise ToolkitError(f"{path}: not a LoRA file (no lora_down/lora_up, hada_*, lokr_* or diff tensors)")
+    algos = {}
+    for name, stand_in in groups.items():
+        try:
+            algos[name] = A.algorithm_of(stand_in, name)
+        except ToolkitError as e:
+            raise ToolkitError(f"{path}: {e}") from None
+        if algos[name] == A.LORA:
+            d, u = stand_in["lora_down.weight"].shape, stand_in["lora_up.weight"].shape
+            if len(d) not in (2, 4) or len(u) != len(d) or u[1] != d[0]:
+                raise ToolkitError(f"{path}: module {name}: lora_up {tuple(u)} and lora_down {tuple(d)} do not fit "
+                                   "together")
+    family = family_of_lora(groups)
+    return LoRASource(path, float(ratio), tensors, dict(metadata), groups, algos, sdxl=family == "sdxl",
+                      family=family)
 
 
 def open_sources(models: Sequence[str], ratios: Sequence[float] | None, lbws: Sequence[str] | None = None
@@ -137,10 +166,17 @@ def as_2d_shape(shape: tuple[int, ...]) -> tuple[int, int, tuple[int, ...]]:
     return shape[0], flat_in, kernel
 
 
+def same_layer(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    """Two ΔW shapes fit one layer: same out and flat in; kernels must agree where both are known."""
+    (oa, ia, ka), (ob, ib, kb) = as_2d_shape(a), as_2d_shape(b)
+    return oa == ob and ia == ib and (ka == kb or len(a) == 2 or len(b) == 2)
+
+
 def check_same_layer(sources: Sequence[LoRASource], name: str) -> list[LoRASource]:
     """The inputs holding module `name`; their deltas must have one shape (1x1 conv vs Linear may differ)."""
-    holders = [s for s in sources if name in s.down_shapes]
-    shapes = {as_2d_shape(s.delta_shape(name)) for s in holders}
+    holders = [s for s in sources if name in s.stand_ins]
+    first = holders[0].delta_shape(name)
+    shapes = {first} if all(same_layer(first, s.delta_shape(name)) for s in holders) else {0, 1}
     if len(shapes) > 1:
         detail = ", ".join(f"{s.path.name}: {s.delta_shape(name)}" for s in holders)
         raise ToolkitError(f"module {name} has different layer shapes in the inputs ({detail}); "

@@ -84,20 +84,26 @@ def pad_rank(up: torch.Tensor, down: torch.Tensor, k: int) -> tuple[torch.Tensor
             torch.cat([down, down.new_zeros(k - r, down.shape[1])], dim=0))
 
 
-def lowrank_of_sum(terms: Sequence[tuple[torch.Tensor, torch.Tensor, float]], k: int
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Best rank-k approximation (Eckart-Young) of Σ coef·up@down as up = U·S [out,k], down = Vh [k,in], and S.
+def lowrank_of_sum(terms: Sequence[tuple[torch.Tensor, torch.Tensor, float]], k: int,
+                   dense: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Best rank-k approximation (Eckart-Young) of Σ coef·up@down (+ `dense`) as up = U·S [out,k], down = Vh [k,in],
+    and S.
 
     While the summed rank is below the layer's smaller side the SVD comes from the stacked factors (QR + a small
-    core SVD) and the out x in matrix is never formed; otherwise the dense sum is decomposed exactly. The result is
-    zero-padded to exactly k when the sum has lower rank.
+    core SVD) and the out x in matrix is never formed; otherwise (or with a `dense` part) the dense sum is
+    decomposed exactly. The result is zero-padded to exactly k when the sum has lower rank.
     """
-    n_out, n_in = terms[0][0].shape[0], terms[0][1].shape[1]
+    if dense is None:
+        n_out, n_in = terms[0][0].shape[0], terms[0][1].shape[1]
+    else:
+        n_out, n_in = dense.shape
     total = sum(d.shape[0] for _, d, _ in terms)
-    if total < min(n_out, n_in):
+    if dense is None and total < min(n_out, n_in):
         u, s, vh = svd_of_sum(terms)
     else:
-        dense = sum(c * (up @ down) for up, down, c in terms)
+        for up, down, c in terms:
+            part = c * (up @ down)
+            dense = part if dense is None else dense + part
         u, s, vh = torch.linalg.svd(dense, full_matrices=False)
     k_eff = min(k, s.shape[0])
     up, down = pad_rank(*split_factors(u, s, vh, k_eff), k)

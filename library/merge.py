@@ -2,7 +2,8 @@
 
 The checkpoint is never turned into Diffusers models: each LoRA module is mapped to its weight key (and row
 slice for OpenCLIP's packed q/k/v) by `library.keys.checkpoint_targets`, every tensor is read, updated
-W ← W + Σ ratio·(alpha/rank)·up@down in the math dtype, cast and written before the next one is read.
+W ← W + Σ ratio·ΔW in the math dtype (ΔW from `library.adapters`, any algorithm; DoRA decomposed on the weight),
+cast and written before the next one is read.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+import library.adapters as A
 from library.errors import ToolkitError
 from library.files import (
     SAFETENSORS_EXT,
@@ -26,7 +28,7 @@ from library.files import (
     stream_safetensors,
 )
 from library.keys import checkpoint_targets, detect_family
-from library.lora_sources import LoRASource, as_2d_shape
+from library.lora_sources import LoRASource, same_layer
 from library.metadata import family_from_metadata, modelspec
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,7 @@ class Hit:
     source: LoRASource
     name: str
     rows: tuple[int, int] | None
+    bias: bool = False  # the hit changes the layer's bias (`diff_b` of a full module)
 
 
 def tensor_shapes(tensors: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
@@ -79,7 +82,13 @@ def plan_merge(shapes: Mapping[str, tuple[int, ...]], family: str, sources: Sequ
     for src in sources:
         _check_family(src, family, model)
         missing, hits = [], 0
+        norms = [n for n in src.names if src.algos[n] == A.NORM]
+        if norms:
+            log.warning("%s: %d norm module(s) (w_norm/b_norm) are not merged into checkpoints: %s", src.path.name,
+                        len(norms), ", ".join(norms[:3]) + (" ..." if len(norms) > 3 else ""))
         for name in src.names:
+            if src.algos[name] == A.NORM:
+                continue
             t = targets.get(name)
             if t is None:
                 missing.append(name)
@@ -87,10 +96,15 @@ def plan_merge(shapes: Mapping[str, tuple[int, ...]], family: str, sources: Sequ
             shape = shapes[t.key]
             if t.rows:
                 shape = (t.rows[1] - t.rows[0], *shape[1:])
-            if as_2d_shape(src.delta_shape(name)) != as_2d_shape(shape):
+            if not same_layer(src.delta_shape(name), shape):
                 raise ToolkitError(f"{src.path}: module {name} makes a {src.delta_shape(name)} change but {t.key} "
                                    f"is {shape} in {model}; is the LoRA made for another base model (SD1 vs SD2)?")
             plan.setdefault(t.key, []).append(Hit(src, name, t.rows))
+            if "diff_b" in src.stand_ins[name]:
+                bias_key = t.key.removesuffix("weight") + "bias"
+                if bias_key not in shapes or t.rows:
+                    raise ToolkitError(f"{src.path}: module {name} changes a bias that {model} does not have")
+                plan.setdefault(bias_key, []).append(Hit(src, name, None, bias=True))
             hits += 1
         if hits == 0:
             raise ToolkitError(f"{src.path}: none of its {len(src.names)} modules exist in {model} "
@@ -103,13 +117,20 @@ def plan_merge(shapes: Mapping[str, tuple[int, ...]], family: str, sources: Sequ
 
 
 def apply_hits(w: torch.Tensor, hits: Sequence[Hit], dtype: torch.dtype) -> torch.Tensor:
-    """W + Σ coef·up@down in `dtype`; 1x1-conv LoRAs on Linear weights are squeezed (and the reverse)."""
+    """W' of every module in order, in `dtype`: W + s·ΔW (α/r once, whatever the algorithm), DoRA decomposed on the
+    weight as it stands; 1x1-conv LoRAs on Linear weights are squeezed (and the reverse)."""
     w = w.to(dtype, copy=True)
     for h in hits:
-        f = h.source.factors(h.name, dtype)
+        src, name = h.source, h.name
         part = w[h.rows[0]:h.rows[1]] if h.rows else w
-        # one fused W += coef·up@down on the 2-D view (rows of a contiguous weight stay contiguous)
-        part.view(part.shape[0], -1).addmm_(f.up2d(), f.down2d(), alpha=h.source.coef(h.name))
+        if h.bias:
+            part += src.weight(name) * A.bias_delta(src.module(name), dtype)
+        elif src.is_plain(name):
+            f = src.factors(name, dtype)
+            # one fused W += coef·up@down on the 2-D view (rows of a contiguous weight stay contiguous)
+            part.view(part.shape[0], -1).addmm_(f.up2d(), f.down2d(), alpha=src.coef(name))
+        else:
+            part.copy_(A.apply_delta(part, src.module(name, dtype), src.weight(name), name))
     return w
 
 
@@ -170,3 +191,32 @@ def _dtype(tensors: Mapping[str, torch.Tensor], key: str) -> torch.dtype:
 
 def _is_float(tensors: Mapping[str, torch.Tensor], key: str) -> bool:
     return _dtype(tensors, key).is_floating_point
+
+
+class BaseWeights:
+    """Base-model weights looked up by LoRA module name, read on demand (DoRA's change depends on them)."""
+
+    def __init__(self, path: str | os.PathLike, family: str | None = None) -> None:
+        self.path = Path(path)
+        if self.path.is_dir():
+            raise ToolkitError(f"{self.path}: is a folder; give a single-file .safetensors/.ckpt checkpoint")
+        self.tensors, _ = open_streaming(self.path)
+        self.shapes = tensor_shapes(self.tensors)
+        self.family = resolve_family(self.shapes, self.path, family)
+        self.targets = checkpoint_targets(self.shapes, self.family)
+
+    def get_shape(self, name: str) -> tuple[int, ...] | None:
+        """Shape of the weight module `name` changes, or None when the model has no such layer."""
+        t = self.targets.get(name)
+        if t is None:
+            return None
+        shape = self.shapes[t.key]
+        return (t.rows[1] - t.rows[0], *shape[1:]) if t.rows else tuple(shape)
+
+    def get(self, name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
+        """The weight module `name` changes (its rows for OpenCLIP's packed q/k/v), or None when absent."""
+        t = self.targets.get(name)
+        if t is None:
+            return None
+        w = self.tensors[t.key].to(dtype)
+        return w[t.rows[0]:t.rows[1]] if t.rows else w

@@ -1,4 +1,5 @@
-"""Show each LoRA module's rank, alpha and norms, and flag all-zero and NaN/Inf tensors.
+"""Show each LoRA/LyCORIS module's kind (LoRA, LoCon, LoHa, LoKr, DoRA, Tucker), rank or LoKr factors, alpha, scale
+and |ΔW|, and flag all-zero and NaN/Inf tensors and scale traps (a huge alpha on low-rank factors).
 
     python networks/check_lora_weights.py FILE [--show_all]
 
@@ -17,35 +18,44 @@ from library.cli import add_verbosity, run_main, setup_logging  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Inspect a LoRA file: modules, ranks, alphas, norms, problems.")
+    parser = argparse.ArgumentParser(description="Inspect a LoRA/LyCORIS file: kinds, ranks, alphas, scales, norms, problems.")
     parser.add_argument("file", help="LoRA file (.safetensors, .ckpt, .pt)")
     parser.add_argument("-s", "--show_all", "--show_all_keys", action="store_true",
                         help="also list every tensor with shape, mean |w| and min |w|, and the metadata")
     add_verbosity(parser)
     args = parser.parse_args(argv)
     setup_logging(args.verbosity)
-    from library.lora_check import check_state_dict
+    from library.lora_check import check_state_dict, file_notes
     from library.lora_io import load_lora
 
     sd, meta = load_lora(args.file, check_finite=False)  # reporting NaN/Inf is this tool's job
     reports, other = check_state_dict(sd, args.file)
     print(f"file: {args.file}")
+    if meta.get("ss_network_module"):
+        print(f"network: {meta['ss_network_module']} {meta.get('ss_network_args', '')}".rstrip())
     print(f"number of LoRA modules: {len(reports)} ({len(sd)} tensors)")
-    ranks = sorted({r.rank for r in reports})
-    alphas = sorted({r.alpha for r in reports})
-    print(f"ranks: {ranks}   alphas: {alphas}")
+    kinds = sorted({r.kind for r in reports})
+    ranks = sorted({r.rank for r in reports if r.rank is not None})
+    alphas = sorted({r.alpha for r in reports if r.alpha is not None})
+    print(f"kinds: {', '.join(kinds)}   ranks: {ranks}   alphas: {alphas}")
     for prefix in ("lora_te_", "lora_te1_", "lora_te2_", "lora_unet_"):
         n = sum(r.name.startswith(prefix) for r in reports)
         if n:
             print(f"  {prefix.rstrip('_')}: {n} modules")
-    print(f"{'module':<90} {'rank':>4} {'alpha':>7} {'|up|':>9} {'|down|':>9} {'|dW|':>9}  problems")
+    print(f"{'module':<90} {'kind':<22} {'rank':>4} {'alpha':>8} {'scale':>8} {'|dW|':>9}  factors / problems")
     for r in reports:
-        print(f"{r.name:<90} {r.rank:>4} {r.alpha:>7.3g} {r.up_norm:>9.4g} {r.down_norm:>9.4g} {r.delta_norm:>9.4g}  "
-              f"{'; '.join(r.problems)}")
+        rank = "-" if r.rank is None else str(r.rank)
+        alpha = "-" if r.alpha is None else f"{r.alpha:.4g}"
+        print(f"{r.name:<90} {r.kind:<22} {rank:>4} {alpha:>8} {r.scale:>8.4g} {r.delta_norm:>9.4g}  "
+              f"{'; '.join(x for x in [r.detail, *r.problems] if x)}")
+    for note in file_notes(reports):
+        print(note)
     problems = [f"{r.name}: {p}" for r in reports for p in r.problems] + other
     zero = sum("all zero" in p for p in problems)
     bad = sum("NaN" in p for p in problems)
-    print(f"summary: {len(reports)} modules, {zero} all-zero tensors, {bad} tensors with NaN/Inf")
+    traps = sum("scale trap" in p for p in problems)
+    print(f"summary: {len(reports)} modules, {zero} all-zero tensors, {bad} tensors with NaN/Inf"
+          + (f", {traps} scale traps" if traps else ""))
     if args.show_all:
         print("metadata:")
         for k in sorted(meta):

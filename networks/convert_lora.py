@@ -8,6 +8,9 @@ kohya: `lora_unet_…`/`lora_te…` with `.alpha` (sd-scripts, A1111, ComfyUI). 
 diffusers' converter and training scripts write. peft: `unet.….lora_A/lora_B` (get_peft_model_state_dict).
 SD1/SD2/SDXL, LoRA and LoCon; factors, per-module ranks and alphas are carried exactly (alphas of the Diffusers
 and PEFT forms live in the `lora_adapter_metadata` header entry, which `load_lora_weights` reads).
+LoHa, LoKr, Tucker LoCon and DoRA (with --sd_model) become plain LoRAs, exactly or at most --rank:
+
+    python networks/convert_lora.py my_lokr.safetensors my_lokr_diffusers.safetensors --to diffusers --rank 32
 """
 
 from __future__ import annotations
@@ -30,6 +33,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("input", help="LoRA file (.safetensors/.ckpt/.pt) or PEFT adapter folder")
     parser.add_argument("output", help="output file (.safetensors; kohya also .ckpt/.pt)")
     parser.add_argument("--to", required=True, choices=LORA_FORMATS, help="format written")
+    parser.add_argument("--rank", type=int, default=None,
+                        help="LoHa/LoKr/DoRA/Tucker modules become plain LoRAs of at most this rank (the best "
+                             "approximation; the relative error is printed) [exact: the change's own rank]")
+    parser.add_argument("--sd_model", default=None,
+                        help="base checkpoint the LoRA was made for: needed to convert DoRA modules (their change "
+                             "depends on the base weights)")
     parser.add_argument("--save_precision", choices=["float", "fp16", "bf16"], default=None,
                         help="dtype written (default: as stored in the input)")
     add_verbosity(parser)
@@ -37,12 +46,21 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging(args.verbosity)
     from library.files import check_output_file
     from library.lora_convert import convert_lora
+    from library.merge import BaseWeights
 
-    check_output_file(args.output, "output", [("input", args.input)])
-
-    lora, count = convert_lora(args.input, args.output, args.to, str_to_dtype(args.save_precision))
+    check_output_file(args.output, "output", [("input", args.input)] +
+                      ([("--sd_model", args.sd_model)] if args.sd_model else []))
+    base = BaseWeights(args.sd_model) if args.sd_model else None
+    lora, count = convert_lora(args.input, args.output, args.to, str_to_dtype(args.save_precision), args.rank,
+                               base.get if base else None)
     log.info("%s (%s%s) -> %s (%s): %d modules", args.input, lora.fmt, ", SDXL" if lora.sdxl else "", args.output,
              args.to, count)
+    conv = lora.conversion
+    if conv is not None and conv.modules:
+        ranks = [k for k, _, _ in conv.modules.values()]
+        worst = conv.worst()
+        print(f"{len(ranks)} LyCORIS module(s) written as plain LoRA (rank {min(ranks)}-{max(ranks)}): relative error "
+              f"{conv.relative_error:.3g} of the change (worst {worst[0]}: {worst[1]:.3g})")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from library.resize.recipe import DEFAULT_RECIPES, parse_recipes  # noqa: E402
 
 log = logging.getLogger("resize_lora")
 KOHYA_OPTIONS = ("--model", "--save_to", "--new_rank", "--new_conv_rank", "--dynamic_method", "--dynamic_param",
-                 "--save_precision", "--svd_lowrank_niter")
+                 "--save_precision", "--svd_lowrank_niter", "--sd_model")
 
 
 def kohya_parser() -> argparse.ArgumentParser:
@@ -45,6 +45,9 @@ def kohya_parser() -> argparse.ArgumentParser:
     p.add_argument("--save_precision", choices=["float", "fp16", "bf16"], default=None,
                    help="dtype written [float]")
     p.add_argument("--device", default=None, help="device for the SVD, e.g. cuda [cpu]")
+    p.add_argument("--sd_model", default=None,
+                   help="base checkpoint the LoRA was trained on: needed to resize DoRA modules (their change depends "
+                        "on the base weights) and used for the layers' shapes")
     p.add_argument("--verbose", action="store_true", help="print one line per module and the mean retention")
     p.add_argument("--svd_lowrank_niter", type=int, default=None,
                    help="accepted for compatibility; ignored (the decomposition here is always exact)")
@@ -99,10 +102,11 @@ def run_kohya(argv: list[str]) -> None:
 
     settings = kohya.KohyaSettings(args.new_rank, args.new_conv_rank, args.dynamic_method, args.dynamic_param,
                                    args.device)
-    check_output_file(args.save_to, "--save_to", [("--model", args.model)])
+    check_output_file(args.save_to, "--save_to", [("--model", args.model)] +
+                      ([("--sd_model", args.sd_model)] if args.sd_model else []))
     if args.report:
         check_output_file(args.report, "--report", [("--model", args.model), ("--save_to", args.save_to)])
-    result = kohya.resize_file(args.model, args.save_to, settings, str_to_dtype(args.save_precision))
+    result = kohya.resize_file(args.model, args.save_to, settings, str_to_dtype(args.save_precision), args.sd_model)
     if args.verbose:
         for line in kohya.verbose_summary(result.reports, bool(args.dynamic_method)):
             print(line)

@@ -3,8 +3,9 @@
     python networks/svd_merge_lora.py --save_to merged.safetensors --models a.safetensors b.safetensors \
         --ratios 0.7 0.5 --new_rank 32 --new_conv_rank 16
 
-Per module the result is the best rank-k approximation of Σ ratio·(alpha/rank)·up@down (Eckart-Young),
-computed from the stacked factors: the full out x in change is never formed while the summed rank is smaller.
+Inputs may be LoRA/LoCon, LoHa, LoKr, full diffs or DoRA (which needs the base model, --sd_model). Per module
+the result is the best rank-k approximation of Σ ratio·ΔW (Eckart-Young), computed from exact stacked factors
+(LoHa and LoKr have low-rank forms too): the full out x in change is formed only when the summed rank is larger.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--new_rank", type=int, default=4, help="rank for Linear and 1x1 conv modules [4]")
     parser.add_argument("--new_conv_rank", type=int, default=None,
                         help="rank for 3x3 conv modules (default: --new_rank)")
+    parser.add_argument("--sd_model", default=None,
+                        help="base checkpoint the LoRAs were made for: needed for DoRA inputs (their change depends on "
+                             "the base weights) and used for the layers' shapes")
     parser.add_argument("--device", default=None, help="device for the SVD, e.g. cuda (default cpu)")
     parser.add_argument("--clamp_quantile", type=float, default=None,
                         help="clamp the factors to this quantile of their values (sd-scripts always uses 0.99); "
@@ -53,9 +57,13 @@ def main(argv: list[str] | None = None) -> None:
 
     dtype = str_to_dtype(args.precision)
     save_dtype = str_to_dtype(args.save_precision, dtype)
-    check_output_file(args.save_to, "--save_to", [("--models", m) for m in args.models])
+    from library.merge import BaseWeights
+
+    check_output_file(args.save_to, "--save_to", [("--models", m) for m in args.models] +
+                      ([("--sd_model", args.sd_model)] if args.sd_model else []))
     sources = open_sources(args.models, args.ratios, args.lbws)
-    modules = svd_merge(sources, args.new_rank, args.new_conv_rank, args.device, dtype, args.clamp_quantile)
+    base = BaseWeights(args.sd_model) if args.sd_model else None
+    modules = svd_merge(sources, args.new_rank, args.new_conv_rank, args.device, dtype, args.clamp_quantile, base)
     conv_rank = args.new_conv_rank or args.new_rank
     meta = merged_lora_metadata(sources, modules, args.save_to, args.no_metadata, dim=str(args.new_rank),
                                 alpha=str(float(args.new_rank)),

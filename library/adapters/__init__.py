@@ -19,6 +19,7 @@ from library.adapters.modules import (
     LOHA,
     LOKR,
     LORA,
+    MODULE_SUFFIXES,
     NAMES,
     NORM,
     algorithm_of,
@@ -37,7 +38,7 @@ from library.adapters.modules import (
 )
 
 __all__ = [
-    "ALGORITHMS", "FULL", "LOHA", "LOKR", "LORA", "NAMES", "NORM", "algorithm_of", "alpha_of", "apply_delta",
+    "ALGORITHMS", "FULL", "LOHA", "LOKR", "LORA", "MODULE_SUFFIXES", "NAMES", "NORM", "algorithm_of", "alpha_of", "apply_delta",
     "bias_delta", "delta_weight", "dora_magnitude", "dora_out_axis", "dora_weight", "group_modules", "is_dora",
     "lokr_delta", "lokr_factorization", "loha_delta", "lora_delta", "natural_shape", "rank_of", "raw_delta",
     "scale_of", "tucker_rebuild", "weight_decompose",

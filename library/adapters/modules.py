@@ -26,22 +26,29 @@ SUFFIXES = {
     FULL: frozenset({"diff", "diff_b"}),
     NORM: frozenset({"w_norm", "b_norm"}),
 }
-ALL_SUFFIXES = COMMON.union(*SUFFIXES.values())
+MODULE_SUFFIXES = frozenset().union(*SUFFIXES.values())
+ALL_SUFFIXES = COMMON | MODULE_SUFFIXES
 # kinds LyCORIS or kohya can write that no tool here applies: the suffix that names them
 UNSUPPORTED = (("on_input", "IA3"), ("oft_blocks", "OFT/BOFT"), ("oft_diag", "OFT (LyCORIS 2.0)"),
                ("a1.weight", "GLoRA"), ("q_layer.weight", "T-LoRA"), ("lokr_t1", "LoKr prototype (lokr_t1)"))
+_BY_LENGTH = sorted(ALL_SUFFIXES | {s for s, _ in UNSUPPORTED}, key=len, reverse=True)
 NAMES = {LORA: "LoRA/LoCon", LOHA: "LoHa", LOKR: "LoKr", FULL: "full (diff)", NORM: "norm"}
 
 Tensors = Mapping[str, torch.Tensor]
 
 
 def group_modules(sd: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
-    """Module name -> {suffix: tensor}, splitting each key at its first dot (kohya/LyCORIS names have none)."""
+    """Module name -> {suffix: tensor}: a known suffix ends the key (so dotted module names work too), else the
+    key is split at its first dot (kohya/LyCORIS module names have none)."""
     out: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in sd.items():
-        name, dot, suffix = key.partition(".")
-        if not dot:
-            raise ToolkitError(f"tensor {key}: not a `<module>.<suffix>` key of a LoRA/LyCORIS file")
+        suffix = next((s for s in _BY_LENGTH if key.endswith("." + s)), None)
+        if suffix is not None:
+            name = key[: -len(suffix) - 1]
+        else:
+            name, dot, suffix = key.partition(".")
+            if not dot:
+                raise ToolkitError(f"tensor {key}: not a `<module>.<suffix>` key of a LoRA/LyCORIS file")
         out.setdefault(name, {})[suffix] = value
     return out
 
@@ -64,7 +71,8 @@ def algorithm_of(tensors: Tensors, name: str = "") -> str:
     elif "w_norm" in keys:
         algo = NORM
     else:
-        raise ToolkitError(f"{where}: unknown module kind (keys {', '.join(sorted(keys))})")
+        listing = ", ".join(sorted(keys)[:6]) + (" ..." if len(keys) > 6 else "")
+        raise ToolkitError(f"{where}: unknown module kind (keys {listing})")
     odd = keys - SUFFIXES[algo] - COMMON
     if odd:
         raise ToolkitError(f"{where}: {NAMES[algo]} module with unknown key(s) {', '.join(sorted(odd))}")

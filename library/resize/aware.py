@@ -247,7 +247,7 @@ def run(settings: AwareSettings) -> list[Path]:
     written = []
     try:
         for members in groups:
-            lora = load_input(members)
+            lora = load_input(members, base.full_weight, base.family == "sdxl")
             out_dir = Path(settings.output_folder) if settings.output_folder else lora.folder
             prep = prepare(lora, base, settings.recipes, settings.device)
             for recipe in settings.recipes:

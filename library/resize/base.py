@@ -80,6 +80,15 @@ class BaseCheckpoint:
             w = w[target.rows[0]:target.rows[1]]
         return w.reshape(w.shape[0], -1)
 
+    def full_weight(self, lora_name: str) -> torch.Tensor | None:
+        """The base weight module `lora_name` changes in its own shape (CPU float32), or None (DoRA needs it)."""
+        target = self.target(lora_name)
+        if target is None:
+            return None
+        shape = self.shapes[target.key]
+        rows = shape[0] if target.rows is None else target.rows[1] - target.rows[0]
+        return self.weight(target).reshape(rows, *shape[1:]).cpu()
+
     def cached_norm(self, target: Target, kind: str) -> float | None:
         """A norm ("fro" or "spn") from the cache, or None."""
         return self.cache.get(weight_id(target), kind) if self.cache is not None else None

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from library.adapters.equivalent import BaseLookup, lora_state_dict, needs_lora_form
 from library.errors import ToolkitError
 from library.lora_io import ALPHA, DOWN, UP, LoRAFactors, load_lora, split_modules
 
@@ -122,11 +123,15 @@ def _module_keys(names) -> set[str]:  # noqa: ANN001 - iterable of module names
     return {f"{n}.{s}" for n in names for s in (DOWN, UP, ALPHA)}
 
 
-def load_input(members: list[Member]) -> LoRAInput:
-    """Read the member files; more than one member (or a weight) makes an exact merge."""
+def load_input(members: list[Member], base: BaseLookup | None = None, sdxl: bool = False) -> LoRAInput:
+    """Read the member files; more than one member (or a weight) makes an exact merge. LyCORIS modules (LoHa,
+    LoKr, Tucker, full, DoRA with the `base` weights) become exact LoRAs first."""
     loaded = []
     for m in members:
         sd, meta = load_lora(m.path)
+        if needs_lora_form(sd):
+            sd, _ = lora_state_dict(sd, base, sdxl, str(m.path))
+            meta = {**meta, "ss_network_module": "networks.lora"}
         loaded.append((split_modules(sd, m.path), sd, meta))
     mods, sd, meta = loaded[0]
     module_keys = _module_keys(mods)

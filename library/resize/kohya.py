@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from library.adapters.equivalent import lora_state_dict, needs_lora_form
 from library.errors import ToolkitError
 from library.lora_io import LoRAFactors, save_lora
 from library.options.choices import DYNAMIC_METHODS
@@ -207,6 +208,21 @@ def kohya_metadata(meta: Mapping[str, str], settings: KohyaSettings, old_dim: in
     return meta
 
 
+def _as_lora(sd: Mapping[str, torch.Tensor], meta: dict[str, str], model: str | Path,
+             sd_model: str | Path | None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """LyCORIS modules as exact LoRAs; the output is then a LoRA/LoCon file (networks.lora)."""
+    from library.keys import family_of_lora
+    from library.merge import BaseWeights
+
+    base = BaseWeights(sd_model) if sd_model else None
+    sdxl = family_of_lora({k.partition(".")[0] for k in sd}) == "sdxl"
+    sd, report = lora_state_dict(sd, base.get if base else None, sdxl, str(model))
+    log.info("%s: %d LyCORIS module(s) read as exact LoRAs before the resize", model, len(report.modules))
+    meta["ss_network_module"] = "networks.lora"
+    meta.pop("ss_network_args", None)
+    return sd, meta
+
+
 def verbose_summary(reports: list[ModuleReport], dynamic: bool) -> list[str]:
     """The `--verbose` lines: one per module, then the mean and spread of the Frobenius retention."""
     lines = [r.line(dynamic) for r in reports]
@@ -217,14 +233,19 @@ def verbose_summary(reports: list[ModuleReport], dynamic: bool) -> list[str]:
 
 
 def resize_file(model: str | Path, save_to: str | Path, settings: KohyaSettings,
-                save_dtype: torch.dtype | None = None) -> KohyaResult:
-    """Read `model`, resize, write `save_to` (metadata updated, hashes after the final cast, atomic)."""
+                save_dtype: torch.dtype | None = None, sd_model: str | Path | None = None) -> KohyaResult:
+    """Read `model`, resize, write `save_to` (metadata updated, hashes after the final cast, atomic).
+
+    LoHa/LoKr/Tucker/full/DoRA modules are first turned into exact LoRAs (`library.adapters`); DoRA needs the base
+    checkpoint `sd_model`."""
     from library.files import load_state_dict
 
     save_to = Path(save_to)
     if save_to.suffix.lower() not in SAVE_SUFFIXES:
         raise ToolkitError(f"--save_to {save_to}: must end with {', '.join(SAVE_SUFFIXES)}")
     sd, meta = load_state_dict(model)
+    if needs_lora_form(sd):
+        sd, meta = _as_lora(sd, dict(meta), model, sd_model)
     log.info("resizing %s", model)
     save_dtype = save_dtype or torch.float32  # the math is float32 whatever the input, as in sd-scripts
     result = resize_state_dict(sd, settings, str(model), save_dtype)
