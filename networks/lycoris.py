@@ -29,6 +29,8 @@ from library.options.lycoris_args import KNOWN_ARGS, LycorisArgs, parse_lycoris_
 from networks.lora import LoRANetwork, convert_diffusers_names_if_needed
 
 log = logging.getLogger(__name__)
+# base weights the merged forward may add ΔW to (others, e.g. fp8 storage, go through the layer's own forward)
+_PLAIN_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 class AdapterModule(nn.Module):
@@ -94,7 +96,8 @@ class AdapterModule(nn.Module):
         """Whether the wrapped forward is the layer's own (no other network chained before this one), so the
         merged weight can be used directly."""
         org = self.org_module[0]
-        return type(org) in (nn.Linear, nn.Conv2d) and getattr(self.org_forward, "__func__", None) is type(org).forward
+        return (type(org) in (nn.Linear, nn.Conv2d) and org.weight.dtype in _PLAIN_DTYPES
+                and getattr(self.org_forward, "__func__", None) is type(org).forward)
 
     def _op(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if not torch.is_autocast_enabled(x.device.type) and weight.dtype != x.dtype:
