@@ -171,7 +171,8 @@ class AdapterModule(nn.Module):
     def apply_max_norm_(self, max_norm: float) -> tuple[bool, float]:
         """Scale the factors so ‖(α/r)·ΔW‖ ≤ max_norm (each of the n factors by ratio^(1/n))."""
         norm = float((self.raw_delta().float() * self.scale).norm())
-        ratio = min(norm, max_norm) / max(norm, max_norm / 2)
+        floor = max(norm, max_norm / 2)  # LyCORIS' rule: clamp(norm, min=max/2), then clamp(max=max_norm)
+        ratio = min(floor, max_norm) / floor
         if ratio >= 1:
             return False, norm
         factors = self.scaled_factors()

@@ -394,3 +394,20 @@ def test_generation_applies_lycoris_files(trained, tiny_checkpoints, tmp_path):
     assert np.array_equal(zero, base)
     assert np.abs(with_lokr - base).mean() > 0.5 and np.abs(with_dora - base).mean() > 0.5
     assert np.array_equal(via_lora, with_lokr)
+
+
+def test_max_norm_scales_only_modules_above_it(sd1_bundle):
+    """--scale_weight_norms: LyCORIS' rule (modules below the norm untouched), every algorithm."""
+    net = lycoris.create_network(1.0, 4, 2, None, None, sd1_bundle.unet, algo="loha", preset="attn-only")
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for i, m in enumerate(net.unet_loras):
+            for p in m.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * (1.0 if i % 2 else 0.01))
+    with torch.no_grad():
+        before = [float(m.delta().norm()) for m in net.unet_loras]
+    scaled, mean, top = net.apply_max_norm_regularization(1.0)
+    with torch.no_grad():
+        after = [float(m.delta().norm()) for m in net.unet_loras]
+    assert scaled == sum(b > 1.0 for b in before) > 0 and top == pytest.approx(1.0, rel=1e-5)
+    assert all(a == pytest.approx(min(b, 1.0), rel=1e-5) for a, b in zip(after, before))
