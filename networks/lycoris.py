@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 from library import adapters, keys
 from library.errors import ToolkitError
@@ -38,6 +39,8 @@ class AdapterModule(nn.Module):
     magnitude; the forward adds `multiplier·ΔW` (or applies the DoRA weight)."""
 
     algo = ""
+    # recompute ΔW in backward instead of keeping its intermediate products (LoHa keeps two weight-sized ones)
+    recompute_delta = False
 
     def __init__(self, lora_name: str, org_module: nn.Module, multiplier: float, dim: int, alpha: float | None,
                  args: LycorisArgs, shapes: Mapping[str, tuple[int, ...]] | None = None) -> None:
@@ -115,9 +118,15 @@ class AdapterModule(nn.Module):
             keep = keep / keep.mean().clamp(min=1e-8)
         return keep
 
+    def _recomputed(self, fn, *args):  # noqa: ANN001, ANN202
+        """fn(*args), its intermediates recomputed in backward while training (memory of one weight, not three)."""
+        if self.training and torch.is_grad_enabled():
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
+
     def delta(self) -> torch.Tensor:
         """(α/r)·ΔW, with the rank-dropout row mask while training."""
-        d = self.raw_delta()
+        d = self._recomputed(self.raw_delta) if self.recompute_delta else self.raw_delta()
         if self.training and self.rank_dropout:
             d = d * self._row_mask(d.shape[0], d.device, d.dtype).reshape(-1, *[1] * (d.ndim - 1))
         return d * self.scale
@@ -132,8 +141,8 @@ class AdapterModule(nn.Module):
         if self.dora_scale is None and self.multiplier == 0:
             return self.org_forward(x, *args, **kwargs)
         org = self.org_module[0]
-        if self.dora_scale is not None:
-            new = self.dora_weight(self.delta())
+        if self.dora_scale is not None:  # V and its norms are recomputed in backward (the RNG state too)
+            new = self._recomputed(lambda: self.dora_weight(self.delta()))
             if self._owns_layer():
                 return self._op(x, new, org.bias)
             return self.org_forward(x, *args, **kwargs) + self._op(x, new - org.weight.detach().to(new.dtype), None)
@@ -245,6 +254,7 @@ class LoHaModule(AdapterModule):
     """LoHa: (W1a·W1b) ⊙ (W2a·W2b); Tucker cores hada_t1/t2 for kxk convs with use_tucker."""
 
     algo = "loha"
+    recompute_delta = True
 
     def _build(self, org: nn.Module, args: LycorisArgs) -> bool:
         dim, out_dim, in_dim = self.lora_dim, self.shape[0], self.shape[1]
