@@ -41,17 +41,23 @@ def random_lora(checkpoint: str | os.PathLike, rank: int, alpha: float | None = 
     return modules
 
 
-def random_lycoris(checkpoint: str | os.PathLike, algo: str, dim: int, alpha: float | None = None,
-                   factor: int = -1, conv: bool = False, tucker: bool = False, decompose_both: bool = False,
-                   full_matrix: bool = False, dora: str | None = None, seed: int = 0, std: float = 0.05,
-                   te: bool = True) -> dict[str, torch.Tensor]:
+def random_lycoris(checkpoint: str | os.PathLike | dict[str, tuple[int, ...]], algo: str, dim: int,
+                   alpha: float | None = None, factor: int = -1, conv: bool = False, tucker: bool = False,
+                   decompose_both: bool = False, full_matrix: bool = False, dora: str | None = None, seed: int = 0,
+                   std: float = 0.05, te: bool = True, only: str | None = None) -> dict[str, torch.Tensor]:
     """A seeded random LyCORIS state dict (`locon`, `loha` or `lokr`) with LyCORIS' key names, shapes and
-    full-matrix rules for every module training would create on `checkpoint` (3x3 convs too with `conv`);
-    `dora` "in"/"out" adds a `dora_scale` on that axis (the base norm, perturbed)."""
+    full-matrix rules for every module training would create on `checkpoint` (a file, or its key -> shape map;
+    3x3 convs too with `conv`; `only`: names matching this regex); `dora` "in"/"out" adds a `dora_scale` on that
+    axis (the base norm, perturbed; needs the file)."""
+    import re
+
     from library.adapters import dora_magnitude, lokr_factorization
 
-    tensors, _ = load_state_dict(checkpoint, lazy=True)
-    shapes = tensor_shapes(tensors)
+    if isinstance(checkpoint, dict):
+        tensors, shapes = None, checkpoint
+    else:
+        tensors, _ = load_state_dict(checkpoint, lazy=True)
+        shapes = tensor_shapes(tensors)
     g = torch.Generator().manual_seed(seed)
 
     def rnd(*shape: int) -> torch.Tensor:
@@ -60,6 +66,8 @@ def random_lycoris(checkpoint: str | os.PathLike, algo: str, dim: int, alpha: fl
     sd: dict[str, torch.Tensor] = {}
     for name, t in checkpoint_targets(shapes, detect_family(shapes)).items():
         if t.group is None or (t.group == "c3lier" and not conv) or (not te and name.startswith("lora_te")):
+            continue
+        if only is not None and not re.search(only, name):
             continue
         full = shapes[t.key]
         shape = ((t.rows[1] - t.rows[0]) if t.rows else full[0], *full[1:])
