@@ -232,13 +232,10 @@ class LoConModule(AdapterModule):
         w = self.lora_down.weight
         h = x if x.dtype == w.dtype or torch.is_autocast_enabled(x.device.type) else x.to(w.dtype)
         if self.is_conv:
-            org = self.org_module[0]
             h = self.lora_down(h)
             if self.lora_mid is not None:
                 h = self.lora_mid(h)
             h = self.lora_up(h)
-            if org.dilation != (1, 1) and not self.tucker:
-                raise ToolkitError(f"{self.lora_name}: dilated convolutions are not supported")
         else:
             h = self.lora_up(self.lora_down(h))
         scale = self.scale * self.multiplier
