@@ -1,7 +1,7 @@
 """finetune/prepare_buckets_latents.py side by side with sd-scripts' own, on the same real-shape SD1.5 checkpoint
 and images, each run in its own process, alternating; then each toolkit reads the other's output.
 
-    flock /work/heavy.lock python bench/finetune_prepare.py --peers $PEERS [--runs 2] [--images 16]
+    python bench/finetune_prepare.py --peers $PEERS [--runs 2] [--images 16]
 
 Images: the procedural sample set with mixed aspect ratios at 256 px (bench/out/, written once), captions merged by
 this toolkit's merge_captions_to_metadata.py. Both tools get `--max_resolution 256,256 --min_bucket_reso 128

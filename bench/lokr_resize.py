@@ -1,6 +1,6 @@
 """Resize a real-shape SDXL LoKr to a rank-16 LoRA with resize_lora.py (no peer tool can): seconds and peak RSS.
 
-    flock /work/heavy.lock python bench/lokr_resize.py [--factor 8] [--dim 16] [--new_rank 16] [--cores 1]
+    python bench/lokr_resize.py [--factor 8] [--dim 16] [--new_rank 16] [--cores 1]
 
 The LoKr is random (seeded) on every U-Net attention and feed-forward Linear of SDXL (to_q/k/v/out, ff), with
 LyCORIS' layout for `factor`/`dim` (W1 full, W2 = w2_a·w2_b). Shapes come from the real SDXL config on the meta

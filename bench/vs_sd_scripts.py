@@ -7,6 +7,11 @@
     taskset -c 1 python bench/vs_sd_scripts.py --peers $PEERS --threads 1       # one core, one thread each
     python bench/vs_sd_scripts.py --peers $PEERS --family sdxl --precision fp8 --also_bf16 --runs 1
         # both with --fp8_base --mixed_precision bf16, and this toolkit once more in plain bf16
+    python bench/vs_sd_scripts.py --peers $PEERS --family sd1 --rank 8 --algo loha   # LyCORIS: lokr, dora too
+
+`--algo loha|lokr|dora` trains a LyCORIS network on both sides: sd-scripts with `--network_module lycoris.kohya`
+(the lycoris-lora in its venv), this toolkit with `--network_module networks.lycoris`, the same network_args
+(LoKr: factor 8; DoRA: LoCon with dora_wd and the input-axis magnitude, wd_on_output=False, on both).
 
 Settings (the issue's): batch 1, U-Net only, fp32 (`--mixed_precision no`, CPU; `--precision bf16|fp8` for
 `--mixed_precision bf16`, fp8 adding `--fp8_base`), SDPA, cached latents; SDXL adds gradient checkpointing and
@@ -34,6 +39,17 @@ sys.path.insert(0, str(ROOT / "bench"))
 CLOCK = ROOT / "bench" / "step_clock.py"
 
 DEFAULTS = {"sd1": {"rank": 4, "steps": 5}, "sdxl": {"rank": 8, "steps": 4}}
+ALGO_ARGS = {"loha": ["algo=loha"], "lokr": ["algo=lokr", "factor=8"],
+             "dora": ["algo=locon", "dora_wd=True", "wd_on_output=False"]}
+
+
+def with_algo(args: list[str], algo: str | None, module: str) -> list[str]:
+    """The LyCORIS variant of the settings: its network module and network_args."""
+    if not algo:
+        return args
+    args = list(args)
+    args[args.index("--network_module") + 1] = module
+    return args + ["--network_args", *ALGO_ARGS[algo]]
 
 
 def settings(family: str, ckpt: Path, img: Path, out: Path, rank: int, steps: int, precision: str = "no"
@@ -89,6 +105,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int)
     parser.add_argument("--runs", type=int, default=2, help="runs of each trainer, alternating")
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for both (default: each tool's own choice)")
+    parser.add_argument("--algo", choices=sorted(ALGO_ARGS), help="a LyCORIS algorithm (default: plain LoRA)")
     parser.add_argument("--ours_rev", help="also run this toolkit at this git revision (a worktree in bench/out)")
     parser.add_argument("--precision", default="no", choices=["no", "bf16", "fp8"],
                         help="no: fp32; bf16: --mixed_precision bf16; fp8: that and --fp8_base")
@@ -105,22 +122,22 @@ def main() -> None:
     peer = args.peers / "sd-scripts"
     tokenizers = ["--tokenizer_cache_dir", str(args.peers / "tokenizers")]
     script = "sdxl_train_network.py" if args.family == "sdxl" else "train_network.py"
-    tools = {"ours": (sys.executable, ROOT / script, []),
-             "sd-scripts": (str(args.peers / "venv" / "bin" / "python"), peer / script, tokenizers)}
+    tools = {"ours": (sys.executable, ROOT / script, [], "networks.lycoris"),
+             "sd-scripts": (str(args.peers / "venv" / "bin" / "python"), peer / script, tokenizers, "lycoris.kohya")}
     if args.ours_rev:
         tree = worktree_at(args.ours_rev, OUT / f"rev-{args.ours_rev.replace('^', '-parent')}")
-        tools[f"ours@{args.ours_rev}"] = (sys.executable, tree / script, [])
+        tools[f"ours@{args.ours_rev}"] = (sys.executable, tree / script, [], "networks.lycoris")
     precisions = {name: args.precision for name in tools}
     if args.also_bf16:
         tools["ours (bf16)"] = tools["ours"]
         precisions["ours (bf16)"] = "bf16"
     results: dict[str, list[dict]] = {name: [] for name in tools}
     for run in range(args.runs):
-        for name, (python, path, extra) in tools.items():
+        for name, (python, path, extra, module) in tools.items():
             with tempfile.TemporaryDirectory(dir=OUT) as out:
                 try:
-                    r = run_one(python, path, settings(args.family, ckpt, img, Path(out), rank, steps,
-                                                       precisions[name]) + extra)
+                    common = settings(args.family, ckpt, img, Path(out), rank, steps, precisions[name])
+                    r = run_one(python, path, with_algo(common, args.algo, module) + extra)
                 except SystemExit as e:  # one trainer failing must not lose the others' figures
                     print(f"run {run + 1} {name}: {str(e)[-3000:]}", flush=True)
                     continue
@@ -128,7 +145,8 @@ def main() -> None:
             print(f"run {run + 1} {name:22} {r['wall_step']:7.2f} s/step  cpu {r['cpu_step']:7.2f}  "
                   f"wall {r['wall']:7.1f} s  peak {r['peak_mib']:7.0f} MiB  (load {r['load']:.1f})", flush=True)
     what = {"no": "fp32", "bf16": "bf16", "fp8": "fp8 base + bf16"}[args.precision]
-    print(f"\n{args.family}, real shape, 256 px, batch 1, rank {rank}, {steps} steps, {what}, U-Net only, cached latents"
+    algo = f"LyCORIS {' '.join(ALGO_ARGS[args.algo])}, " if args.algo else ""
+    print(f"\n{algo}{args.family}, real shape, 256 px, batch 1, rank {rank}, {steps} steps, {what}, U-Net only, cached latents"
           + (", gradient checkpointing, cached text-encoder outputs" if args.family == "sdxl" else "")
           + f"; medians of {args.runs} runs, {len(os.sched_getaffinity(0))} of {os.cpu_count()} CPUs, "
           + f"threads {args.threads or 'default'}")

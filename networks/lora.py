@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 UNET_TARGETS = ("Transformer2DModel",)
 UNET_CONV_TARGETS = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
 TE_TARGETS = ("CLIPAttention", "CLIPSdpaAttention", "CLIPMLP")
+PLAIN_SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha")
 KNOWN_ARGS = {
     "conv_dim", "conv_alpha", "dropout", "rank_dropout", "module_dropout", "loraplus_lr_ratio",
     "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio", "block_dims", "block_alphas", "conv_block_dims",
@@ -406,9 +407,21 @@ def create_network_from_weights(multiplier: float, file: str | os.PathLike | Non
                                 text_encoder: nn.Module | Sequence[nn.Module] | None, unet: nn.Module,
                                 weights_sd: Mapping[str, torch.Tensor] | None = None, for_inference: bool = False,
                                 **kwargs) -> tuple[LoRANetwork, dict[str, torch.Tensor]]:
-    """A network shaped like a file's modules (rank per module, alpha per module); weights are not loaded."""
+    """A network shaped like a file's modules (rank per module, alpha per module); weights are not loaded.
+
+    A file holding other modules than plain LoRA (LoHa, LoKr, DoRA, Tucker LoCon, ...) gets a networks.lycoris
+    network, which applies every kind with the same API."""
     if weights_sd is None:
-        weights_sd, _ = load_lora(file)
+        from library.files import load_state_dict
+
+        weights_sd, _ = load_state_dict(file)
+        weights_sd = dict(weights_sd)
+    if any(not k.endswith(PLAIN_SUFFIXES) for k in weights_sd):
+        from networks import lycoris
+
+        log.info("%s holds LyCORIS modules: networks.lycoris applies them", file or "the weights")
+        return lycoris.create_network_from_weights(multiplier, file, vae, text_encoder, unet, weights_sd,
+                                                   for_inference, **kwargs)
     layout = keys.layout_from_config(unet.config)
     weights_sd = convert_diffusers_names_if_needed(dict(weights_sd), layout)
     modules = split_modules(weights_sd, file or "<weights>")

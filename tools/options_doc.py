@@ -1,5 +1,6 @@
-"""Write the option tables of docs/train_network.md, docs/gen_img_diffusers.md and docs/tool_options.md (every
-tool of networks/ and tools/) from the option declarations (library/options), so the docs say what `-h` says.
+"""Write the option tables of docs/train_network.md, docs/gen_img_diffusers.md, docs/tool_options.md (every
+tool of networks/ and tools/) and docs/lycoris.md (networks.lycoris' network_args) from the option declarations
+(library/options), so the docs say what `-h` says.
 
     python tools/options_doc.py            # rewrite the tables between the <!-- options:... --> markers
     python tools/options_doc.py --check    # exit 1 when a doc differs from the declarations
@@ -15,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from library.options.generate import gen_options  # noqa: E402
+from library.options.lycoris_args import lycoris_options  # noqa: E402
 from library.options.spec import GEN, IGNORED, REFUSED, TRAIN, Option  # noqa: E402
 from library.options.tools import TOOLS  # noqa: E402
 from library.options.train import dataset_keys, train_options  # noqa: E402
@@ -63,6 +65,15 @@ def dataset_table() -> str:
     return "\n".join(out) + "\n"
 
 
+def network_args_table(options: list[Option]) -> str:
+    """The network_args of a network module: name, default, what it does."""
+    out = ["| network_arg | default | what it does |", "|---|---|---|"]
+    for o in options:
+        default = str(o.default).lower() if isinstance(o.default, bool) else (o.describe_default() or "—")
+        out.append(f"| `{o.name}` | {_cell(default)} | {_cell(o.help)} |")
+    return "\n".join(out) + "\n"
+
+
 def sections() -> dict[tuple[str, str], str]:
     """(doc file, marker name) -> the generated text between its markers."""
     return {
@@ -70,6 +81,7 @@ def sections() -> dict[tuple[str, str], str]:
         ("docs/train_network.md", "dataset_keys"): dataset_table(),
         ("docs/gen_img_diffusers.md", "gen_img_diffusers"): option_tables(gen_options(), GEN),
         **{("docs/tool_options.md", name): option_tables(tool.options(), name) for name, tool in TOOLS.items()},
+        ("docs/lycoris.md", "lycoris_network_args"): network_args_table(lycoris_options()),
     }
 
 

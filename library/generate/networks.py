@@ -7,7 +7,6 @@ the layers' forward, so its multiplier can change per prompt (`--am`).
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,9 +16,10 @@ from typing import Any
 import torch
 
 from library.errors import ToolkitError
+from library.files import load_state_dict
 from library.keys import family_of_lora, module_name
-from library.lora_io import load_lora
 from library.models import ModelBundle
+from library.network_module import import_network_module
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +63,7 @@ def _check_family(path: Path, weights: dict[str, torch.Tensor], bundle: ModelBun
 
 
 def _import(name: str) -> Any:
-    try:
-        module = importlib.import_module(name)
-    except ImportError as e:
-        raise ToolkitError(f"--network_module {name}: cannot import ({e})") from None
+    module = import_network_module(name)
     if not hasattr(module, "create_network_from_weights"):
         raise ToolkitError(f"--network_module {name}: has no create_network_from_weights()")
     return module
@@ -87,7 +84,8 @@ def load_networks(bundle: ModelBundle, modules: Sequence[str], weights: Sequence
         path = Path(file)
         mul = 1.0 if not multipliers or i >= len(multipliers) else float(multipliers[i])
         kwargs = parse_network_args(network_args[i] if network_args and i < len(network_args) else None, i)
-        sd, meta = load_lora(path)
+        sd, meta = load_state_dict(path)  # any LoRA/LyCORIS file; the module says what it cannot apply
+        sd = dict(sd)
         if show_meta:
             log.info("metadata of %s: %s", path, meta or "(none)")
         _check_family(path, sd, bundle)

@@ -73,8 +73,9 @@ class ModelOptions:
 @dataclass
 class NetworkOptions:
     GROUP = "network"
-    network_module: str = opt(str, "networks.lora", "network to train: networks.lora, networks.dylora or "
-                              "another module with create_network()")
+    network_module: str = opt(str, "networks.lora", "network to train: networks.lora, networks.dylora, "
+                              "networks.lycoris (LoHa/LoKr/DoRA; lycoris.kohya: the lycoris-lora package if "
+                              "installed, else networks.lycoris) or another module with create_network()")
     network_dim: int | None = opt(int, None, "rank of the LoRA modules [4]", check=positive)
     network_alpha: float = opt(float, 1.0, "alpha: the LoRA output is scaled by alpha / rank (0: alpha = rank)",
                                check=non_negative)

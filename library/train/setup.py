@@ -5,7 +5,6 @@ message naming the option when a combination cannot work."""
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from library.data.latents import SDXL_SUFFIX, SUFFIX, cache_latents, load_cached
 from library.errors import ToolkitError
 from library.models import ModelBundle, fp8, load_models, load_vae_file, peek_family
 from library.models.arch import vae_scale_factor
+from library.network_module import import_network_module
 from library.train import guards
 from library.train.distributed import Distributed
 from library.train.text_cache import cache_text_outputs, check_cacheable, encoders_fingerprint
@@ -166,7 +166,7 @@ def merge_base_weights(cfg: TrainConfig, bundle: ModelBundle) -> None:
     if not cfg.base_weights:
         return
     multipliers = list(cfg.base_weights_multiplier or [])
-    module = importlib.import_module(cfg.network_module or "networks.lora")
+    module = import_network_module(cfg.network_module)
     te = bundle.text_encoders[0] if len(bundle.text_encoders) == 1 else bundle.text_encoders
     for i, path in enumerate(cfg.base_weights):
         m = multipliers[i] if i < len(multipliers) else 1.0
@@ -179,11 +179,7 @@ def build_network(cfg: TrainConfig, bundle: ModelBundle):  # noqa: ANN201
     """Create the network from `--network_module` and apply it to the sides being trained."""
     if cfg.network_train_unet_only and cfg.network_train_text_encoder_only:
         raise ToolkitError("--network_train_unet_only and --network_train_text_encoder_only exclude each other")
-    name = cfg.network_module or "networks.lora"
-    try:
-        module = importlib.import_module(name)
-    except ImportError as e:
-        raise ToolkitError(f"--network_module {name}: cannot import it ({e})") from None
+    module = import_network_module(cfg.network_module)
     kwargs = parse_network_args(cfg.network_args)
     if cfg.network_dropout is not None and "dropout" not in kwargs:
         kwargs["dropout"] = cfg.network_dropout
