@@ -191,6 +191,31 @@ def check_finite(t: torch.Tensor, path: str | os.PathLike, key: str) -> None:
                            "that diverged); refusing to use it")
 
 
+_DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64",
+                torch.float8_e4m3fn: "fp8 (e4m3fn)", torch.float8_e5m2: "fp8 (e5m2)"}
+
+
+def cast_for_save(t: torch.Tensor, dtype: torch.dtype | None, output: str | os.PathLike, key: str) -> torch.Tensor:
+    """`t` as it is written to `output`: cast to `dtype` (floating tensors; None keeps the dtype) after checking
+    that every value is finite and fits `dtype`'s range. Every writer goes through here, so no file is ever given
+    an Inf made by a narrowing cast, nor a NaN or Inf made by the math before it."""
+    if not t.is_floating_point():
+        return t
+    dtype = dtype or t.dtype
+    if t.numel():
+        data = t.detach()
+        lo, hi = (float(v) for v in torch.aminmax(data if data.element_size() > 1 else data.float()))
+        if not (math.isfinite(lo) and math.isfinite(hi)):  # aminmax propagates NaN
+            raise ToolkitError(f"{output}: {key} holds NaN or Inf values; refusing to write them (nothing written)")
+        top = max(-lo, hi)
+        if top > torch.finfo(dtype).max:
+            wider = [n for d, n in _DTYPE_NAMES.items() if d.itemsize >= 2 and torch.finfo(d).max >= top
+                     and d != torch.float64]
+            raise ToolkitError(f"{output}: {key} exceeds the {_DTYPE_NAMES.get(dtype, dtype)} range (max |x| = "
+                               f"{top:.6g}); save as {' or '.join(wider) or 'fp32'}")
+    return t.to(dtype) if t.dtype != dtype else t
+
+
 def _torch_load(path: Path, mmap: bool) -> object:
     """torch.load; with mmap, None when the file is not in the zip format (mmap needs it)."""
     try:
@@ -367,10 +392,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield Path(tmp)
         os.chmod(tmp, _normal_mode())  # mkstemp makes 0600, and so may a third-party writer
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        _name_the_output(e, tmp, path)
         raise
+
+
+def _name_the_output(e: BaseException, tmp: str, path: Path) -> None:
+    """Make an error raised while writing the hidden temporary file name the user's output instead (a full disk,
+    a value out of range): the temporary name means nothing to the user and no longer exists."""
+    if isinstance(e, OSError) and e.filename is not None and str(e.filename) == tmp:
+        e.filename = str(path)
+    elif isinstance(e, ToolkitError) and e.args and tmp in str(e.args[0]):
+        e.args = (str(e.args[0]).replace(tmp, str(path)), *e.args[1:])
 
 
 @contextlib.contextmanager
@@ -439,9 +474,13 @@ def write_parts(path: str | os.PathLike, head: bytes, body: memoryview) -> None:
 
 
 def save_state_dict(sd: Mapping[str, torch.Tensor], path: str | os.PathLike,
-                    metadata: dict[str, str] | None = None, extra: dict | None = None) -> None:
-    """Write atomically: safetensors (with metadata) by extension, else `torch.save` (with `extra` keys)."""
+                    metadata: dict[str, str] | None = None, extra: dict | None = None,
+                    dtype: torch.dtype | None = None) -> None:
+    """Write atomically: safetensors (with metadata) by extension, else `torch.save` (with `extra` keys).
+    Floating tensors are cast to `dtype` (None: as they are) by `cast_for_save`, which refuses values that
+    would be NaN or Inf in the file."""
     path = Path(path)
+    sd = {k: cast_for_save(v, dtype, path, k) for k, v in sd.items()}
     with atomic_path(path) as tmp:
         if path.suffix.lower() == SAFETENSORS_EXT:
             head, body = safetensors_parts(sd, metadata)
@@ -458,11 +497,15 @@ def save_state_dict(sd: Mapping[str, torch.Tensor], path: str | os.PathLike,
 
 
 def stream_safetensors(path: str | os.PathLike, layout: list[tuple[str, torch.dtype, tuple[int, ...]]],
-                       tensors: Iterator[torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Write a safetensors file one tensor at a time, atomically; `tensors` yields in `layout` order.
+                       tensors: Iterator[torch.Tensor], metadata: dict[str, str] | None = None,
+                       shown: str | os.PathLike | None = None) -> None:
+    """Write a safetensors file one tensor at a time, atomically; `tensors` yields in `layout` order, each cast
+    to its layout dtype by `cast_for_save` (which refuses values that would be NaN or Inf in the file).
 
     The header is known up front from `layout` (key, dtype, shape), so peak memory is one tensor, not a model.
+    `shown`: the path errors name (the user's output, when `path` lies in a temporary folder).
     """
+    shown = path if shown is None else shown
     header: dict = {"__metadata__": {k: str(v) for k, v in metadata.items()}} if metadata else {}
     offset = 0
     for key, dtype, shape in layout:
@@ -476,8 +519,9 @@ def stream_safetensors(path: str | os.PathLike, layout: list[tuple[str, torch.dt
         f.write(raw)
         pending = None  # the previous tensor's write runs in the background while the next one is made
         for (key, dtype, shape), t in zip(layout, tensors, strict=True):
-            if t.dtype != dtype or tuple(t.shape) != tuple(shape):
-                raise ValueError(f"stream_safetensors: {key} is {t.dtype} {tuple(t.shape)}, header says {dtype} {shape}")
+            t = cast_for_save(t, dtype, shown, key)
+            if tuple(t.shape) != tuple(shape):
+                raise ValueError(f"stream_safetensors: {key} is {tuple(t.shape)}, header says {shape}")
             data = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
             if pending is not None:
                 pending.result()

@@ -16,7 +16,14 @@ from pathlib import Path
 import torch
 
 from library.errors import ToolkitError
-from library.files import load_state_dict, replace_metadata, safetensors_parts, save_state_dict, write_parts
+from library.files import (
+    cast_for_save,
+    load_state_dict,
+    replace_metadata,
+    safetensors_parts,
+    save_state_dict,
+    write_parts,
+)
 
 DOWN, UP, ALPHA = "lora_down.weight", "lora_up.weight", "alpha"
 
@@ -118,17 +125,18 @@ def _hashes(head: bytes, body: memoryview) -> tuple[str, str]:
     return hashlib.sha256(body).hexdigest(), hashlib.sha256(window).hexdigest()[:8]
 
 
-def cast_state_dict(sd: Mapping[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
-    if dtype is None:
-        return dict(sd)
-    return {k: (v.detach().to(dtype) if v.is_floating_point() else v) for k, v in sd.items()}
+def cast_state_dict(sd: Mapping[str, torch.Tensor], dtype: torch.dtype | None,
+                    output: str | os.PathLike = "<memory>") -> dict[str, torch.Tensor]:
+    """Floating tensors cast to `dtype` (None: kept) for writing to `output`; refuses values that would be NaN
+    or Inf in the file (`cast_for_save`)."""
+    return {k: cast_for_save(v.detach(), dtype, output, k) for k, v in sd.items()}
 
 
 def save_lora(path: str | os.PathLike, sd: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None,
               dtype: torch.dtype | None = None) -> None:
     """Cast, hash (after the cast) and write atomically; `.safetensors` keeps metadata, others are torch.save."""
     path = Path(path)
-    sd = {k: v.detach().cpu().contiguous() for k, v in cast_state_dict(sd, dtype).items()}
+    sd = {k: v.cpu().contiguous() for k, v in cast_state_dict(sd, dtype, path).items()}
     meta = {k: str(v) for k, v in (metadata or {}).items()}
     if path.suffix.lower() == ".safetensors":  # one serialization serves the hash and the file
         head, body = safetensors_parts(sd, _ss_only(meta))

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from library.errors import ToolkitError
 from library.lora_io import LoRAFactors
 from library.lora_sources import LoRASource, as_2d_shape, check_same_layer, ordered_names
-from library.lowrank import lowrank_of_sum, quantile_abs_clamp
+from library.lowrank import check_clamp_quantile, lowrank_of_sum, quantile_abs_clamp
 from library.metadata import base_model_version, modelspec
 
 log = logging.getLogger(__name__)
@@ -119,6 +119,7 @@ def svd_merge(sources: Sequence[LoRASource], new_rank: int, new_conv_rank: int |
     """
     if new_rank < 1 or (new_conv_rank is not None and new_conv_rank < 1):
         raise ToolkitError("--new_rank/--new_conv_rank must be at least 1")
+    check_clamp_quantile(clamp_quantile)
     conv_rank = new_conv_rank or new_rank
     dev = torch.device(device) if device else torch.device("cpu")
     out = {}

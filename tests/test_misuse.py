@@ -1,0 +1,146 @@
+"""Misuse of the tools (issue 22): each class of mistake ends with one line and exit code 2 (or one warning when
+legal but useless), before heavy work, leaving the inputs byte-identical and no output or partial file; and the
+legitimate neighbour of each case still works. Cheap: synthetic LoRAs, in-process, no model loads."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from library.cli import run_main  # noqa: E402
+from library.errors import ToolkitError  # noqa: E402
+from library.lora_io import save_lora  # noqa: E402
+from networks import convert_lora, merge_lora, resize_lora, svd_merge_lora  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+NAMES = ("lora_unet_down_blocks_0_attentions_0_proj_in", "lora_te_text_model_encoder_layers_0_self_attn_q_proj")
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def fails(capsys: pytest.CaptureFixture, main, argv: list, inputs: list[Path], folder: Path) -> str:  # noqa: ANN001
+    """Run a script's main: exit 2, one `error:` line (the last line, no traceback), inputs unchanged, no new file
+    in `folder` (no output, no hidden temporary). Returns the line."""
+    before = {p: digest(p) for p in inputs}
+    listing = sorted(folder.iterdir())
+    assert run_main(main, [str(a) for a in argv]) == 2
+    err = capsys.readouterr().err
+    errors = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in err and err.strip().splitlines()[-1] == errors[0], err
+    assert {p: digest(p) for p in inputs} == before
+    assert sorted(folder.iterdir()) == listing
+    return errors[0]
+
+
+def make_lora(path: Path, scale: float = 0.1, rank: int = 4, seed: int = 0, spike: float | None = None) -> Path:
+    """A small SD1 LoRA of two modules; `spike`: one value of the first module's down and up set to it (so its
+    singular values, which a resize splits between the factors, are spike²)."""
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for i, name in enumerate(NAMES):
+        n = 12 + 4 * i
+        sd[f"{name}.lora_down.weight"] = torch.randn(rank, n, generator=g) * scale
+        sd[f"{name}.lora_up.weight"] = torch.randn(n, rank, generator=g) * scale
+        sd[f"{name}.alpha"] = torch.tensor(float(rank))
+    if spike is not None:
+        sd[f"{NAMES[0]}.lora_down.weight"][0, 0] = sd[f"{NAMES[0]}.lora_up.weight"][0, 0] = spike
+    save_lora(path, sd)
+    return path
+
+
+@pytest.fixture
+def loras(tmp_path: Path) -> dict[str, Path]:
+    return {"small": make_lora(tmp_path / "small.safetensors"),
+            "big": make_lora(tmp_path / "big.safetensors", seed=1, spike=1e5),
+            "dir": tmp_path}
+
+
+# ---- non-finite or overflowing output ------------------------------------------------------------------------
+def test_fp16_overflow_is_refused_by_every_writer(loras, capsys) -> None:  # noqa: ANN001
+    d, big = loras["dir"], loras["big"]
+    out = d / "out.safetensors"
+    cases = [
+        (convert_lora.main, [big, out, "--to", "kohya", "--save_precision", "fp16"]),
+        (merge_lora.main, ["--save_to", out, "--models", big, "--save_precision", "fp16"]),
+        (merge_lora.main, ["--save_to", d / "out.ckpt", "--models", big, "--save_precision", "fp16"]),
+        (resize_lora.main, ["--model", big, "--save_to", out, "--new_rank", "2", "--save_precision", "fp16"]),
+    ]
+    for main, argv in cases:
+        line = fails(capsys, main, argv, [big], d)
+        assert line.startswith(f"error: {argv[argv.index('--save_to') + 1] if '--save_to' in argv else out}: lora_")
+        assert "exceeds the fp16 range (max |x| = " in line and line.endswith("save as bf16 or fp32"), line
+
+
+def test_within_range_fp16_and_bf16_still_save(loras) -> None:  # noqa: ANN001
+    d, small, big = loras["dir"], loras["small"], loras["big"]
+    assert run_main(convert_lora.main, [str(small), str(d / "a.safetensors"), "--to", "kohya",
+                                        "--save_precision", "fp16"]) == 0
+    assert {t.dtype for t in load_file(d / "a.safetensors").values()} == {torch.float16}
+    assert run_main(convert_lora.main, [str(big), str(d / "b.safetensors"), "--to", "kohya",
+                                        "--save_precision", "bf16"]) == 0
+    assert all(torch.isfinite(t).all() for t in load_file(d / "b.safetensors").values())
+
+
+def test_non_finite_ratios_and_inf_results_are_refused(loras, capsys) -> None:  # noqa: ANN001
+    d, small = loras["dir"], loras["small"]
+    out = d / "out.safetensors"
+    for bad in ("inf", "nan"):
+        for main in (merge_lora.main, svd_merge_lora.main):
+            line = fails(capsys, main, ["--save_to", out, "--models", small, "--ratios", bad], [small], d)
+            assert line.startswith(f"error: --ratios {float(bad)}: must be a finite number"), line
+    # finite, but the merged product no longer fits float32: refused when written, naming the output
+    line = fails(capsys, merge_lora.main, ["--save_to", out, "--models", small, "--ratios", "1e300"], [small], d)
+    assert line.startswith(f"error: {out}: lora_") and "holds NaN or Inf values" in line, line
+
+
+def test_the_save_cast_names_the_output_not_its_temporary_file(tmp_path) -> None:  # noqa: ANN001
+    from library.train.guards import save_network
+
+    class Net(torch.nn.Module):
+        def save_weights(self, file: str, dtype: torch.dtype, metadata: dict) -> None:
+            save_lora(file, {"x.lora_down.weight": torch.full((2, 2), 7e4)}, metadata, dtype)
+
+    out = tmp_path / "lora.safetensors"
+    with pytest.raises(ToolkitError) as e:
+        save_network(Net(), out, torch.float16, {})
+    assert str(e.value) == f"{out}: x.lora_down.weight exceeds the fp16 range (max |x| = 70000); save as bf16 or fp32"
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---- tool ranges --------------------------------------------------------------------------------------------
+def test_tool_numeric_ranges(loras, capsys) -> None:  # noqa: ANN001
+    d, small = loras["dir"], loras["small"]
+    out = d / "out.safetensors"
+    for q in ("0", "1.5", "nan", "-0.5"):
+        line = fails(capsys, svd_merge_lora.main, ["--save_to", out, "--models", small, "--clamp_quantile", q],
+                     [small], d)
+        assert line == f"error: --clamp_quantile {float(q)}: must be in (0, 1] (1 or omitted: no clamp)"
+    resize = ["--model", small, "--save_to", out, "--new_rank", "2"]
+    for extra, expect in [
+        (["--dynamic_param", "0.5"], "--dynamic_param 0.5: has no effect without --dynamic_method"),
+        (["--dynamic_method", "sv_ratio", "--dynamic_param", "0.5"], "--dynamic_param 0.5: sv_ratio keeps"),
+        (["--dynamic_method", "sv_ratio", "--dynamic_param", "inf"], "--dynamic_param inf: sv_ratio keeps"),
+        (["--dynamic_method", "sv_fro", "--dynamic_param", "1.5"], "--dynamic_param 1.5: sv_fro keeps"),
+        (["--dynamic_method", "sv_cumulative", "--dynamic_param", "nan"], "--dynamic_param nan: sv_cumulative"),
+    ]:
+        assert fails(capsys, resize_lora.main, resize + extra, [small], d).startswith(f"error: {expect}")
+
+
+def test_new_rank_above_the_input_rank_warns(loras, capsys) -> None:  # noqa: ANN001
+    d, small = loras["dir"], loras["small"]
+    assert run_main(resize_lora.main, ["--model", str(small), "--save_to", str(d / "o.safetensors"),
+                                       "--new_rank", "16"]) == 0
+    assert "WARNING: --new_rank 16 is above the input's largest rank (4)" in capsys.readouterr().err
+    assert run_main(resize_lora.main, ["--model", str(small), "--save_to", str(d / "o.safetensors"),
+                                       "--dynamic_method", "sv_fro", "--dynamic_param", "0.9"]) == 0
+    assert "WARNING" not in capsys.readouterr().err
