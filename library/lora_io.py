@@ -146,13 +146,18 @@ def save_lora(path: str | os.PathLike, sd: Mapping[str, torch.Tensor], metadata:
         save_state_dict(sd, path)
 
 
+def legacy_hash(path: str | os.PathLike) -> str:
+    """The old 8-hex model hash (SHA-256 of 64 KiB at 1 MiB): cheap, and what sd-scripts writes as ss_sd_model_hash."""
+    with open(path, "rb") as f:
+        f.seek(0x100000)
+        return hashlib.sha256(f.read(0x10000)).hexdigest()[:8]
+
+
 def file_hashes(path: str | os.PathLike) -> tuple[str, str]:
     """(old 8-hex hash: SHA-256 of 64 KiB at 1 MiB, full-file SHA-256) of a model file (ss_sd_model_hash)."""
     full = hashlib.sha256()
+    legacy = legacy_hash(path)
     with open(path, "rb") as f:
-        f.seek(0x100000)
-        legacy = hashlib.sha256(f.read(0x10000)).hexdigest()[:8]
-        f.seek(0)
         for chunk in iter(lambda: f.read(1 << 22), b""):
             full.update(chunk)
     return legacy, full.hexdigest()

@@ -116,7 +116,7 @@ def prepare_networks(config: GenerationConfig, bundle: ModelBundle, device: torc
 
 
 def _prompts(config: GenerationConfig) -> list[PromptSpec]:
-    specs = load_prompt_file(config.from_file) if config.from_file else [parse_prompt_line(config.prompt)]
+    specs = load_prompt_file(config.from_file) if config.from_file else [parse_prompt_line(config.prompt, "--prompt")]
     specs = [s for s in specs if s.prompt or s.negative_prompt]
     if not specs:
         raise ToolkitError(f"{config.from_file or '--prompt'}: no prompts")

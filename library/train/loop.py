@@ -25,7 +25,7 @@ from library.errors import ToolkitError
 from library.files import check_output_dir
 from library.models import peek_family
 from library.models.arch import LATENT_SCALE
-from library.train import guards, saving
+from library.train import guards, preflight, saving
 from library.train.distributed import Distributed
 from library.train.objective import Objective, ObjectiveConfig
 from library.train.optim import build_optimizer, build_scheduler, current_lrs, int_or_ratio, steps_for_epochs
@@ -136,6 +136,8 @@ class Trainer:
                                "local .safetensors/.ckpt file or Diffusers folder)")
         self.family = peek_family(model) or ("sdxl" if sdxl_script else None)
         check_family(cfg, self.family, sdxl_script)
+        preflight.check_inputs(cfg)
+        self.identity = preflight.run_identity(cfg)
 
     @staticmethod
     def _seed_everything(seed: int) -> None:
@@ -454,7 +456,7 @@ class Trainer:
 
     def _save_state(self, stem: str, epoch: int) -> None:
         save_state(self.out_dir / f"{stem}-state", self.network, self.opt.optimizer, self.lr_scheduler, epoch,
-                   self.global_step, self.dist.rank, self.dist.barrier, {"loss_scale": self.scaler.scale})
+                   self.global_step, self.dist.rank, self.dist.barrier, {"loss_scale": self.scaler.scale}, self.identity)
 
     def _after_step(self, epoch: int) -> None:
         a, s = self.cfg, self.global_step

@@ -19,6 +19,7 @@ from library.data.latents import SDXL_SUFFIX, SUFFIX, cache_latents, load_cached
 from library.errors import ToolkitError
 from library.models import ModelBundle, load_models, load_vae_file, peek_family
 from library.models.arch import vae_scale_factor
+from library.network_args import parse_network_args
 from library.train import guards
 from library.train.distributed import Distributed
 from library.train.text_cache import cache_text_outputs, check_cacheable, encoders_fingerprint
@@ -128,16 +129,6 @@ def _attention(cfg: TrainConfig, unet: torch.nn.Module) -> None:
     if cfg.mem_eff_attn:
         log.info("--mem_eff_attn: PyTorch SDPA picks a memory-efficient kernel itself")
     # Diffusers uses torch's scaled_dot_product_attention by default: that is --sdpa
-
-
-def parse_network_args(items: list[str] | None) -> dict[str, str]:
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ToolkitError(f"--network_args {item!r}: expected key=value")
-        out[key.strip()] = value.strip()
-    return out
 
 
 def merge_base_weights(cfg: TrainConfig, bundle: ModelBundle) -> None:
