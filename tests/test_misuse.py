@@ -144,3 +144,24 @@ def test_new_rank_above_the_input_rank_warns(loras, capsys) -> None:  # noqa: AN
     assert run_main(resize_lora.main, ["--model", str(small), "--save_to", str(d / "o.safetensors"),
                                        "--dynamic_method", "sv_fro", "--dynamic_param", "0.9"]) == 0
     assert "WARNING" not in capsys.readouterr().err
+
+
+# ---- damaged caches are encoded again, never a traceback -------------------------------------------------------
+def test_truncated_or_non_finite_caches_are_encoded_again(tmp_path, caplog) -> None:  # noqa: ANN001
+    import numpy as np
+
+    from library.data.latents import load_npz
+    from library.train.text_cache import load_npz as load_text_npz
+
+    good = tmp_path / "a_sd.npz"
+    np.savez(good, latents=np.zeros((4, 8, 8), np.float32))
+    assert load_npz(good, (64, 64), False)["latents"].shape == (4, 8, 8)
+    truncated, nan = tmp_path / "t_sd.npz", tmp_path / "n_sd.npz"
+    truncated.write_bytes(good.read_bytes()[:-40])
+    np.savez(nan, latents=np.full((4, 8, 8), np.nan, np.float32))
+    assert load_npz(truncated, (64, 64), False) is None and load_npz(nan, (64, 64), False) is None
+    assert load_text_npz(truncated, "a cat", "x") is None
+    messages = [r.getMessage() for r in caplog.records]
+    assert f"{truncated}: unreadable latent cache (File is not a zip file); encoding again" in messages
+    assert f"{nan}: the cached latents hold NaN or Inf; encoding again" in messages
+    assert f"{truncated}: unreadable text-encoder cache (File is not a zip file); encoding again" in messages
