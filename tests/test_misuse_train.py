@@ -127,3 +127,25 @@ def test_weights_and_folders_are_checked_before_loading(env, tmp_path, capsys) -
     a_file.write_text("x")
     line = error_of(capsys, args(env, out, "--logging_dir", str(a_file)), [a_file])
     assert line == f"error: --logging_dir {a_file}: is a file, not a folder"
+
+
+def test_family_and_dataset_nonsense(env, tmp_path, capsys) -> None:  # noqa: ANN001
+    line = error_of(capsys, args(env, tmp_path / "o", "--text_encoder_lr", "1e-4", "2e-4"))
+    assert line == ("error: --text_encoder_lr 0.0001 0.0002: 2 values, but SD1 has one text encoder; give at most 1")
+    sdxl = ["--text_encoder_lr", "1e-4", "2e-4", "3e-4", "--resolution", "64"]
+    line = error_of(capsys, args(env, tmp_path / "o", *sdxl, ckpt=env["sdxl"]))
+    assert line.startswith("error: --text_encoder_lr 0.0001 0.0002 0.0003: 3 values, but SDXL has two text encoders")
+    inside = next(p for p in Path(env["img"]).iterdir() if p.is_dir()) / "out"
+    line = error_of(capsys, args(env, inside))
+    assert line.startswith(f"error: --output_dir {inside}: is inside the training image folder ")
+    assert not inside.exists()
+
+
+def test_bucket_no_upscale_without_buckets_warns(env, tmp_path, capsys) -> None:  # noqa: ANN001
+    with pytest.raises(AssertionError, match="a model was loaded"):  # the warning comes before the models load
+        train_network.main(args(env, tmp_path / "o", "--bucket_no_upscale"))
+    assert "WARNING: bucket_no_upscale has no effect without enable_bucket" in capsys.readouterr().err
+    with pytest.raises(AssertionError, match="a model was loaded"):
+        train_network.main(args(env, tmp_path / "o", "--bucket_no_upscale", "--enable_bucket",
+                                 "--min_bucket_reso", "64", "--max_bucket_reso", "128"))
+    assert "bucket_no_upscale" not in capsys.readouterr().err

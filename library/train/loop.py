@@ -136,7 +136,7 @@ class Trainer:
                                "local .safetensors/.ckpt file or Diffusers folder)")
         self.family = peek_family(model) or ("sdxl" if sdxl_script else None)
         check_family(cfg, self.family, sdxl_script)
-        preflight.check_inputs(cfg)
+        preflight.check_inputs(cfg, self.family)
         self.identity = preflight.run_identity(cfg)
 
     @staticmethod

@@ -24,8 +24,9 @@ _SAME = (("network_module", "--network_module"), ("network_dim", "--network_dim"
          ("optimizer_type", "--optimizer_type"))
 
 
-def check_inputs(cfg: TrainConfig) -> None:
-    """The checks of this module, in the order a user would fix them."""
+def check_inputs(cfg: TrainConfig, family: str | None = None) -> None:
+    """The checks of this module, in the order a user would fix them (`family`: the model's, when known)."""
+    check_family_options(cfg, family)
     check_network(cfg)
     if cfg.network_weights:
         check_weights_file(cfg.network_weights, "--network_weights")
@@ -33,6 +34,28 @@ def check_inputs(cfg: TrainConfig) -> None:
         check_resume(cfg)
     if cfg.logging_dir:
         check_output_dir(cfg.logging_dir, "--logging_dir")
+
+
+def check_family_options(cfg: TrainConfig, family: str | None) -> None:
+    """Options whose meaning depends on the model: one `--text_encoder_lr` per text encoder at most."""
+    if family is None or not cfg.text_encoder_lr:
+        return
+    encoders = 2 if family == "sdxl" else 1
+    if len(cfg.text_encoder_lr) > encoders:
+        what = "SDXL has two text encoders" if encoders == 2 else f"{family.upper()} has one text encoder"
+        raise ToolkitError(f"--text_encoder_lr {' '.join(map(str, cfg.text_encoder_lr))}: {len(cfg.text_encoder_lr)} "
+                           f"values, but {what}; give at most {encoders}")
+
+
+def check_output_outside_images(cfg: TrainConfig, image_dirs: list[Path]) -> None:
+    """`--output_dir` must not lie in a training image folder (saved samples would become training images, and a
+    sync of the data would carry the outputs)."""
+    out = Path(cfg.output_dir or ".").resolve()
+    for folder in image_dirs:
+        folder = folder.resolve()
+        if out == folder or folder in out.parents:
+            raise ToolkitError(f"--output_dir {cfg.output_dir or '.'}: is inside the training image folder {folder}; "
+                               "write the outputs somewhere else")
 
 
 def check_network(cfg: TrainConfig) -> None:

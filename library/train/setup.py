@@ -20,7 +20,7 @@ from library.errors import ToolkitError
 from library.models import ModelBundle, load_models, load_vae_file, peek_family
 from library.models.arch import vae_scale_factor
 from library.network_args import parse_network_args
-from library.train import guards
+from library.train import guards, preflight
 from library.train.distributed import Distributed
 from library.train.text_cache import cache_text_outputs, check_cacheable, encoders_fingerprint
 from library.train.text_cache import load_cached as load_cached_text
@@ -191,9 +191,13 @@ def dataset_configs(cfg: TrainConfig, family: str | None = None) -> list:
         if ds.enable_bucket and ds.bucket_reso_steps % step:
             log.warning("bucket_reso_steps %d is not a multiple of %d: %s U-Nets need sizes divisible by %d",
                         ds.bucket_reso_steps, step, what, step)
+        if ds.bucket_no_upscale and not ds.enable_bucket:
+            log.warning("bucket_no_upscale has no effect without enable_bucket (every image is cropped to %dx%d)",
+                        *ds.resolution)
         if not ds.enable_bucket and (ds.resolution[0] % step or ds.resolution[1] % step):
             raise ToolkitError(f"resolution {ds.resolution[0]}x{ds.resolution[1]}: both sides must be "
                                f"multiples of {step} for {what}")
+    preflight.check_output_outside_images(cfg, [s.image_dir for ds in configs for s in ds.subsets if s.image_dir])
     if cfg.masked_loss and not any(s.conditioning_data_dir or s.alpha_mask for ds in configs for s in ds.subsets):
         log.warning("--masked_loss: no subset has conditioning_data_dir or alpha_mask; the loss is not masked")
     return configs
