@@ -30,6 +30,7 @@ from safetensors.torch import save as st_save
 from library.errors import ToolkitError
 
 SAFETENSORS_EXT = ".safetensors"
+PICKLE_EXTS = (".ckpt", ".pt", ".pth", ".bin")  # torch.save containers
 _ST_DTYPES = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
     torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
@@ -267,6 +268,19 @@ def _load_torch(path: Path, finite: bool = True) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def is_safetensors(path: Path) -> bool:
+    """A `.safetensors` name, or (any other name) content that starts like one: an 8-byte header length, then
+    `{`. A renamed or extension-less safetensors file is read as what it is, not reported as a broken pickle."""
+    if path.suffix.lower() == SAFETENSORS_EXT:
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") < 100 * 2**20
+
+
 def load_state_dict(path: str | os.PathLike, lazy: bool = False, check_finite: bool = True
                     ) -> tuple[Mapping[str, torch.Tensor], dict[str, str]]:
     """Load a `.safetensors` (lazily if asked) or `.ckpt`/`.pt`/`.pth` state dict; returns (tensors, metadata).
@@ -274,7 +288,7 @@ def load_state_dict(path: str | os.PathLike, lazy: bool = False, check_finite: b
     Every tensor is checked for NaN/Inf as it is read unless `check_finite` is False (inspection tools)."""
     path = Path(path)
     _check_exists(path)
-    if path.suffix.lower() == SAFETENSORS_EXT:
+    if is_safetensors(path):
         if lazy:
             lazy_sd = LazySafetensors(path, check_finite=check_finite)
             return lazy_sd, lazy_sd.metadata
@@ -292,7 +306,7 @@ def open_streaming(path: str | os.PathLike) -> tuple[Mapping[str, torch.Tensor],
     one tensor), `.ckpt`/`.pt` loaded whole. Returns (tensors, metadata)."""
     path = Path(path)
     _check_exists(path)
-    if path.suffix.lower() == SAFETENSORS_EXT:
+    if is_safetensors(path):
         tensors = LazySafetensors(path, mmap=False)
         return tensors, tensors.metadata
     return _load_torch(path), {}
@@ -302,7 +316,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The `__metadata__` of a safetensors file ({} for other formats)."""
     path = Path(path)
     _check_exists(path)
-    if path.suffix.lower() != SAFETENSORS_EXT:
+    if not is_safetensors(path):
         return {}
     return _safetensors_header(path).get("__metadata__") or {}
 
@@ -348,14 +362,27 @@ def _refuse_inputs(path: Path, option: str, inputs: Iterable[tuple[str, str | os
                                "somewhere else (the input would be replaced)")
 
 
+def check_weights_suffix(path: str | os.PathLike, option: str | None = None) -> None:
+    """A weights file's name must say its container: `.safetensors`, or `.ckpt`/`.pt`/`.pth`/`.bin` for a torch
+    pickle (`out.txt` would be a pickle no reader expects)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix != SAFETENSORS_EXT and suffix not in PICKLE_EXTS:
+        where = f"{option} {path}" if option else str(path)
+        raise ToolkitError(f"{where}: the extension {suffix or '(none)'} does not say the format; name it "
+                           f"{path.with_suffix(SAFETENSORS_EXT).name} (or .ckpt/.pt for a torch pickle)")
+
+
 def check_output_file(path: str | os.PathLike, option: str,
-                      inputs: Iterable[tuple[str, str | os.PathLike | None]] = ()) -> Path:
+                      inputs: Iterable[tuple[str, str | os.PathLike | None]] = (), weights: bool = False) -> Path:
     """The one output-file rule, checked before any heavy work: not a folder, not one of the `inputs`
-    ((option, path) pairs), and its folder exists or can be created and is writable. The file itself is
-    replaced only by a finished output (`atomic_path`)."""
+    ((option, path) pairs), and its folder exists or can be created and is writable; `weights`: a name that says
+    the container (`check_weights_suffix`). The file itself is replaced only by a finished output (`atomic_path`)."""
     path = Path(path)
     if not str(path) or path.is_dir():
         raise ToolkitError(f"{option} {path}: is a folder; give a file name, e.g. {path / 'out.safetensors'}")
+    if weights:
+        check_weights_suffix(path, option)
     _refuse_inputs(path, option, inputs)
     check_output_dir(path.parent, option, shown=path)
     return path
@@ -480,6 +507,7 @@ def save_state_dict(sd: Mapping[str, torch.Tensor], path: str | os.PathLike,
     Floating tensors are cast to `dtype` (None: as they are) by `cast_for_save`, which refuses values that
     would be NaN or Inf in the file."""
     path = Path(path)
+    check_weights_suffix(path)
     sd = {k: cast_for_save(v, dtype, path, k) for k, v in sd.items()}
     with atomic_path(path) as tmp:
         if path.suffix.lower() == SAFETENSORS_EXT:

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     from library.files import check_output_file
     from library.lora_convert import convert_lora
 
-    check_output_file(args.output, "output", [("input", args.input)])
+    check_output_file(args.output, "output", [("input", args.input)], weights=True)
 
     lora, count = convert_lora(args.input, args.output, args.to, str_to_dtype(args.save_precision))
     log.info("%s (%s%s) -> %s (%s): %d modules", args.input, lora.fmt, ", SDXL" if lora.sdxl else "", args.output,

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
 
     dtype = str_to_dtype(args.precision)
     save_dtype = str_to_dtype(args.save_precision, dtype)
-    check_output_file(args.save_to, "--save_to", [("--models", m) for m in args.models])
+    check_output_file(args.save_to, "--save_to", [("--models", m) for m in args.models], weights=True)
     sources = open_sources(args.models, args.ratios, args.lbws)
     modules = svd_merge(sources, args.new_rank, args.new_conv_rank, args.device, dtype, args.clamp_quantile)
     conv_rank = args.new_conv_rank or args.new_rank

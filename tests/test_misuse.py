@@ -165,3 +165,39 @@ def test_truncated_or_non_finite_caches_are_encoded_again(tmp_path, caplog) -> N
     assert f"{truncated}: unreadable latent cache (File is not a zip file); encoding again" in messages
     assert f"{nan}: the cached latents hold NaN or Inf; encoding again" in messages
     assert f"{truncated}: unreadable text-encoder cache (File is not a zip file); encoding again" in messages
+
+
+# ---- outputs say their container; inputs are read by their content -------------------------------------------
+def test_output_extension_must_say_the_container(loras, capsys) -> None:  # noqa: ANN001
+    d, small = loras["dir"], loras["small"]
+    line = fails(capsys, convert_lora.main, [small, d / "out.txt", "--to", "kohya"], [small], d)
+    assert line == (f"error: output {d / 'out.txt'}: the extension .txt does not say the format; name it "
+                    "out.safetensors (or .ckpt/.pt for a torch pickle)")
+    line = fails(capsys, merge_lora.main, ["--save_to", d / "merged", "--models", small], [small], d)
+    assert "the extension (none) does not say the format" in line
+    assert run_main(convert_lora.main, [str(small), str(d / "out.pt"), "--to", "kohya"]) == 0
+
+
+def test_safetensors_without_extension_is_read_by_its_header(loras, capsys) -> None:  # noqa: ANN001
+    d, small = loras["dir"], loras["small"]
+    bare = d / "my_lora"
+    bare.write_bytes(small.read_bytes())
+    assert run_main(resize_lora.main, ["--model", str(bare), "--save_to", str(d / "r.safetensors"),
+                                       "--new_rank", "2"]) == 0
+    (d / "sub").mkdir()
+    line = fails(capsys, merge_lora.main, ["--save_to", d / "m.safetensors", "--models", d / "sub"], [small], d)
+    assert line == f"error: {d / 'sub'}: is a folder, expected a .safetensors or .ckpt file"
+
+
+def test_dylora_split_refuses_a_plain_lora(loras, capsys) -> None:  # noqa: ANN001
+    from library.files import load_state_dict
+    from networks import extract_lora_from_dylora
+
+    d = loras["dir"]
+    sd, _ = load_state_dict(loras["small"])
+    plain = d / "plain.safetensors"
+    save_lora(plain, sd, {"ss_network_module": "networks.lora"})
+    line = fails(capsys, extract_lora_from_dylora.main, ["--model", plain, "--save_to", d / "s.safetensors",
+                                                          "--unit", "2"], [plain], d)
+    assert line == (f"error: {plain}: not a DyLoRA file (trained with networks.lora); its first ranks are not a "
+                    "smaller LoRA. Use resize_lora.py to lower its rank")
