@@ -34,6 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     ranks = sorted({r.rank for r in reports})
     alphas = sorted({r.alpha for r in reports})
     print(f"ranks: {ranks}   alphas: {alphas}")
+    dora = sum(k.endswith((".dora_scale", ".lora_magnitude_vector")) for k in sd)
+    if dora:
+        print(f"DoRA: {dora} modules carry a magnitude vector (dora_scale); |dW| below is the LoRA part before "
+              "DoRA rescales each column")
     for prefix in ("lora_te_", "lora_te1_", "lora_te2_", "lora_unet_"):
         n = sum(r.name.startswith(prefix) for r in reports)
         if n:

@@ -201,3 +201,17 @@ def test_dylora_split_refuses_a_plain_lora(loras, capsys) -> None:  # noqa: ANN0
                                                           "--unit", "2"], [plain], d)
     assert line == (f"error: {plain}: not a DyLoRA file (trained with networks.lora); its first ranks are not a "
                     "smaller LoRA. Use resize_lora.py to lower its rank")
+
+
+def test_check_lora_weights_tells_a_dora_file(loras, capsys) -> None:  # noqa: ANN001
+    from library.files import load_state_dict
+    from networks import check_lora_weights
+
+    sd, _ = load_state_dict(loras["small"])
+    sd = {**sd, f"{NAMES[0]}.dora_scale": torch.ones(1, 12)}
+    dora = loras["dir"] / "dora.safetensors"
+    save_lora(dora, sd)
+    assert check_lora_weights.main([str(dora)]) == 0
+    assert "DoRA: 1 modules carry a magnitude vector (dora_scale)" in capsys.readouterr().out
+    assert check_lora_weights.main([str(loras["small"])]) == 0
+    assert "DoRA" not in capsys.readouterr().out
