@@ -149,3 +149,16 @@ def test_bucket_no_upscale_without_buckets_warns(env, tmp_path, capsys) -> None:
         train_network.main(args(env, tmp_path / "o", "--bucket_no_upscale", "--enable_bucket",
                                  "--min_bucket_reso", "64", "--max_bucket_reso", "128"))
     assert "bucket_no_upscale" not in capsys.readouterr().err
+
+
+def test_config_file_mistakes(env, tmp_path, capsys) -> None:  # noqa: ANN001
+    twice = tmp_path / "twice.toml"
+    twice.write_text("[model]\nnetwork_dim = 8\n[training]\nnetwork_dim = 16\n", encoding="utf-8")
+    line = error_of(capsys, args(env, tmp_path / "o", "--config_file", str(twice)), [twice])
+    assert line == f"error: --config_file {twice}: network_dim is set in [model] and in [training]; keep one"
+    dataset = tmp_path / "dataset.toml"
+    dataset.write_text('[general]\nresolution = 64\n[[datasets]]\n[[datasets.subsets]]\nimage_dir = "x"\n',
+                       encoding="utf-8")
+    line = error_of(capsys, args(env, tmp_path / "o", "--config_file", str(dataset)), [dataset])
+    assert line == (f"error: --config_file {dataset}: this is a dataset config ([[datasets]] tables); give it with "
+                    "--dataset_config")
