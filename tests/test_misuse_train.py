@@ -162,3 +162,23 @@ def test_config_file_mistakes(env, tmp_path, capsys) -> None:  # noqa: ANN001
     line = error_of(capsys, args(env, tmp_path / "o", "--config_file", str(dataset)), [dataset])
     assert line == (f"error: --config_file {dataset}: this is a dataset config ([[datasets]] tables); give it with "
                     "--dataset_config")
+
+
+def test_weighted_caption_syntax_errors_name_the_file_and_position(env, tmp_path, capsys) -> None:  # noqa: ANN001
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(env["img"], data)
+    folder = next(p for p in data.iterdir() if p.is_dir())
+    caption = sorted(folder.glob("*.caption"))[0]
+    argv = [*args(env, tmp_path / "o", "--weighted_captions"), "--train_data_dir", str(data)]
+    for text, position, problem in [("a (sks:abc) cat", 8, "weight 'abc' is not a number"),
+                                    ("a ((sks) cat", 3, "'(' is never closed"), ("[sks", 1, "'[' is never closed"),
+                                    ("a (sks:1e9)", 8, "weight 1e9 is outside [0, 10]"),
+                                    ("(sks:-0.5)", 6, "weight -0.5 is outside [0, 10]")]:
+        caption.write_text(text, encoding="utf-8")
+        line = error_of(capsys, argv, [caption])
+        assert line.startswith(f"error: {caption}: position {position}: {problem} (--weighted_captions"), line
+    caption.write_text("a (sks:1.2) cat, [blurry], \\(literal\\)", encoding="utf-8")
+    with pytest.raises(AssertionError, match="a model was loaded"):  # valid: goes on to load the model
+        train_network.main(argv)

@@ -203,9 +203,25 @@ def dataset_configs(cfg: TrainConfig, family: str | None = None) -> list:
     return configs
 
 
+def check_weighted_captions(dataset: TrainDataset) -> None:
+    """`--weighted_captions`: every caption's emphasis syntax, before any model loads (a weight of 1e9 or a typo
+    would otherwise show up as a NaN loss, or silently as plain text)."""
+    from library.generate.text import emphasis_problem
+
+    for r in dataset.records:
+        problem = emphasis_problem(r.caption)
+        if problem:
+            source = r.path.with_name(r.path.stem + r.subset.caption_extension)
+            where = source if source.is_file() else f"{r.path} (caption {r.caption[:40]!r})"
+            raise ToolkitError(f"{where}: position {problem[0]}: {problem[1]} (--weighted_captions reads () [] as "
+                               "emphasis; write \\( \\) for literal brackets)")
+
+
 def build_dataset(cfg: TrainConfig, seed: int, family: str | None = None) -> TrainDataset:
     configs = dataset_configs(cfg, family)
     dataset = TrainDataset(configs, seed, cfg.prior_loss_weight, cfg.cache_latents or cfg.cache_latents_to_disk)
+    if cfg.weighted_captions:
+        check_weighted_captions(dataset)
     buckets = dataset.bucket_info()["buckets"]
     log.info("%d training images (with repeats), %d regularisation images; buckets: %s", dataset.num_train_images,
              dataset.num_reg_images, ", ".join(f"{b['resolution'][0]}x{b['resolution'][1]}:{b['count']}"
