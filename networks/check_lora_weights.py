@@ -7,23 +7,17 @@ Exit status 1 when a tensor holds NaN/Inf, so scripts can gate on it.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from library.cli import add_verbosity, run_main, setup_logging  # noqa: E402
+from library.cli import run_main  # noqa: E402
+from library.options.tools import parse_tool_args  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Inspect a LoRA file: modules, ranks, alphas, norms, problems.")
-    parser.add_argument("file", help="LoRA file (.safetensors, .ckpt, .pt)")
-    parser.add_argument("-s", "--show_all", "--show_all_keys", action="store_true",
-                        help="also list every tensor with shape, mean |w| and min |w|, and the metadata")
-    add_verbosity(parser)
-    args = parser.parse_args(argv)
-    setup_logging(args.verbosity)
+    args = parse_tool_args("check_lora_weights", argv)
     from library.lora_check import check_state_dict
     from library.lora_io import load_lora
 

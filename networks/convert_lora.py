@@ -12,29 +12,20 @@ and PEFT forms live in the `lora_adapter_metadata` header entry, which `load_lor
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from library.cli import add_verbosity, run_main, setup_logging, str_to_dtype  # noqa: E402
-from library.options.choices import LORA_FORMATS  # noqa: E402
+from library.cli import run_main, str_to_dtype  # noqa: E402
+from library.options.tools import parse_tool_args  # noqa: E402
 
 log = logging.getLogger("convert_lora")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("input", help="LoRA file (.safetensors/.ckpt/.pt) or PEFT adapter folder")
-    parser.add_argument("output", help="output file (.safetensors; kohya also .ckpt/.pt)")
-    parser.add_argument("--to", required=True, choices=LORA_FORMATS, help="format written")
-    parser.add_argument("--save_precision", choices=["float", "fp16", "bf16"], default=None,
-                        help="dtype written (default: as stored in the input)")
-    add_verbosity(parser)
-    args = parser.parse_args(argv)
-    setup_logging(args.verbosity)
+    args = parse_tool_args("convert_lora", argv)
     from library.files import check_output_file
     from library.lora_convert import convert_lora
 

@@ -10,36 +10,20 @@ optimised); other files keep alpha, as sd-scripts does (`--alpha keep|scale` ove
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from library.cli import add_verbosity, run_main, setup_logging  # noqa: E402
-
-
-def setup_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Split a DyLoRA file into one LoRA per rank step.")
-    parser.add_argument("--model", required=True, help="DyLoRA file (.safetensors, .ckpt, .pt)")
-    parser.add_argument("--save_to", required=True,
-                        help="base output name; each rank r is written to <stem>-{r:04d}<ext> (.safetensors if none)")
-    parser.add_argument("--unit", type=int, default=None,
-                        help="rank step used in training (default: the unit in the file's metadata)")
-    parser.add_argument("--alpha", dest="alpha_mode", choices=("auto", "keep", "scale"), default="auto",
-                        help="alpha of each split: 'scale' = alpha*r/dim (files trained here, marked "
-                             "ss_dylora_rank_scale=constant), 'keep' = unchanged (sd-scripts' DyLoRA); "
-                             "'auto' (default) picks by that mark")
-    add_verbosity(parser)
-    return parser
+from library.cli import run_main  # noqa: E402
+from library.options.tools import parse_tool_args  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
-    args = setup_parser().parse_args(argv)
-    setup_logging(args.verbosity)
+    args = parse_tool_args("extract_lora_from_dylora", argv)
     from library.dylora_split import split_file
 
-    return split_file(args.model, args.save_to, args.unit, args.alpha_mode)
+    return split_file(args.model, args.save_to, args.unit, args.alpha)
 
 
 if __name__ == "__main__":

@@ -18,39 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from library.cli import add_verbosity, run_main, setup_logging, str_to_dtype  # noqa: E402
+from library.cli import run_main, str_to_dtype  # noqa: E402
+from library.options.tools import parse_tool_args  # noqa: E402
 
 log = logging.getLogger("merge_lora")
-PRECISIONS = ["float", "fp16", "bf16"]
-
-
-def build_parser(sdxl: bool) -> argparse.ArgumentParser:
-    """The options of merge_lora.py; sdxl_merge_lora.py has the same minus --v2."""
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    if not sdxl:
-        parser.add_argument("--v2", action="store_true",
-                            help="the model is SD2.x (optional: the family is read from the checkpoint's keys)")
-    parser.add_argument("--save_precision", choices=PRECISIONS, default=None,
-                        help="dtype written (default: same as --precision)")
-    parser.add_argument("--precision", choices=PRECISIONS, default="float",
-                        help="dtype of the merge math [float]")
-    parser.add_argument("--sd_model", default=None,
-                        help="single-file checkpoint (.safetensors/.ckpt) to merge into; omit to merge LoRAs together")
-    parser.add_argument("--save_to", required=True, help="output file (.safetensors, or .ckpt/.pt for torch.save)")
-    parser.add_argument("--models", nargs="*", default=[], help="LoRA files, applied in order")
-    parser.add_argument("--ratios", nargs="*", type=float, default=None,
-                        help="one ratio per model (default: 1.0 each)")
-    parser.add_argument("--lbws", nargs="*", default=None,
-                        help="per-model block weights, one JSON list per model "
-                             f"({'12 or 20' if sdxl else '17 or 26'} values; first = text encoder)")
-    parser.add_argument("--no_metadata", action="store_true",
-                        help="write no modelspec metadata (LoRA output keeps the minimum ss_* set and hashes)")
-    parser.add_argument("--concat", action="store_true",
-                        help="LoRA+LoRA: join the ranks (exact: the result's change is the weighted sum of the inputs')")
-    parser.add_argument("--shuffle", action="store_true",
-                        help="LoRA+LoRA: permute the rank directions of each module (same result, hides the inputs)")
-    add_verbosity(parser)
-    return parser
 
 
 def run(args: argparse.Namespace, sdxl: bool) -> None:
@@ -61,7 +32,6 @@ def run(args: argparse.Namespace, sdxl: bool) -> None:
     from library.lora_sources import open_sources
     from library.merge import merge_into_checkpoint
 
-    setup_logging(args.verbosity)
     dtype = str_to_dtype(args.precision)
     save_dtype = str_to_dtype(args.save_precision, dtype)
     check_output_file(args.save_to, "--save_to", [("--sd_model", args.sd_model), *(("--models", m) for m in args.models)],
@@ -80,7 +50,7 @@ def run(args: argparse.Namespace, sdxl: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    run(build_parser(sdxl=False).parse_args(argv), sdxl=False)
+    run(parse_tool_args("merge_lora", argv), sdxl=False)
 
 
 if __name__ == "__main__":

@@ -14,13 +14,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from library.cli import run_main  # noqa: E402
-from networks.merge_lora import build_parser, run  # noqa: E402
+from library.options.tools import parse_tool_args  # noqa: E402
+from networks.merge_lora import run  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = build_parser(sdxl=True)
-    parser.description = (__doc__ or "").split("\n")[0]
-    run(parser.parse_args(argv), sdxl=True)
+    run(parse_tool_args("sdxl_merge_lora", argv), sdxl=True)
 
 
 if __name__ == "__main__":

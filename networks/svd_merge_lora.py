@@ -9,7 +9,6 @@ computed from the stacked factors: the full out x in change is never formed whil
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -17,35 +16,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from library.cli import add_verbosity, run_main, setup_logging, str_to_dtype  # noqa: E402
+from library.cli import run_main, str_to_dtype  # noqa: E402
+from library.options.tools import parse_tool_args  # noqa: E402
 
 log = logging.getLogger("svd_merge_lora")
-PRECISIONS = ["float", "fp16", "bf16"]
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--save_precision", choices=PRECISIONS, default=None,
-                        help="dtype written (default: same as --precision)")
-    parser.add_argument("--precision", choices=PRECISIONS, default="float",
-                        help="dtype the inputs are read in [float]; the SVD itself always runs in float32")
-    parser.add_argument("--save_to", required=True, help="output file (.safetensors, or .ckpt/.pt for torch.save)")
-    parser.add_argument("--models", nargs="*", default=[], help="LoRA files")
-    parser.add_argument("--ratios", nargs="*", type=float, default=None, help="one ratio per model (default 1.0)")
-    parser.add_argument("--lbws", nargs="*", default=None,
-                        help="per-model block weights, one JSON list per model (17/26 values SD, 12/20 SDXL)")
-    parser.add_argument("--new_rank", type=int, default=4, help="rank for Linear and 1x1 conv modules [4]")
-    parser.add_argument("--new_conv_rank", type=int, default=None,
-                        help="rank for 3x3 conv modules (default: --new_rank)")
-    parser.add_argument("--device", default=None, help="device for the SVD, e.g. cuda (default cpu)")
-    parser.add_argument("--clamp_quantile", type=float, default=None,
-                        help="clamp the factors to this quantile of their values (sd-scripts always uses 0.99); "
-                             "default: no clamping, so the result stays the best approximation")
-    parser.add_argument("--no_metadata", action="store_true",
-                        help="write no modelspec metadata (the minimum ss_* set and hashes are kept)")
-    add_verbosity(parser)
-    args = parser.parse_args(argv)
-    setup_logging(args.verbosity)
+    args = parse_tool_args("svd_merge_lora", argv)
     from library.files import check_output_file
     from library.lora_io import modules_to_state_dict, save_lora
     from library.lora_merge import merged_lora_metadata, svd_merge

@@ -19,37 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from library.cli import add_verbosity, run_main, setup_logging, str_to_dtype  # noqa: E402
+from library.cli import run_main, str_to_dtype  # noqa: E402
 from library.errors import ToolkitError  # noqa: E402
+from library.options.tools import parse_tool_args  # noqa: E402
 
 log = logging.getLogger("convert_diffusers20_original_sd")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--v1", action="store_true", help="the model is SD1.x (optional: read from the weights)")
-    parser.add_argument("--v2", action="store_true", help="the model is SD2.x (optional: read from the weights)")
-    parser.add_argument("--unet_use_linear_projection", action="store_true",
-                        help="accepted for sd-scripts compatibility: the projection type is read from the weights")
-    parser.add_argument("--fp16", action="store_true", help="save as fp16")
-    parser.add_argument("--bf16", action="store_true", help="save as bf16")
-    parser.add_argument("--float", action="store_true", help="save as float32")
-    parser.add_argument("--save_precision_as", choices=["fp16", "bf16", "float"], default=None,
-                        help="save precision (do not combine with --fp16/--bf16/--float); default: as stored")
-    parser.add_argument("--epoch", type=int, default=0, help="epoch written into a .ckpt [0]")
-    parser.add_argument("--global_step", type=int, default=0, help="global_step written into a .ckpt [0]")
-    parser.add_argument("--metadata", default=None,
-                        help="safetensors metadata as a Python/JSON dict, e.g. '{\"name\": \"my model\"}'")
-    parser.add_argument("--variant", default=None, help="Diffusers weights variant to load, e.g. fp16")
-    parser.add_argument("--reference_model", default=None,
-                        help="local Diffusers folder whose scheduler and tokenizers are copied into a Diffusers "
-                             "output (a hub name is accepted but nothing is downloaded)")
-    parser.add_argument("--use_safetensors", action="store_true",
-                        help="accepted for sd-scripts compatibility: Diffusers folders are always written as safetensors")
-    parser.add_argument("model_to_load", help="single-file checkpoint or Diffusers folder")
-    parser.add_argument("model_to_save", help="checkpoint file (with extension) or Diffusers folder (without)")
-    add_verbosity(parser)
-    return parser
 
 
 def save_precision(args: argparse.Namespace):  # noqa: ANN201 - torch.dtype | None
@@ -75,10 +49,7 @@ def parse_metadata(text: str | None) -> dict[str, str] | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbosity)
-    if args.v1 and args.v2:
-        raise ToolkitError("--v1 and --v2 cannot be given together")
+    args = parse_tool_args("convert_diffusers20_original_sd", argv)
     family = "sd1" if args.v1 else ("sd2" if args.v2 else None)
     dtype = save_precision(args)
     metadata = parse_metadata(args.metadata)

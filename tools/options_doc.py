@@ -1,5 +1,5 @@
-"""Write the option tables of docs/train_network.md and docs/gen_img_diffusers.md from the option declarations
-(library/options), so the docs say what `-h` says.
+"""Write the option tables of docs/train_network.md, docs/gen_img_diffusers.md and docs/tool_options.md (every
+tool of networks/ and tools/) from the option declarations (library/options), so the docs say what `-h` says.
 
     python tools/options_doc.py            # rewrite the tables between the <!-- options:... --> markers
     python tools/options_doc.py --check    # exit 1 when a doc differs from the declarations
@@ -16,6 +16,7 @@ sys.path.insert(0, str(ROOT))
 
 from library.options.generate import gen_options  # noqa: E402
 from library.options.spec import GEN, IGNORED, REFUSED, TRAIN, Option  # noqa: E402
+from library.options.tools import TOOLS  # noqa: E402
 from library.options.train import dataset_keys, train_options  # noqa: E402
 
 LEVEL_NAMES = {"general": "`[general]`", "dataset": "`[[datasets]]`", "subset": "`[[datasets.subsets]]`"}
@@ -26,6 +27,8 @@ def _cell(text: str) -> str:
 
 
 def _names(o: Option) -> str:
+    if o.positional:
+        return f"`{o.name.upper()}`" + (" ..." if o.nargs == "+" else "")
     if o.nargs == "count":
         return ", ".join(f"`{a}`" for a in o.aliases)
     return ", ".join(f"`{n}`" for n in (f"--{o.name}", *o.aliases))
@@ -44,7 +47,8 @@ def option_tables(options: list[Option], script: str) -> str:
         if o.group != group:
             group = o.group
             out += ["", f"**{group}**", "", "| option | default | what it does | status |", "|---|---|---|---|"]
-        default = "off" if o.flag else (o.describe_default() or "—")
+        default = "required" if o.required or o.positional else \
+            "off" if o.flag else (o.describe_default() or "—")
         out.append(f"| {_names(o)} | {_cell(default)} | {_cell(o.help)} | {_cell(_status(o, script))} |")
     return "\n".join(out[1:]) + "\n"
 
@@ -65,6 +69,7 @@ def sections() -> dict[tuple[str, str], str]:
         ("docs/train_network.md", "train_network"): option_tables(train_options(TRAIN), TRAIN),
         ("docs/train_network.md", "dataset_keys"): dataset_table(),
         ("docs/gen_img_diffusers.md", "gen_img_diffusers"): option_tables(gen_options(), GEN),
+        **{("docs/tool_options.md", name): option_tables(tool.options(), name) for name, tool in TOOLS.items()},
     }
 
 

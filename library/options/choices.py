@@ -1,6 +1,6 @@
 """Choice lists of options, kept apart from the modules that act on them so a parser (and `-h`) needs no heavy
 import: sampler names of sd-scripts (`--sampler`, `--sample_sampler`, per-prompt `--ss`), image-resize filters,
-resize_lora's dynamic rank methods, LoRA file formats."""
+resize_lora's dynamic rank methods, LoRA file formats, the tools' precision names."""
 
 from __future__ import annotations
 
@@ -16,3 +16,5 @@ INTERPOLATIONS = ("area", "cubic", "lanczos4", "nearest", "linear", "box")
 DYNAMIC_METHODS = ("sv_ratio", "sv_fro", "sv_cumulative")
 # networks/convert_lora.py --to (LoRA file formats)
 LORA_FORMATS = ("kohya", "diffusers", "peft")
+# the tools' --precision/--save_precision (sd-scripts' names; library.cli.str_to_dtype reads them)
+PRECISIONS = ("float", "fp16", "bf16")

@@ -25,7 +25,8 @@ class Option:
     """One option: its name (the dataclass field and `--name`), how the command line reads it, and its status.
 
     `type` converts one command-line word (None: a flag, `store_true`); `status` is implemented, refused (given a
-    non-default value the run stops with `why`) or ignored (accepted; one log line says `why`)."""
+    non-default value the run stops with `why`) or ignored (accepted; one log line says `why`). A `positional`
+    option is a bare word (`FILE`), not `--name`; a `required` one must be given."""
 
     name: str
     type: Callable[[str], object] | None
@@ -44,6 +45,8 @@ class Option:
     dataset_key: str | None = None
     meta: str | None = None
     metavar: str | None = None
+    positional: bool = False
+    required: bool = False
 
     @property
     def flag(self) -> bool:
