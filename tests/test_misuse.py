@@ -216,3 +216,30 @@ def test_check_lora_weights_tells_a_dora_file(loras, capsys) -> None:  # noqa: A
     assert "DoRA: 1 modules carry a magnitude vector (dora_scale)" in capsys.readouterr().out
     assert check_lora_weights.main([str(loras["small"])]) == 0
     assert "DoRA" not in capsys.readouterr().out
+
+
+# ---- masks that cannot train anything --------------------------------------------------------------------------
+def test_black_masks_and_alpha_mask_without_alpha(tmp_path, caplog) -> None:  # noqa: ANN001
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from library.data.masks import attach_masks, check_alpha
+
+    images, masks = tmp_path / "img", tmp_path / "mask"
+    images.mkdir()
+    masks.mkdir()
+    Image.new("RGB", (16, 16), (9, 9, 9)).save(images / "a.png")
+    Image.new("RGBA", (16, 16), (9, 9, 9, 0)).save(images / "clear.png")
+    Image.new("RGBA", (16, 16), (9, 9, 9, 255)).save(images / "opaque.png")
+    Image.new("L", (16, 16), 0).save(masks / "a.png")
+    record = SimpleNamespace(path=images / "a.png")
+    with pytest.raises(ToolkitError, match=r"mask.a\.png: the mask is all black, so nothing of a\.png would train"):
+        attach_masks([record], masks)
+    Image.new("L", (16, 16), 255).save(masks / "a.png")
+    attach_masks([record], masks)  # a mask that trains something is accepted
+    with pytest.raises(ToolkitError, match=r"clear\.png: alpha_mask: the image is fully transparent"):
+        check_alpha([SimpleNamespace(path=images / n) for n in ("opaque.png", "clear.png")], True)
+    check_alpha([SimpleNamespace(path=images / n) for n in ("opaque.png", "a.png")], True)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{images}: alpha_mask: 1 of 2 images have no alpha channel and train on every pixel (e.g. a.png)"]
