@@ -321,6 +321,21 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     return _safetensors_header(path).get("__metadata__") or {}
 
 
+def check_input_file(path: str | os.PathLike, option: str) -> Path:
+    """An input weights file, checked before any model loads: present, a file (not a folder), and (safetensors)
+    a valid header. The message starts with the option that named it."""
+    p = Path(path)
+    if not p.exists():
+        raise ToolkitError(f"{option} {p}: file not found")
+    if p.is_dir():
+        raise ToolkitError(f"{option} {p}: is a folder; give the file (.safetensors)")
+    try:
+        read_metadata(p)
+    except ToolkitError as e:
+        raise ToolkitError(f"{option} {e}") from None
+    return p
+
+
 def _same_path(a: Path, b: Path) -> bool:
     try:
         if a.exists() and b.exists():

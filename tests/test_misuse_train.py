@@ -118,7 +118,7 @@ def test_weights_and_folders_are_checked_before_loading(env, tmp_path, capsys) -
     line = error_of(capsys, args(env, out, "--network_weights", str(missing)))
     assert line == f"error: --network_weights {missing}: file not found"
     line = error_of(capsys, args(env, out, "--network_weights", str(tmp_path)))
-    assert line == f"error: --network_weights {tmp_path}: is a folder; give the LoRA file (.safetensors)"
+    assert line == f"error: --network_weights {tmp_path}: is a folder; give the file (.safetensors)"
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"\x10\x00")
     line = error_of(capsys, args(env, out, "--network_weights", str(broken)), [broken])
@@ -182,3 +182,31 @@ def test_weighted_caption_syntax_errors_name_the_file_and_position(env, tmp_path
     caption.write_text("a (sks:1.2) cat, [blurry], \\(literal\\)", encoding="utf-8")
     with pytest.raises(AssertionError, match="a model was loaded"):  # valid: goes on to load the model
         train_network.main(argv)
+
+
+def test_generation_mistakes_before_the_model_loads(env, tmp_path, capsys, monkeypatch) -> None:  # noqa: ANN001
+    import gen_img_diffusers
+    from library.generate import runner
+
+    def refuse(*a, **k) -> None:  # noqa: ANN002, ANN003
+        raise AssertionError("a model was loaded before the mistake was found")
+    monkeypatch.setattr(runner, "prepare_model", refuse)
+    base = ["--ckpt", str(env["ckpt"]), "--outdir", str(tmp_path / "out"), "--prompt", "a cat"]
+
+    def error(*extra: str) -> str:
+        assert run_main(gen_img_diffusers.main, [*base, *extra]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        return err.strip().splitlines()[-1]
+
+    assert error("--network_mul", "0.5") == ("error: --network_mul 0.5: 1 multiplier(s) for 0 --network_weights "
+                                             "file(s); give one per file")
+    missing = tmp_path / "nope.safetensors"
+    assert error("--network_module", "networks.lora", "--network_weights", str(missing)) == \
+        f"error: --network_weights {missing}: file not found"
+    assert error("--scale", "nan") == "error: --scale nan: must be a finite number"
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a cat --s -1\n", encoding="utf-8")
+    assert error("--from_file", str(prompts), "--prompt", "") == \
+        f"error: {prompts}: line 1: prompt option --s '-1': must be between 1 and 1000"
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

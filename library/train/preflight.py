@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from library.errors import ToolkitError
-from library.files import check_output_dir, read_metadata
+from library.files import check_input_file, check_output_dir
 from library.network_args import check_network_args, parse_network_args
 from library.train.state import STATE_FILE, STATE_FILES, read_state_file
 
@@ -29,7 +29,7 @@ def check_inputs(cfg: TrainConfig, family: str | None = None) -> None:
     check_family_options(cfg, family)
     check_network(cfg)
     if cfg.network_weights:
-        check_weights_file(cfg.network_weights, "--network_weights")
+        check_input_file(cfg.network_weights, "--network_weights")
     if cfg.resume:
         check_resume(cfg)
     if cfg.logging_dir:
@@ -66,19 +66,6 @@ def check_network(cfg: TrainConfig) -> None:
     except ImportError as e:
         raise ToolkitError(f"--network_module {name}: cannot import it ({e})") from None
     check_network_args(module, parse_network_args(cfg.network_args))
-
-
-def check_weights_file(path: str, option: str) -> None:
-    """A readable weights file: present, not a folder, a valid safetensors header (or a .ckpt/.pt name)."""
-    p = Path(path)
-    if not p.exists():
-        raise ToolkitError(f"{option} {p}: file not found")
-    if p.is_dir():
-        raise ToolkitError(f"{option} {p}: is a folder; give the LoRA file (.safetensors)")
-    try:
-        read_metadata(p)
-    except ToolkitError as e:
-        raise ToolkitError(f"{option} {e}") from None
 
 
 def run_identity(cfg: TrainConfig) -> dict[str, object]:
