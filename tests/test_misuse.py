@@ -243,3 +243,17 @@ def test_black_masks_and_alpha_mask_without_alpha(tmp_path, caplog) -> None:  # 
     check_alpha([SimpleNamespace(path=images / n) for n in ("opaque.png", "a.png")], True)
     assert [r.getMessage() for r in caplog.records] == [
         f"{images}: alpha_mask: 1 of 2 images have no alpha channel and train on every pixel (e.g. a.png)"]
+
+
+def test_a_non_finite_loss_names_its_likely_cause() -> None:
+    from library.train.guards import check_loss
+
+    ok, bad = torch.zeros(1, 4, 8, 8), torch.full((1, 4, 8, 8), float("nan"))
+    nan = torch.tensor(float("nan"))
+    with pytest.raises(ToolkitError, match=r"step 3: the loss is nan; .* Likely cause: the batch's latents hold NaN"):
+        check_loss(nan, 3, None, (bad, torch.zeros(1, 77, 8), ["a cat"]))
+    with pytest.raises(ToolkitError, match=r"Likely cause: the text conditioning of the captions 'a \(cat:9\)'"):
+        check_loss(nan, 3, None, (ok, torch.full((1, 77, 8), float("inf")), ["a (cat:9)"]))
+    with pytest.raises(ToolkitError, match=r"Lower the learning rate"):
+        check_loss(nan, 3, None, (ok, torch.zeros(1, 77, 8), ["a cat"]))
+    check_loss(torch.tensor(0.5), 3, None, (bad, bad, []))  # a finite loss is never questioned

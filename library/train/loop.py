@@ -284,6 +284,7 @@ class Trainer:
                 t = timesteps.to(latents.device)
             noisy = self.objective.add_noise(latents, noise, t)
             pred = self.bundle.unet(noisy.to(p.weight_dtype), t, cond, added_cond_kwargs=added).sample
+        self.last_inputs = (latents, cond, batch["captions"])  # what a non-finite loss is traced back to
         target = self.objective.target(latents, noise, t)
         return self.objective.loss(pred, target, t, batch["loss_weights"], batch.get("masks"))
 
@@ -335,7 +336,8 @@ class Trainer:
                 for k, batch in enumerate(loader, start=skip):
                     positions.append(batch["position"])
                     loss = self._forward_loss(batch)
-                    guards.check_loss(loss, self.global_step + 1, getattr(self, "last_saved", None))
+                    guards.check_loss(loss, self.global_step + 1, getattr(self, "last_saved", None),
+                                      self.last_inputs)
                     self.scaler.scaled(loss / a.gradient_accumulation_steps).backward()
                     epoch_losses.append(float(loss.detach()))
                     if (k + 1) % a.gradient_accumulation_steps and k + 1 < n_batches:
