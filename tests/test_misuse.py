@@ -276,3 +276,19 @@ def test_library_noise_stays_out_of_the_way(capsys) -> None:  # noqa: ANN001
     warnings.warn("a torch warning", UserWarning, stacklevel=1)
     assert "a torch warning" in capsys.readouterr().err
     setup_logging(0)
+
+
+def test_a_full_disk_names_the_output_not_the_temporary_file(tmp_path, capsys) -> None:  # noqa: ANN001
+    import errno
+
+    from library.files import atomic_path
+
+    out = tmp_path / "lora.safetensors"
+
+    def write() -> None:
+        with atomic_path(out) as tmp:
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+
+    assert run_main(lambda argv: write()) == 2
+    assert capsys.readouterr().err == f"error: {out}: No space left on device\n"
+    assert list(tmp_path.iterdir()) == []
