@@ -110,6 +110,11 @@ def test_resume_problems_are_found_before_loading(env, tmp_path, capsys) -> None
     (state / "train_state.json").write_text(json.dumps({**saved, "network_dim": 4, "optimizer_type": "lion"}))
     line = error_of(capsys, args(env, out, "--resume", str(state)))
     assert "saved with --optimizer_type lion, this run has adamw" in line
+    (state / "train_state.json").write_text(json.dumps({**saved, "network_dim": 4, "model_hash": "0badc0de"}))
+    with pytest.raises(AssertionError, match="a model was loaded"):  # legal: one warning, then the run goes on
+        train_network.main(args(env, out, "--resume", str(state)))
+    assert f"WARNING: --resume {state}: the state was trained on another base model (x, hash 0badc0de)" in \
+        capsys.readouterr().err
 
 
 def test_weights_and_folders_are_checked_before_loading(env, tmp_path, capsys) -> None:  # noqa: ANN001
