@@ -196,7 +196,8 @@ _DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "f
                 torch.float8_e4m3fn: "fp8 (e4m3fn)", torch.float8_e5m2: "fp8 (e5m2)"}
 
 
-def cast_for_save(t: torch.Tensor, dtype: torch.dtype | None, output: str | os.PathLike, key: str) -> torch.Tensor:
+def cast_for_save(t: torch.Tensor, dtype: torch.dtype | None, output: str | os.PathLike, key: str,
+                  advice: str = "save as") -> torch.Tensor:
     """`t` as it is written to `output`: cast to `dtype` (floating tensors; None keeps the dtype) after checking
     that every value is finite and fits `dtype`'s range. Every writer goes through here, so no file is ever given
     an Inf made by a narrowing cast, nor a NaN or Inf made by the math before it."""
@@ -213,7 +214,7 @@ def cast_for_save(t: torch.Tensor, dtype: torch.dtype | None, output: str | os.P
             wider = [n for d, n in _DTYPE_NAMES.items() if d.itemsize >= 2 and torch.finfo(d).max >= top
                      and d != torch.float64]
             raise ToolkitError(f"{output}: {key} exceeds the {_DTYPE_NAMES.get(dtype, dtype)} range (max |x| = "
-                               f"{top:.6g}); save as {' or '.join(wider) or 'fp32'}")
+                               f"{top:.6g}); {advice} {' or '.join(wider) or 'fp32'}")
     return t.to(dtype) if t.dtype != dtype else t
 
 

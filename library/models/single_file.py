@@ -8,6 +8,7 @@ random initialisation.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from library.errors import ToolkitError
-from library.files import LazySafetensors, load_state_dict, open_streaming
+from library.files import LazySafetensors, cast_for_save, load_state_dict, open_streaming
 from library.keys import UNET_PREFIX, VAE_PREFIX, clip, detect_family, te_specs
 from library.keys import unet as unet_keys
 from library.keys import vae as vae_keys
@@ -126,15 +127,21 @@ def split_checkpoint(sd: Mapping[str, torch.Tensor], path: Path, family: str | N
 class _CastingView(Mapping):
     """Reads one tensor at a time from the file and casts it, so peak memory is about one model in `dtype`."""
 
-    def __init__(self, source: Mapping[str, torch.Tensor], dtype: torch.dtype | None, bar=None) -> None:  # noqa: ANN001
-        self.source, self.dtype, self.bar = source, dtype, bar
+    def __init__(self, source: Mapping[str, torch.Tensor], dtype: torch.dtype | None, bar=None,  # noqa: ANN001
+                 path: Path | None = None) -> None:
+        """A value that does not fit `dtype` stops the load naming `path` and the tensor (it would be Inf)."""
+        self.source, self.dtype, self.bar, self.path = source, dtype, bar, path
 
     def __getitem__(self, key: str) -> torch.Tensor:
         if isinstance(self.source, LazySafetensors):
             v = self.source.get_as(key, self.dtype)
+            if v.is_floating_point() and v.element_size() < self.source.dtype(key).itemsize and v.numel() \
+                    and not all(math.isfinite(float(x)) for x in torch.aminmax(v if v.element_size() > 1 else v.float())):
+                cast_for_save(self.source[key], self.dtype, self.source.path, key, "load it as")  # raises: the range
         else:
             v = self.source[key]
-            v = v.to(self.dtype) if self.dtype is not None and v.is_floating_point() else v
+            if self.dtype is not None and v.is_floating_point() and v.dtype != self.dtype:
+                v = cast_for_save(v, self.dtype, self.path, key, "load it as")
         if self.bar is not None:
             self.bar.update(1)
         return v
@@ -164,13 +171,13 @@ def load_single_file(path: str | Path, family: str | None = None, v_parameteriza
     family, _ = split_checkpoint(raw, path, family)
     keys_ = list(raw.keys())
     bar = tqdm(total=len(keys_), desc="loading checkpoint", unit="tensor") if progress else None
-    sd = _CastingView(raw, dtype, bar)
+    sd = _CastingView(raw, dtype, bar, path)
     used = {UNET_PREFIX, VAE_PREFIX, *(s.ckpt_prefix for s in te_specs(family))}
     extra = {k: sd[k] for k in keys_ if keep_extra and not any(k.startswith(p) for p in used)}
     unet = _build_unet(_strip(sd, UNET_PREFIX), family, v_parameterization, path)
     if not any(k.startswith(VAE_PREFIX) for k in keys_):
         raise ToolkitError(f"{path}: no VAE weights (first_stage_model.*) in the checkpoint")
-    vae_sd = _CastingView(raw, dtype if vae_dtype is None else vae_dtype, bar)
+    vae_sd = _CastingView(raw, dtype if vae_dtype is None else vae_dtype, bar, path)
     vae = _build_vae(_strip(vae_sd, VAE_PREFIX), family, path)
     tes = []
     for spec in te_specs(family):
