@@ -210,6 +210,10 @@ def test_generation_mistakes_before_the_model_loads(env, tmp_path, capsys, monke
     assert error("--network_module", "networks.lora", "--network_weights", str(missing)) == \
         f"error: --network_weights {missing}: file not found"
     assert error("--scale", "nan") == "error: --scale nan: must be a finite number"
+    lora = tmp_path / "lora.safetensors"
+    lora.write_bytes(b"\x02\x00\x00\x00\x00\x00\x00\x00{}")
+    assert error("--network_module", "networks.lora", "--network_weights", str(lora), "--network_args",
+                 "conv_dim=abc") == "error: --network_args conv_dim=abc: expected a whole number"
     prompts = tmp_path / "p.txt"
     prompts.write_text("a cat --s -1\n", encoding="utf-8")
     assert error("--from_file", str(prompts), "--prompt", "") == \

@@ -12,7 +12,7 @@ from tqdm import tqdm
 from library.data.images import to_rgb8
 from library.errors import ToolkitError
 from library.files import check_input_file, check_output_dir
-from library.generate.networks import LoadedNetwork, load_networks, set_multipliers
+from library.generate.networks import LoadedNetwork, check_networks, load_networks, set_multipliers
 from library.generate.output import output_name, png_info, save_png
 from library.generate.pipeline import BatchRunner, silence_cast_notice
 from library.generate.plan import Defaults, ImageJob, batches, plan_jobs
@@ -54,6 +54,7 @@ def _check(config: GenerationConfig) -> None:
                            "one per file")
     for path in config.network_weights or []:
         check_input_file(path, "--network_weights")
+    check_networks(config.network_module or [], config.network_weights or [], config.network_args)
 
 
 def load_init_images(path: str | Path) -> list[tuple[str, Image.Image]]:
