@@ -37,11 +37,11 @@ def _typo_argv(tool_name: str) -> tuple[list[str], str]:
 
 def test_every_tool_script_is_declared():
     scripts = {t.script for t in TOOLS.values()}
-    for path in [*ROOT.glob("networks/*.py"), *ROOT.glob("tools/*.py")]:
+    for path in [*ROOT.glob("networks/*.py"), *ROOT.glob("tools/*.py"), *ROOT.glob("finetune/*.py")]:
         text = path.read_text(encoding="utf-8")
         if "__main__" in text and "parse_tool_args" in text:
             assert path.relative_to(ROOT).as_posix() in scripts
-    assert len(scripts) == 10 and all((ROOT / s).is_file() for s in scripts)
+    assert len(scripts) == 13 and all((ROOT / s).is_file() for s in scripts)
 
 
 @pytest.mark.parametrize("name", sorted(TOOLS))

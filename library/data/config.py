@@ -99,6 +99,13 @@ class SubsetConfig:
     resize_interpolation: str | None = None
     alpha_mask: bool = False
     conditioning_data_dir: Path | None = None  # mask images, only with --masked_loss
+    metadata_file: Path | None = None  # a fine-tuning subset: images and captions from sd-scripts' metadata JSON
+    face_crop_aug_range: tuple[float, float] | None = None
+
+    @property
+    def name(self) -> str:
+        """How metadata names the subset: its folder, or its metadata file (sd-scripts' ss_dataset_dirs keys)."""
+        return self.metadata_file.name if self.metadata_file else self.image_dir.name
 
 
 @dataclass
@@ -200,7 +207,21 @@ def parse_resolution(value: object, what: str = "--resolution") -> tuple[int, in
     return parts[0], parts[1]
 
 
-def _subset(tables: list[Mapping], cli: Mapping, image_dir: Path, where: str) -> SubsetConfig:
+def parse_face_crop(value: object, what: str = "--face_crop_aug_range") -> tuple[float, float] | None:
+    """`"2.0,4.0"` or `[2.0, 4.0]` -> (2.0, 4.0): the face's share of the training size, lowest and highest."""
+    if value is None or value == "":
+        return None
+    try:
+        parts = [float(p) for p in (value.split(",") if isinstance(value, str) else value)]
+    except (TypeError, ValueError):
+        parts = []
+    if len(parts) != 2 or not 0 < parts[0] <= parts[1]:
+        raise ToolkitError(f"{what} {value!r}: expected 'LOW,HIGH' with 0 < LOW <= HIGH, e.g. 2.0,4.0")
+    return parts[0], parts[1]
+
+
+def _subset(tables: list[Mapping], cli: Mapping, image_dir: Path, where: str,
+            metadata_file: Path | None = None) -> SubsetConfig:
     def get(key: str) -> object:
         return _lookup(key, tables, cli)
 
@@ -218,6 +239,8 @@ def _subset(tables: list[Mapping], cli: Mapping, image_dir: Path, where: str) ->
         cache_info=bool(get("cache_info")), resize_interpolation=get("resize_interpolation"),
         alpha_mask=bool(get("alpha_mask")),
         conditioning_data_dir=Path(masks) if masks and cli.get("masked_loss") else None,
+        metadata_file=metadata_file, face_crop_aug_range=parse_face_crop(get("face_crop_aug_range"),
+                                                                          f"{where}: face_crop_aug_range"),
     )
 
 
@@ -254,25 +277,63 @@ def datasets_from_config(path: str | Path, cli: Mapping) -> list[DatasetConfig]:
     out = []
     for i, ds in enumerate(raw["datasets"]):
         subsets, seen = [], set()
+        fine_tuning = _fine_tuning_dataset(ds, f"{source}: datasets[{i}]")
         for j, sub in enumerate(ds["subsets"]):
             where = f"{source}: datasets[{i}].subsets[{j}]"
             image_dir = Path(sub["image_dir"]) if sub.get("image_dir") else None
-            if image_dir is None:
-                raise ToolkitError(f"{where}: metadata_file datasets are not supported by this toolkit; "
-                                   "use image_dir with caption files")
-            if not image_dir.is_dir():
+            if image_dir is not None and not image_dir.is_dir():
                 raise ToolkitError(f"{where}: image_dir {image_dir}: folder not found")
-            if image_dir.resolve() in seen:
-                log.warning("%s: image_dir %s is already in this dataset; ignored", where, image_dir)
+            metadata = Path(sub["metadata_file"]) if fine_tuning else None
+            if metadata is not None and not metadata.is_file():
+                raise ToolkitError(f"{where}: metadata_file {metadata}: file not found")
+            identity = (metadata or image_dir).resolve()
+            if identity in seen:
+                log.warning("%s: %s is already in this dataset; ignored", where, metadata or image_dir)
                 continue
-            seen.add(image_dir.resolve())
-            subset = _subset([sub, ds, general], cli, image_dir, where)
+            seen.add(identity)
+            subset = _subset([sub, ds, general], cli, image_dir or metadata.parent, where, metadata)
             if subset.num_repeats < 1:
                 log.warning("%s: num_repeats %d < 1; subset skipped", where, subset.num_repeats)
                 continue
             subsets.append(subset)
         out.append(_dataset([ds, general], cli, subsets, f"{source}: datasets[{i}]"))
     return out
+
+
+# DreamBooth-only keys: sd-scripts' schema refuses them in a fine-tuning (metadata_file) subset or dataset
+_DREAMBOOTH_ONLY = ("is_reg", "class_tokens", "caption_extension", "cache_info", "conditioning_data_dir")
+
+
+def _fine_tuning_dataset(ds: Mapping, where: str) -> bool:
+    """Whether a dataset's subsets are fine-tuning subsets (all have metadata_file) or DreamBooth ones (none)."""
+    flags = ["metadata_file" in sub for sub in ds["subsets"]]
+    if any(flags) and not all(flags):
+        raise ToolkitError(f"{where}: DreamBooth subsets (image_dir) and fine-tuning subsets (metadata_file) "
+                           "cannot share a dataset; put them in two [[datasets]]")
+    if not all(flags):
+        return False
+    for j, table in [(None, ds), *enumerate(ds["subsets"])]:
+        for key in _DREAMBOOTH_ONLY:
+            if table.get(key) is not None:
+                at = where if j is None else f"{where}.subsets[{j}]"
+                raise ToolkitError(f"{at}: {key!r} is for DreamBooth subsets; a metadata_file subset takes its "
+                                   "captions and images from the metadata")
+    return True
+
+
+def datasets_from_metadata(train_data_dir: str | Path | None, in_json: str | Path, cli: Mapping
+                           ) -> list[DatasetConfig]:
+    """One fine-tuning dataset from `--in_json` (images in `--train_data_dir`, repeats `--dataset_repeats`)."""
+    metadata = Path(in_json)
+    if not metadata.is_file():
+        raise ToolkitError(f"--in_json {metadata}: file not found")
+    image_dir = Path(train_data_dir) if train_data_dir else None
+    if image_dir is not None and not image_dir.is_dir():
+        raise ToolkitError(f"--train_data_dir {image_dir}: folder not found")
+    if cli.get("reg_data_dir"):
+        log.warning("--in_json: fine-tuning datasets have no regularisation images; --reg_data_dir is ignored")
+    subset = _subset([], cli, image_dir or metadata.parent, "--in_json", metadata)
+    return [_dataset([], cli, [subset], "command line")]
 
 
 def datasets_from_folders(train_data_dir: str | Path, reg_data_dir: str | Path | None,

@@ -23,9 +23,11 @@ import torch
 from library.data.buckets import BucketSelector, Size, bucket_info, crop_offsets
 from library.data.captions import caption_text, process_caption
 from library.data.config import DatasetConfig, SubsetConfig
+from library.data.face_crop import Face, face_crop, face_from_name
 from library.data.folders import glob_images, read_caption
 from library.data.images import check_interpolation, choose_crop, color_aug, image_size, resize_and_crop, to_tensor
 from library.data.masks import attach_masks, batch_masks, check_alpha, load_pixels, split_mask
+from library.data.metadata import metadata_images
 from library.data.validation import split_records, validation_subset
 from library.errors import ToolkitError
 from library.files import write_text_atomic
@@ -54,6 +56,8 @@ class ImageRecord:
     te_npz: Path | None = None
     mask_path: Path | None = None  # from conditioning_data_dir (library/data/masks.py)
     mask: torch.Tensor | None = None  # cached [H, W] loss mask at bucket size, with cached latents
+    face: Face | None = None  # face position from the file name, when face crops apply (library/data/face_crop.py)
+    train_resolution: Size | None = None  # the bucket prepare_buckets_latents.py chose (metadata datasets)
 
     @property
     def has_mask(self) -> bool:
@@ -89,7 +93,34 @@ def _read_sizes(subset: SubsetConfig, images: list[Path]) -> dict[Path, Size | N
     return sizes
 
 
+def _metadata_records(subset: SubsetConfig, dataset_index: int) -> list[ImageRecord]:
+    """Records of a fine-tuning subset (library/data/metadata.py); `<stem>.npz` beside an image is its
+    precomputed latents (used when they fit its bucket)."""
+    entries = metadata_images(subset.metadata_file, subset.image_dir, subset.caption.caption_separator,
+                              subset.caption.enable_wildcard)
+    records, empty = [], 0
+    usable_npz = not (subset.color_aug or subset.random_crop or subset.face_crop_aug_range)
+    if not usable_npz and any(m.path.with_suffix(".npz").is_file() for m in entries):
+        log.warning("%s: precomputed latents are not used with color_aug, random_crop or face_crop_aug_range",
+                    subset.metadata_file)
+    for m in entries:
+        size = m.size or image_size(m.path)
+        if size is None:
+            continue
+        caption = caption_text(m.caption, subset.caption.enable_wildcard)
+        empty += not caption
+        npz = m.path.with_suffix(".npz") if usable_npz else None
+        records.append(ImageRecord(m.path, caption, subset, size, dataset_index, subset.num_repeats,
+                                   npz=npz if npz and npz.is_file() else None, train_resolution=m.train_resolution))
+    if empty:
+        log.warning("%s: %d images have no caption and no tags; they train with an empty caption",
+                    subset.metadata_file, empty)
+    return records
+
+
 def _subset_records(subset: SubsetConfig, dataset_index: int) -> list[ImageRecord]:
+    if subset.metadata_file is not None:
+        return _metadata_records(subset, dataset_index)
     images = glob_images(subset.image_dir)
     if not images:
         log.warning("%s: no images (png, jpg, jpeg, webp, bmp); subset skipped", subset.image_dir)
@@ -129,6 +160,35 @@ def _balance_reg(train: list[ImageRecord], reg: list[ImageRecord]) -> list[Image
                 break
         first = False
     return used
+
+
+def _check_prepared_buckets(records: list[ImageRecord]) -> None:
+    """Warn when prepare_buckets_latents.py chose other buckets than this run (other resolution or bucket
+    options): those images' precomputed latents do not fit and are encoded again."""
+    differ = [r for r in records if r.train_resolution and tuple(r.train_resolution) != r.bucket]
+    if differ:
+        r = differ[0]
+        log.warning("%s: %d images were prepared for other buckets than this run's (e.g. %s: %dx%d, now %dx%d): "
+                    "run prepare_buckets_latents.py with this run's --max_resolution and bucket options to use "
+                    "its latents", r.subset.metadata_file, len(differ), r.path.name, *r.train_resolution, *r.bucket)
+        for r in differ:
+            r.npz = None
+
+
+def _find_faces(records: list[ImageRecord], no_face_crops: bool) -> None:
+    """Give records of face-crop subsets their face position from the file name (sd-scripts crops faces only
+    without buckets and from images, not cached latents)."""
+    wanted = [r for r in records if r.subset.face_crop_aug_range is not None]
+    if not wanted:
+        return
+    if no_face_crops:
+        log.warning("face_crop_aug_range: used only without buckets and without cached latents (as in "
+                    "sd-scripts); ignored in this run")
+        return
+    for r in wanted:
+        r.face = face_from_name(r.path)
+    if not any(r.face for r in wanted):
+        log.warning("face_crop_aug_range: no image is named <name>_<cx>_<cy>_<w>_<h>; nothing is face-cropped")
 
 
 class TrainDataset(torch.utils.data.Dataset):
@@ -181,6 +241,8 @@ class TrainDataset(torch.utils.data.Dataset):
         for r in train + reg:
             a = selector.select(*r.size)
             r.bucket, r.resized, r.ar_error = a.bucket, a.resized, a.ar_error
+        _check_prepared_buckets(train)
+        _find_faces(train + reg, cfg.enable_bucket or self.cache_latents)
         return train + reg
 
     # ---- planning -------------------------------------------------------------------------------------------
@@ -214,6 +276,11 @@ class TrainDataset(torch.utils.data.Dataset):
         rng.shuffle(batches)
         return batches
 
+    def has_precomputed_latents(self) -> bool:
+        """Whether a metadata subset brought `.npz` latents (prepare_buckets_latents.py): then latents are cached,
+        read from those files where they fit and encoded once for the other images."""
+        return any(r.npz is not None for r in self.records)
+
     def drop_records(self, keep: Sequence[ImageRecord]) -> None:
         """Keep only `keep` (after latent caching skipped broken images)."""
         kept = set(map(id, keep))
@@ -226,35 +293,44 @@ class TrainDataset(torch.utils.data.Dataset):
     def _rng(self, req: BatchRequest, slot: int) -> random.Random:
         return random.Random(((self.seed * 1_000_003 + req.epoch) * 1_000_003 + req.position) * 1024 + slot)
 
-    def _pixels(self, r: ImageRecord, rng: random.Random) -> tuple[np.ndarray, tuple[int, int], torch.Tensor | None]:
-        """The augmented bucket-sized image, its crop (top, left) in the flipped-if-flipped resized image, and its
-        loss mask (None without one), cropped and flipped with it."""
+    def _pixels(self, r: ImageRecord,
+                rng: random.Random) -> tuple[np.ndarray, tuple[int, int], torch.Tensor | None, bool]:
+        """The augmented bucket-sized image, its crop (top, left) in the flipped-if-flipped resized image, its
+        loss mask (None without one), cropped and flipped with it, and whether it was flipped."""
         img = load_pixels(r)
-        left, top = choose_crop(r.resized, r.bucket, r.subset.random_crop, rng)
-        img = resize_and_crop(img, r.resized, r.bucket, interpolation=r.subset.resize_interpolation,
-                              offset=(left, top))
-        if r.subset.flip_aug and rng.random() < 0.5:
+        if r.face is not None:
+            img, scaled, (left, top) = face_crop(img, r.bucket, r.face, r.subset.face_crop_aug_range,
+                                                 r.subset.random_crop, rng, r.subset.resize_interpolation)
+        else:
+            scaled = r.resized
+            left, top = choose_crop(r.resized, r.bucket, r.subset.random_crop, rng)
+            img = resize_and_crop(img, r.resized, r.bucket, interpolation=r.subset.resize_interpolation,
+                                  offset=(left, top))
+        flipped = r.subset.flip_aug and rng.random() < 0.5
+        if flipped:
             img = img[:, ::-1]
-            left = r.resized[0] - r.bucket[0] - left
+            left = scaled[0] - r.bucket[0] - left
         img, mask = split_mask(img)
         if r.subset.color_aug:
             img = color_aug(np.ascontiguousarray(img), rng)
-        return img, (top, left), mask
+        return img, (top, left), mask, flipped
 
     def _sample(self, r: ImageRecord,
-                rng: random.Random) -> tuple[torch.Tensor, bool, tuple[int, int], torch.Tensor | None]:
-        """(latents or pixels, whether they are latents, crop (top, left), loss mask or None) of one record."""
+                rng: random.Random) -> tuple[torch.Tensor, bool, tuple[int, int], torch.Tensor | None, bool]:
+        """(latents or pixels, whether they are latents, crop (top, left), loss mask or None, whether flipped)
+        of one record."""
         if r.latents is not None:
             left, top = crop_offsets(r.resized, r.bucket)  # cached latents are always centre-cropped
             if r.latents_flipped is not None and rng.random() < 0.5:
                 mask = None if r.mask is None else r.mask.flip(-1)
-                return r.latents_flipped, True, (top, r.resized[0] - r.bucket[0] - left), mask
-            return r.latents, True, (top, left), r.mask
-        img, crop, mask = self._pixels(r, rng)
-        return to_tensor(img), False, crop, mask
+                return r.latents_flipped, True, (top, r.resized[0] - r.bucket[0] - left), mask, True
+            return r.latents, True, (top, left), r.mask, False
+        img, crop, mask, flipped = self._pixels(r, rng)
+        return to_tensor(img), False, crop, mask, flipped
 
     def __getitem__(self, req: BatchRequest) -> dict:
         captions, weights, latents, pixels, size_cond, te_outputs, masks = [], [], [], [], [], [], []
+        paths, flips = [], []
         usable = [i for i in req.indices if i not in self._bad] or list(req.indices)
         for slot, index in enumerate(req.indices):
             if index in self._bad:
@@ -265,7 +341,7 @@ class TrainDataset(torch.utils.data.Dataset):
                                             self.max_train_steps))
             weights.append(self.prior_loss_weight if r.subset.is_reg else 1.0)
             try:
-                tensor, is_latent, crop, mask = self._sample(r, rng)
+                tensor, is_latent, crop, mask, flipped = self._sample(r, rng)
             except ToolkitError as e:
                 if len(usable) <= 1:
                     raise
@@ -273,9 +349,11 @@ class TrainDataset(torch.utils.data.Dataset):
                 self._bad.add(index)
                 usable = [i for i in usable if i != index]
                 r = self.records[usable[0]]
-                tensor, is_latent, crop, mask = self._sample(r, rng)
+                tensor, is_latent, crop, mask, flipped = self._sample(r, rng)
             (latents if is_latent else pixels).append(tensor)
             masks.append(mask)
+            paths.append(r.path)
+            flips.append(flipped)
             # SDXL's size conditioning: original (h, w), crop (top, left), target (h, w)
             size_cond.append((r.size[1], r.size[0], *crop, r.bucket[1], r.bucket[0]))
             if r.te_outputs is not None:
@@ -291,6 +369,8 @@ class TrainDataset(torch.utils.data.Dataset):
             "masks": batch_masks(masks, self.records[req.indices[0]].bucket[::-1]),
             "network_multiplier": multiplier,
             "position": req.position,
+            "paths": paths,  # which image each sample is, and whether it was mirrored (--debug_dataset)
+            "flipped": flips,
         }
 
     # ---- metadata -------------------------------------------------------------------------------------------
@@ -300,7 +380,7 @@ class TrainDataset(torch.utils.data.Dataset):
         for r in self.records:
             if dataset_index is not None and r.dataset_index != dataset_index:
                 continue
-            counter = out.setdefault(r.subset.image_dir.name, Counter())
+            counter = out.setdefault(r.subset.name, Counter())
             for line in r.caption.split("\n"):
                 counter.update({t.strip().lower() for t in line.split(",") if t.strip()})
         return {k: dict(v) for k, v in out.items()}
@@ -316,7 +396,7 @@ class TrainDataset(torch.utils.data.Dataset):
         out: dict[str, dict[str, int]] = {}
         for r in self.records:
             if r.subset.is_reg == reg:
-                d = out.setdefault(r.subset.image_dir.name, {"n_repeats": r.subset.num_repeats, "img_count": 0})
+                d = out.setdefault(r.subset.name, {"n_repeats": r.subset.num_repeats, "img_count": 0})
                 d["img_count"] += 1
         return out
 

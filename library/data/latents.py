@@ -106,14 +106,22 @@ def cache_latents(records: Sequence, vae: torch.nn.Module, batch_size: int = 1, 
     the caller reads the rest back after a barrier via `load_cached`."""
     generator = torch.Generator(device=next(vae.parameters()).device).manual_seed(seed)
     factor = vae_scale_factor(vae)
-    todo = []
+    todo, precomputed = [], 0
     for i, r in enumerate(records):
         if to_disk:
             r.npz = npz_path(r.path, r.size, suffix)
             if load_npz(r.npz, r.bucket, r.subset.flip_aug, not skip_check, factor, r.has_mask) is not None \
                     or i % world != rank:
                 continue
+        elif r.npz is not None:  # precomputed latents of a metadata dataset (prepare_buckets_latents.py)
+            data = load_npz(r.npz, r.bucket, r.subset.flip_aug, not skip_check, factor, r.has_mask)
+            if data is not None:
+                r.latents, r.latents_flipped, r.mask = data["latents"], data.get("latents_flipped"), data.get("mask")
+                precomputed += 1
+                continue
         todo.append(r)
+    if precomputed:
+        log.info("latents of %d images read from their .npz files (prepare_buckets_latents.py)", precomputed)
     by_bucket: dict[Size, list] = {}
     for r in todo:
         by_bucket.setdefault(r.bucket, []).append(r)

@@ -27,9 +27,10 @@ def split_records(records: Sequence, share: float, seed: int) -> tuple[list, lis
 
 
 def validation_subset(subset: SubsetConfig) -> SubsetConfig:
-    """The subset as validation reads it: no flips, colour changes, random crops, caption shuffle or dropout."""
+    """The subset as validation reads it: no flips, colour changes, random or face crops, caption shuffle or
+    dropout."""
     caption = dataclasses.replace(subset.caption, shuffle_caption=False, caption_dropout_rate=0.0,
                                   caption_dropout_every_n_epochs=0, caption_tag_dropout_rate=0.0,
                                   token_warmup_step=0)
     return dataclasses.replace(subset, caption=caption, flip_aug=False, color_aug=False, random_crop=False,
-                               num_repeats=1)
+                               face_crop_aug_range=None, num_repeats=1)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from library.options.parse import check_values, report_ignored
 from library.options.parser import OptionParser, build_option_parser
 from library.options.spec import Option, options_of
+from library.options.tools_finetune import FINETUNE_TOOL_GROUPS, MERGE_CAPTIONS, MERGE_TAGS, PREPARE
 from library.options.tools_lora import (
     CHECK,
     CONVERT,
@@ -24,7 +25,7 @@ from library.options.tools_lora import (
 )
 from library.options.tools_models import CONVERT_CKPT, MODEL_TOOL_GROUPS, RESIZE, RESIZE_AWARE, RESIZE_IMAGES
 
-_GROUPS = (*LORA_TOOL_GROUPS, *MODEL_TOOL_GROUPS, ToolLogging)
+_GROUPS = (*LORA_TOOL_GROUPS, *MODEL_TOOL_GROUPS, *FINETUNE_TOOL_GROUPS, ToolLogging)
 
 AWARE_EPILOG = ("recipes: comma lists of score weights (spn_ckpt, spn_lora, fro_ckpt, fro_lora, subspace, params; "
                 "normalised to sum 1),\none selector (thr=<log10> or size=<MiB>) and optional rescale=<factor>; "
@@ -104,6 +105,14 @@ TOOLS: dict[str, Tool] = {t.name: t for t in (
     Tool(CHECK, "networks/check_lora_weights.py", "check a LoRA",
          "Inspect a LoRA file: modules, ranks, alphas, norms, problems."),
     Tool(RESIZE_IMAGES, "tools/resize_images_to_resolution.py", "resize images", RESIZE_IMAGES_DESCRIPTION),
+    Tool(MERGE_CAPTIONS, "finetune/merge_captions_to_metadata.py", "captions into metadata",
+         "Put each image's caption file into a fine-tuning metadata JSON (sd-scripts' file; docs/finetune_metadata.md)."),
+    Tool(MERGE_TAGS, "finetune/merge_dd_tags_to_metadata.py", "tags into metadata",
+         "Put each image's tag file (a tagger's output) into a fine-tuning metadata JSON; training appends the tags "
+         "to the caption."),
+    Tool(PREPARE, "finetune/prepare_buckets_latents.py", "buckets and latents",
+         "Give every image of a fine-tuning metadata JSON its bucket (train_resolution) and its VAE latents "
+         "(<stem>.npz beside it, sd-scripts' keys)."),
 )}
 
 

@@ -30,6 +30,14 @@ def _split(value: float) -> str | None:
     return None if 0 <= value < 1 else "must be at least 0 and below 1"
 
 
+def _face_range(value: str) -> str | None:
+    try:
+        low, high = (float(p) for p in (value if isinstance(value, (list, tuple)) else str(value).split(",")))
+    except (TypeError, ValueError):
+        return "expected 'LOW,HIGH', e.g. 2.0,4.0"
+    return None if 0 < low <= high else "expected 0 < LOW <= HIGH"
+
+
 def _resolution_problem(value: str) -> str | None:
     try:
         parts = [int(p) for p in str(value).replace("x", ",").split(",")]
@@ -99,9 +107,8 @@ class DatasetOptions:
     train_data_dir: str | None = opt(str, None, "folder of '<repeats>_<name>' image folders", metavar="PATH")
     reg_data_dir: str | None = opt(str, None, "folder of '<repeats>_<name>' regularisation image folders",
                                    metavar="PATH")
-    in_json: str | None = opt(str, None, "fine-tuning metadata file",
-                              **refused("fine-tuning metadata datasets are not supported; use image folders "
-                                        "with caption files"))
+    in_json: str | None = opt(str, None, "fine-tuning metadata JSON (finetune/ tools); its images are in "
+                              "--train_data_dir (docs/finetune_metadata.md)", metavar="PATH")
     dataset_repeats: int = opt(int, 1, "repeats of each image (the default num_repeats of dataset TOML subsets)",
                                check=positive, dataset_key="num_repeats")
     resolution: str | None = opt(str, None, "training size: '512' or 'width,height'", dataset=GD,
@@ -140,9 +147,10 @@ class DatasetOptions:
     color_aug: bool = flag("random hue changes (no latent caching)", dataset=ALL_LEVELS)
     flip_aug: bool = flag("random horizontal flips", dataset=ALL_LEVELS)
     random_crop: bool = flag("random crops instead of centre crops (no latent caching)", dataset=ALL_LEVELS)
-    face_crop_aug_range: str | None = opt(str, None, "face-crop augmentation range 'low,high'",
-                                          dataset=ALL_LEVELS, meta="ss_face_crop_aug_range",
-                                          **refused("face-crop augmentation is not supported"))
+    face_crop_aug_range: str | None = opt(str, None, "'low,high': crop around the face given in the file name "
+                                          "(<name>_<cx>_<cy>_<w>_<h>.png) so it spans size/high..size/low "
+                                          "pixels (no buckets, uncached)", dataset=ALL_LEVELS,
+                                          meta="ss_face_crop_aug_range", check=_face_range)
     resize_interpolation: str | None = opt(str, None, "resampling filter when resizing images [area down, "
                                            "lanczos up]", choices=RESIZE_METHODS, dataset=ALL_LEVELS,
                                            meta="ss_resize_interpolation")
@@ -155,8 +163,8 @@ class DatasetOptions:
                                             "images by name (white = train, black = ignore)", dataset=(SUBSET,),
                                             metavar="PATH")
     weighted_captions: bool = flag("read '(word:1.3)', '(word)' and '[word]' weights in captions")
-    debug_dataset: bool = flag("show the training images and captions instead of training",
-                               **refused("--debug_dataset is not supported"))
+    debug_dataset: bool = flag("train nothing: write each batch's images as the model sees them, with their "
+                               "captions, bucket, crop and flip, to <output_dir>/debug_dataset/")
     validation_split: float = opt(float, 0.0, "share of each subset's images held out for validation (0..1)",
                                   dataset=GD, check=_split, meta="ss_validation_split")
     validation_seed: int | None = opt(int, None, "seed of the validation split and of the validation noise "
@@ -201,6 +209,5 @@ class DatasetFileKeys:
                                     scripts=())
     custom_attributes: dict | None = opt(dict, None, "free-form table passed along with the subset",
                                          dataset=ALL_LEVELS, scripts=())
-    metadata_file: str | None = opt(str, None, "fine-tuning metadata file of the subset", dataset=(SUBSET,),
-                                    scripts=(), **refused("fine-tuning metadata datasets are not supported; use "
-                                                          "image_dir with caption files"))
+    metadata_file: str | None = opt(str, None, "fine-tuning metadata JSON of the subset (makes it a fine-tuning "
+                                    "subset; image_dir holds its images)", dataset=(SUBSET,), scripts=())

@@ -152,7 +152,7 @@ class Trainer:
         check_text_cache(a, self.dataset, self.family)
         self.bundle = load_training_models(a, p, self.sdxl_script)
         self.latent_scale = LATENT_SCALE[self.bundle.family]
-        caching = a.cache_latents or a.cache_latents_to_disk
+        caching = a.cache_latents or a.cache_latents_to_disk or self.dataset.has_precomputed_latents()
         if caching:
             cache_dataset_latents(a, self.dataset, self.bundle.vae, self.dist, self.seed, self.bundle.is_sdxl)
         self.validator = build_validator(a, self.seed, self.family, (lambda ds: cache_dataset_latents(
@@ -538,7 +538,12 @@ class Trainer:
 
 def train(cfg: TrainConfig, sdxl_script: bool = False) -> Path | None:
     """Run one training from its typed configuration (`sdxl_script`: sdxl_train_network.py, which refuses
-    non-SDXL models); returns the final LoRA file."""
+    non-SDXL models); returns the final LoRA file (None with --debug_dataset, which trains nothing)."""
+    if cfg.debug_dataset:
+        from library.train.debug_dataset import debug_dataset
+
+        debug_dataset(cfg, sdxl_script)
+        return None
     trainer = Trainer(cfg, sdxl_script)
     trainer.setup()
     return trainer.run()

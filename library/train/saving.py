@@ -119,11 +119,13 @@ class MetadataBuilder:
                     "secondary_separator": s.caption.secondary_separator,
                     "enable_wildcard": s.caption.enable_wildcard, "caption_prefix": s.caption.caption_prefix,
                     "caption_suffix": s.caption.caption_suffix, "resize_interpolation": s.resize_interpolation,
-                    "image_dir": s.image_dir.name, "class_tokens": s.class_tokens, "is_reg": s.is_reg,
+                    **({"metadata_file": s.metadata_file.name} if s.metadata_file else
+                       {"image_dir": s.image_dir.name, "class_tokens": s.class_tokens, "is_reg": s.is_reg}),
                 } for s in cfg.subsets]
                 records = [r for r in dataset.records if r.dataset_index == i]
                 datasets.append({
-                    "is_dreambooth": True, "batch_size_per_device": cfg.batch_size,
+                    "is_dreambooth": not any(s.metadata_file for s in cfg.subsets),
+                    "batch_size_per_device": cfg.batch_size,
                     "num_train_images": sum(r.repeats for r in records if not r.subset.is_reg),
                     "num_reg_images": sum(r.repeats for r in records if r.subset.is_reg),
                     "resolution": list(cfg.resolution), "enable_bucket": cfg.enable_bucket,

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from library.data.config import datasets_from_config, datasets_from_folders
+from library.data.config import datasets_from_config, datasets_from_folders, datasets_from_metadata
 from library.data.dataset import TrainDataset
 from library.data.latents import SDXL_SUFFIX, SUFFIX, cache_latents, load_cached
 from library.errors import ToolkitError
@@ -178,9 +178,11 @@ def dataset_configs(cfg: TrainConfig, family: str | None = None) -> list:
     """The run's datasets (TOML or DreamBooth folders), checked against what the family's U-Net accepts."""
     cli = vars(cfg)
     if cfg.dataset_config:
-        if cfg.train_data_dir or cfg.reg_data_dir:
-            log.warning("--dataset_config given: --train_data_dir and --reg_data_dir are ignored")
+        if cfg.train_data_dir or cfg.reg_data_dir or cfg.in_json:
+            log.warning("--dataset_config given: --train_data_dir, --reg_data_dir and --in_json are ignored")
         configs = datasets_from_config(cfg.dataset_config, cli)
+    elif cfg.in_json:
+        configs = datasets_from_metadata(cfg.train_data_dir, cfg.in_json, cli)
     else:
         if not cfg.train_data_dir:
             raise ToolkitError("give --train_data_dir (folders named '<repeats>_<name>') or --dataset_config")
