@@ -5,9 +5,12 @@
     python bench/vs_sd_scripts.py --peers $PEERS --family sdxl   # real-shape SDXL, 256 px, rank 8, 4 steps
     python bench/vs_sd_scripts.py --peers $PEERS --family sd1 --ours_rev 181f391^   # also an earlier commit
     taskset -c 1 python bench/vs_sd_scripts.py --peers $PEERS --threads 1       # one core, one thread each
+    python bench/vs_sd_scripts.py --peers $PEERS --family sdxl --precision fp8 --also_bf16 --runs 1
+        # both with --fp8_base --mixed_precision bf16, and this toolkit once more in plain bf16
 
-Settings (the issue's): batch 1, U-Net only, fp32 (`--mixed_precision no`, CPU), SDPA, cached latents; SDXL adds
-gradient checkpointing and cached text-encoder outputs. Models are real-shape checkpoints with random weights
+Settings (the issue's): batch 1, U-Net only, fp32 (`--mixed_precision no`, CPU; `--precision bf16|fp8` for
+`--mixed_precision bf16`, fp8 adding `--fp8_base`), SDPA, cached latents; SDXL adds gradient checkpointing and
+cached text-encoder outputs. Models are real-shape checkpoints with random weights
 (bench/out/, written once). Each run is its own process, alternating ours / sd-scripts `--runs` times;
 bench/step_clock.py stamps each step from the same tqdm "steps" bar in both, and the kernel's rusage of the
 finished process gives its peak RSS. Printed: median s/step (wall and CPU, first step left out), whole-process
@@ -33,14 +36,17 @@ CLOCK = ROOT / "bench" / "step_clock.py"
 DEFAULTS = {"sd1": {"rank": 4, "steps": 5}, "sdxl": {"rank": 8, "steps": 4}}
 
 
-def settings(family: str, ckpt: Path, img: Path, out: Path, rank: int, steps: int) -> list[str]:
+def settings(family: str, ckpt: Path, img: Path, out: Path, rank: int, steps: int, precision: str = "no"
+             ) -> list[str]:
     """Options both trainers take with the same meaning."""
     args = ["--pretrained_model_name_or_path", str(ckpt), "--train_data_dir", str(img), "--resolution", "256",
             "--train_batch_size", "1", "--network_module", "networks.lora", "--network_dim", str(rank),
             "--network_alpha", str(rank), "--learning_rate", "1e-4", "--max_train_steps", str(steps), "--seed", "0",
             "--max_data_loader_n_workers", "0", "--output_dir", str(out), "--output_name", "bench",
-            "--network_train_unet_only", "--mixed_precision", "no", "--sdpa", "--caption_extension", ".caption",
-            "--cache_latents", "--save_model_as", "safetensors"]
+            "--network_train_unet_only", "--mixed_precision", "no" if precision == "no" else "bf16", "--sdpa",
+            "--caption_extension", ".caption", "--cache_latents", "--save_model_as", "safetensors"]
+    if precision == "fp8":
+        args.append("--fp8_base")
     if family == "sdxl":
         args += ["--gradient_checkpointing", "--cache_text_encoder_outputs"]
     return args
@@ -84,6 +90,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2, help="runs of each trainer, alternating")
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for both (default: each tool's own choice)")
     parser.add_argument("--ours_rev", help="also run this toolkit at this git revision (a worktree in bench/out)")
+    parser.add_argument("--precision", default="no", choices=["no", "bf16", "fp8"],
+                        help="no: fp32; bf16: --mixed_precision bf16; fp8: that and --fp8_base")
+    parser.add_argument("--also_bf16", action="store_true", help="also run this toolkit in plain bf16 (the fp8 "
+                        "memory target is under half of that)")
     args = parser.parse_args()
     from train_speed import OUT, prepare
 
@@ -100,20 +110,32 @@ def main() -> None:
     if args.ours_rev:
         tree = worktree_at(args.ours_rev, OUT / f"rev-{args.ours_rev.replace('^', '-parent')}")
         tools[f"ours@{args.ours_rev}"] = (sys.executable, tree / script, [])
+    precisions = {name: args.precision for name in tools}
+    if args.also_bf16:
+        tools["ours (bf16)"] = tools["ours"]
+        precisions["ours (bf16)"] = "bf16"
     results: dict[str, list[dict]] = {name: [] for name in tools}
     for run in range(args.runs):
         for name, (python, path, extra) in tools.items():
             with tempfile.TemporaryDirectory(dir=OUT) as out:
-                r = run_one(python, path, settings(args.family, ckpt, img, Path(out), rank, steps) + extra)
+                try:
+                    r = run_one(python, path, settings(args.family, ckpt, img, Path(out), rank, steps,
+                                                       precisions[name]) + extra)
+                except SystemExit as e:  # one trainer failing must not lose the others' figures
+                    print(f"run {run + 1} {name}: {str(e)[-3000:]}", flush=True)
+                    continue
             results[name].append(r)
             print(f"run {run + 1} {name:22} {r['wall_step']:7.2f} s/step  cpu {r['cpu_step']:7.2f}  "
                   f"wall {r['wall']:7.1f} s  peak {r['peak_mib']:7.0f} MiB  (load {r['load']:.1f})", flush=True)
-    print(f"\n{args.family}, real shape, 256 px, batch 1, rank {rank}, {steps} steps, fp32, U-Net only, cached latents"
+    what = {"no": "fp32", "bf16": "bf16", "fp8": "fp8 base + bf16"}[args.precision]
+    print(f"\n{args.family}, real shape, 256 px, batch 1, rank {rank}, {steps} steps, {what}, U-Net only, cached latents"
           + (", gradient checkpointing, cached text-encoder outputs" if args.family == "sdxl" else "")
           + f"; medians of {args.runs} runs, {len(os.sched_getaffinity(0))} of {os.cpu_count()} CPUs, "
           + f"threads {args.threads or 'default'}")
     print(f"{'trainer':24} {'s/step':>8} {'cpu s/step':>10} {'process wall s':>15} {'peak RSS MiB':>13}")
     for name, rs in results.items():
+        if not rs:
+            continue
         med = {k: statistics.median(r[k] for r in rs) for k in ("wall_step", "cpu_step", "wall", "peak_mib")}
         print(f"{name:24} {med['wall_step']:8.2f} {med['cpu_step']:10.2f} {med['wall']:15.1f} {med['peak_mib']:13.0f}")
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from library.errors import ToolkitError
+from library.models import fp8
 from library.models.bundle import ModelBundle
 from library.models.diffusers_dir import is_diffusers_dir, load_diffusers_dir, save_diffusers_dir
 from library.models.single_file import load_single_file, load_vae_file, save_single_file, to_original_state_dict
@@ -21,20 +22,29 @@ def family_from_flags(v2: bool = False, sdxl: bool = False) -> str | None:
 
 def load_models(path: str | Path, family: str | None = None, v_parameterization: bool = False,
                 dtype: torch.dtype | None = torch.float32, variant: str | None = None,
-                progress: bool = False, keep_extra: bool = True, vae_dtype: torch.dtype | None = None) -> ModelBundle:
+                progress: bool = False, keep_extra: bool = True, vae_dtype: torch.dtype | None = None,
+                unet_dtype: torch.dtype | None = None, te_dtype: torch.dtype | None = None) -> ModelBundle:
     """Load a single-file checkpoint or a Diffusers folder; the family is detected unless given.
 
     `dtype=None` keeps the stored dtypes; `variant` (Diffusers folders) picks `*.<variant>.safetensors` weights;
     `progress` shows a bar while a single file is read (Diffusers' loaders show their own); `vae_dtype` (default
-    `dtype`) lets a half-precision model keep a float32 VAE; `keep_extra=False` drops keys no model uses.
+    `dtype`) lets a half-precision model keep a float32 VAE; `keep_extra=False` drops keys no model uses;
+    `unet_dtype`/`te_dtype` store those parts otherwise (float8_e4m3fn: `library.models.fp8`).
     """
     path = Path(path)
     if path.is_dir():
-        return load_diffusers_dir(path, family, v_parameterization, dtype, variant, vae_dtype)
+        bundle = load_diffusers_dir(path, family, v_parameterization, dtype, variant, vae_dtype)
+        for model, storage in ((bundle.unet, unet_dtype), *((te, te_dtype) for te in bundle.text_encoders)):
+            if storage is fp8.FP8:
+                fp8.narrow_module(model, dtype)
+            elif storage is not None and storage != dtype:
+                model.to(storage)
+        return bundle
     if not path.exists():
         raise ToolkitError(f"{path}: model not found (give a .safetensors/.ckpt file or a Diffusers folder; "
                            "nothing is downloaded)")
-    return load_single_file(path, family, v_parameterization, dtype, progress, keep_extra, vae_dtype)
+    return load_single_file(path, family, v_parameterization, dtype, progress, keep_extra, vae_dtype, unet_dtype,
+                            te_dtype)
 
 
 SINGLE_FILE_EXTS = (".safetensors", ".ckpt", ".pt", ".pth")

@@ -1,8 +1,8 @@
 """Derive model configs from checkpoint keys and tensor shapes (no config files, no hub).
 
-Channels, levels, res blocks per level, transformer depth, context width and text-encoder size all come
-from the tensors; only head counts are invisible in the weights and follow the family convention
-(SD1: 8 heads; SD2/SDXL: 64-wide heads, at least one).
+Channels, levels, res blocks per level, transformer depth, context width, time-embedding widths, kernel sizes
+and text-encoder size all come from the tensors; only head counts are invisible in the weights and follow the
+family convention (SD1: 8 heads; SD2/SDXL: 64-wide heads, at least one).
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ def vae_scale_factor(vae: object) -> int:
     """Pixels per latent cell along a side: 2 ** (levels - 1), 8 for every released SD VAE (the embedded default's
     3-level VAE: 4). Read from the loaded VAE's config, as Diffusers' pipelines do."""
     return 2 ** (len(vae.config.block_out_channels) - 1)
-TIME_EMBED_DIM_SDXL = 256
+
+
+TIME_EMBED_DIM_SDXL = 256  # released SDXL: each of the 6 size/crop numbers embedded 256 wide
 BOS, EOS = 49406, 49407
 
 
@@ -34,8 +36,24 @@ def _depth(shapes: SHAPES, prefix: str) -> int:
     return max(found) + 1 if found else 1
 
 
-def unet_config(shapes: SHAPES, family: str, v_parameterization: bool = False) -> dict:
-    """Diffusers `UNet2DConditionModel` config from original U-Net keys (no `model.diffusion_model.`)."""
+def sdxl_time_embed_dim(added_in: int, pooled_dim: int | None) -> int:
+    """Width of each of SDXL's six size/crop embeddings: the added-conditioning input is the pooled text embedding
+    plus 6 of them, so with the pooled width known (the second text encoder's projection) it is exact; without
+    it the released 256 is assumed when it fits."""
+    if pooled_dim is not None:
+        rest = added_in - pooled_dim
+        if rest <= 0 or rest % 6:
+            raise ValueError(f"label_emb input width {added_in} is not pooled {pooled_dim} + 6 x time-embedding width")
+        return rest // 6
+    if added_in <= 6 * TIME_EMBED_DIM_SDXL:
+        raise ValueError(f"label_emb input width {added_in} does not fit the default 6 x {TIME_EMBED_DIM_SDXL} "
+                         "time embeddings and no text encoder gives the pooled width")
+    return TIME_EMBED_DIM_SDXL
+
+
+def unet_config(shapes: SHAPES, family: str, v_parameterization: bool = False, pooled_dim: int | None = None) -> dict:
+    """Diffusers `UNet2DConditionModel` config from original U-Net keys (no `model.diffusion_model.`).
+    `pooled_dim` (SDXL: the second text encoder's projection width) makes the time-embedding width exact."""
     layout = unet_keys.layout_from_original_keys(shapes)
     n = layout.layers_per_block
     channels = [shapes[f"input_blocks.{1 + (n + 1) * i}.0.out_layers.3.weight"][0] for i in range(layout.levels)]
@@ -57,6 +75,13 @@ def unet_config(shapes: SHAPES, family: str, v_parameterization: bool = False) -
         "transformer_layers_per_block": down_depth,
         "upcast_attention": family == "sd2" and v_parameterization,
     }
+    time_width, c0 = shapes["time_embed.0.weight"][0], channels[0]
+    if time_width != 4 * c0:
+        config["time_embedding_dim"] = time_width
+    if shapes["input_blocks.0.0.weight"][2] != 3:
+        config["conv_in_kernel"] = shapes["input_blocks.0.0.weight"][2]
+    if shapes["out.2.weight"][2] != 3:
+        config["conv_out_kernel"] = shapes["out.2.weight"][2]
     if up_depth != list(reversed(down_depth)):
         config["reverse_transformer_layers_per_block"] = up_depth
     if not layout.mid_attention:
@@ -64,7 +89,7 @@ def unet_config(shapes: SHAPES, family: str, v_parameterization: bool = False) -
     if layout.sdxl:
         config.update(
             addition_embed_type="text_time",
-            addition_time_embed_dim=TIME_EMBED_DIM_SDXL,
+            addition_time_embed_dim=sdxl_time_embed_dim(shapes["label_emb.0.0.weight"][1], pooled_dim),
             projection_class_embeddings_input_dim=shapes["label_emb.0.0.weight"][1],
         )
     return config

@@ -55,8 +55,9 @@ def default_configs() -> dict:
     return cfg
 
 
-def configs(family: str, size: str = "tiny") -> dict:
-    """Configs for `unet`, `vae` and `text_encoders` of a family at `tiny` or `real` size."""
+def configs(family: str, size: str = "tiny", time_embed_dim: int = TIME_EMBED_DIM_SDXL) -> dict:
+    """Configs for `unet`, `vae` and `text_encoders` of a family at `tiny` or `real` size; `time_embed_dim` is
+    SDXL's width per size/crop number (256 in every released model; tests vary it)."""
     tiny = size == "tiny"
     if family in ("sd1", "sd2"):
         v2 = family == "sd2"
@@ -74,8 +75,8 @@ def configs(family: str, size: str = "tiny") -> dict:
         unet = dict(**_XL_TYPES, block_out_channels=channels, layers_per_block=2, cross_attention_dim=w1 + w2,
                     sample_size=8 if tiny else 128, use_linear_projection=True, transformer_layers_per_block=depth,
                     attention_head_dim=[max(1, c // 64) for c in channels], addition_embed_type="text_time",
-                    addition_time_embed_dim=TIME_EMBED_DIM_SDXL,
-                    projection_class_embeddings_input_dim=w2 + 6 * TIME_EMBED_DIM_SDXL)
+                    addition_time_embed_dim=time_embed_dim,
+                    projection_class_embeddings_input_dim=w2 + 6 * time_embed_dim)
         tes = [_te(w1, 2 if tiny else 12, 4 * w1, openclip=False),
                _te(w2, 2 if tiny else 32, 4 * w2, openclip=True, projection=w2)]
     vae = _vae([32, 32, 32, 32] if tiny else [128, 256, 512, 512], 1 if tiny else 2, family)
@@ -83,12 +84,12 @@ def configs(family: str, size: str = "tiny") -> dict:
 
 
 def random_bundle(family: str, size: str = "tiny", seed: int = 0, v_parameterization: bool = False,
-                  dtype: torch.dtype | None = None) -> ModelBundle:
+                  dtype: torch.dtype | None = None, time_embed_dim: int = TIME_EMBED_DIM_SDXL) -> ModelBundle:
     """A ModelBundle with seeded random weights (deterministic for a torch version). `dtype` builds the models
     in that precision directly (a real-shape SDXL needs 14 GB in float32, 7 GB in float16)."""
     from library.tokenizer import load_tokenizers
 
-    cfg = configs(family, size)
+    cfg = configs(family, size, time_embed_dim)
     torch.manual_seed(seed)
     default = torch.get_default_dtype()
     if dtype is not None:
@@ -111,10 +112,10 @@ def random_bundle(family: str, size: str = "tiny", seed: int = 0, v_parameteriza
 
 
 def write_random_checkpoint(path: str | Path, family: str, size: str = "tiny", seed: int = 0,
-                            dtype: torch.dtype | None = None) -> Path:
+                            dtype: torch.dtype | None = None, time_embed_dim: int = TIME_EMBED_DIM_SDXL) -> Path:
     """Write a seeded random original-layout checkpoint (the embedded default and benchmark inputs)."""
     from library.models.single_file import save_single_file
 
     half = dtype if dtype in (torch.float16, torch.bfloat16) and size == "real" else None
-    save_single_file(random_bundle(family, size, seed, dtype=half), path, dtype)
+    save_single_file(random_bundle(family, size, seed, dtype=half, time_embed_dim=time_embed_dim), path, dtype)
     return Path(path)

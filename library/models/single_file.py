@@ -8,7 +8,6 @@ random initialisation.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -18,11 +17,11 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from library.errors import ToolkitError
-from library.files import LazySafetensors, cast_for_save, load_state_dict, open_streaming
+from library.files import LazySafetensors, load_state_dict, open_streaming
 from library.keys import UNET_PREFIX, VAE_PREFIX, clip, detect_family, te_specs
 from library.keys import unet as unet_keys
 from library.keys import vae as vae_keys
-from library.models import arch
+from library.models import arch, fp8
 from library.models.bundle import ModelBundle
 from library.models.streaming import write_tensors
 
@@ -52,9 +51,21 @@ def _shapes(sd: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in sd.items()}
 
 
-def _build_unet(sd: dict[str, torch.Tensor], family: str, v_param: bool, path: Path) -> UNet2DConditionModel:
+def _pooled_dim(keys: Mapping[str, torch.Tensor], family: str) -> int | None:
+    """SDXL: the width of the pooled text embedding the U-Net is conditioned on (OpenCLIP `text_projection` is
+    [width, projection]); read from the header shape, no tensor is loaded."""
+    if family != "sdxl":
+        return None
+    key = te_specs(family)[1].ckpt_prefix + "text_projection"
+    shape = keys.shape(key) if isinstance(keys, LazySafetensors) and key in keys else (
+        tuple(keys[key].shape) if key in keys else None)
+    return shape[1] if shape and len(shape) == 2 else None
+
+
+def _build_unet(sd: dict[str, torch.Tensor], family: str, v_param: bool, path: Path,
+                pooled_dim: int | None = None) -> UNet2DConditionModel:
     try:
-        config = arch.unet_config(_shapes(sd), family, v_param)
+        config = arch.unet_config(_shapes(sd), family, v_param, pooled_dim)
         layout = unet_keys.layout_from_original_keys(sd)
         converted = {unet_keys.original_to_diffusers(k, layout): v for k, v in sd.items()}
     except (KeyError, ValueError, StopIteration) as e:
@@ -125,23 +136,25 @@ def split_checkpoint(sd: Mapping[str, torch.Tensor], path: Path, family: str | N
 
 
 class _CastingView(Mapping):
-    """Reads one tensor at a time from the file and casts it, so peak memory is about one model in `dtype`."""
+    """Reads one tensor at a time from the file and casts it, so peak memory is about one model in `dtype`.
+    With `dtype` fp8, each tensor goes straight from the file's bytes to fp8 (those that stay wide, see
+    `fp8.stays_wide`, to `compute`): no wider copy of the model is ever held."""
 
     def __init__(self, source: Mapping[str, torch.Tensor], dtype: torch.dtype | None, bar=None,  # noqa: ANN001
-                 path: Path | None = None) -> None:
-        """A value that does not fit `dtype` stops the load naming `path` and the tensor (it would be Inf)."""
-        self.source, self.dtype, self.bar, self.path = source, dtype, bar, path
+                 compute: torch.dtype | None = None) -> None:
+        self.source, self.dtype, self.bar, self.compute = source, dtype, bar, compute
 
     def __getitem__(self, key: str) -> torch.Tensor:
-        if isinstance(self.source, LazySafetensors):
-            v = self.source.get_as(key, self.dtype)
-            if v.is_floating_point() and v.element_size() < self.source.dtype(key).itemsize and v.numel() \
-                    and not all(math.isfinite(float(x)) for x in torch.aminmax(v if v.element_size() > 1 else v.float())):
-                cast_for_save(self.source[key], self.dtype, self.source.path, key, "load it as")  # raises: the range
+        lazy = isinstance(self.source, LazySafetensors)
+        ndim = len(self.source.shape(key)) if lazy else self.source[key].ndim
+        dtype = fp8.part_dtype(key, ndim, self.dtype, self.compute)
+        if lazy:
+            source = self.source
+            cast = (lambda t, d: fp8.narrow(t, d, key, True, source.last_bounds)) if dtype is fp8.FP8 else None
+            v = self.source.get_as(key, dtype, cast)
         else:
             v = self.source[key]
-            if self.dtype is not None and v.is_floating_point() and v.dtype != self.dtype:
-                v = cast_for_save(v, self.dtype, self.path, key, "load it as")
+            v = fp8.narrow(v, dtype, key) if dtype is not None and v.is_floating_point() else v
         if self.bar is not None:
             self.bar.update(1)
         return v
@@ -155,14 +168,17 @@ class _CastingView(Mapping):
 
 def load_single_file(path: str | Path, family: str | None = None, v_parameterization: bool = False,
                      dtype: torch.dtype | None = torch.float32, progress: bool = False, keep_extra: bool = True,
-                     vae_dtype: torch.dtype | None = None) -> ModelBundle:
+                     vae_dtype: torch.dtype | None = None, unet_dtype: torch.dtype | None = None,
+                     te_dtype: torch.dtype | None = None) -> ModelBundle:
     """Load an original-layout checkpoint; `family` ("sd1"/"sd2"/"sdxl") overrides detection.
 
     Tensors are read one at a time without mmap, each cast to `dtype` (`vae_dtype` for the VAE, default the
     same; `dtype=None` keeps the stored dtypes) as it arrives, so the peak is the models themselves: a mapped
     file would keep every page it touched resident until the end of loading (measured on a real-shape SD1.5:
     2 GiB above the loaded models). `keep_extra=False` skips the keys no model uses (EMA copies and such), which
-    only a faithful re-save needs; `progress` shows a tqdm bar over the tensors read.
+    only a faithful re-save needs; `progress` shows a tqdm bar over the tensors read. `unet_dtype`/`te_dtype`
+    (default `dtype`) store those parts differently: float8_e4m3fn for `--fp8_base`, `dtype` then being the
+    compute dtype of the tensors that stay wide.
     """
     from tqdm import tqdm
 
@@ -171,17 +187,19 @@ def load_single_file(path: str | Path, family: str | None = None, v_parameteriza
     family, _ = split_checkpoint(raw, path, family)
     keys_ = list(raw.keys())
     bar = tqdm(total=len(keys_), desc="loading checkpoint", unit="tensor") if progress else None
-    sd = _CastingView(raw, dtype, bar, path)
+    sd = _CastingView(raw, dtype, bar)
     used = {UNET_PREFIX, VAE_PREFIX, *(s.ckpt_prefix for s in te_specs(family))}
     extra = {k: sd[k] for k in keys_ if keep_extra and not any(k.startswith(p) for p in used)}
-    unet = _build_unet(_strip(sd, UNET_PREFIX), family, v_parameterization, path)
+    unet_sd = _CastingView(raw, unet_dtype or dtype, bar, dtype)
+    unet = _build_unet(_strip(unet_sd, UNET_PREFIX), family, v_parameterization, path, _pooled_dim(raw, family))
     if not any(k.startswith(VAE_PREFIX) for k in keys_):
         raise ToolkitError(f"{path}: no VAE weights (first_stage_model.*) in the checkpoint")
-    vae_sd = _CastingView(raw, dtype if vae_dtype is None else vae_dtype, bar, path)
+    vae_sd = _CastingView(raw, dtype if vae_dtype is None else vae_dtype, bar)
     vae = _build_vae(_strip(vae_sd, VAE_PREFIX), family, path)
     tes = []
+    te_sd = _CastingView(raw, te_dtype or dtype, bar, dtype)
     for spec in te_specs(family):
-        part = _strip(sd, spec.ckpt_prefix)
+        part = _strip(te_sd, spec.ckpt_prefix)
         if not part:
             raise ToolkitError(f"{path}: no text-encoder weights under {spec.ckpt_prefix!r} for a {family} model")
         te, unused = _build_te(part, spec, family, path)

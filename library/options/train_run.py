@@ -113,14 +113,19 @@ class PrecisionOptions:
                                choices=("no", "fp16", "bf16"), meta="ss_mixed_precision")
     full_fp16: bool = flag("keep the LoRA weights in fp16 too (needs --mixed_precision fp16)", meta="ss_full_fp16")
     full_bf16: bool = flag("keep the LoRA weights in bf16 too (needs --mixed_precision bf16)")
-    fp8_base: bool = flag("keep the base model in float8", meta="ss_fp8_base", **refused("fp8 base weights are not supported"))
-    fp8_base_unet: bool = flag("keep the U-Net in float8", meta="ss_fp8_base_unet", **refused("fp8 base weights are not supported"))
+    fp8_base: bool = flag("store the frozen U-Net and text encoders in float8_e4m3fn, computed in the "
+                          "--mixed_precision dtype (about half the memory of bf16; needs mixed precision)",
+                          meta="ss_fp8_base")
+    fp8_base_unet: bool = flag("store only the frozen U-Net in float8_e4m3fn (text encoders stay in the "
+                               "mixed-precision dtype)", meta="ss_fp8_base_unet")
     no_half_vae: bool = flag("keep the VAE in float32 under mixed precision")
     xformers: bool = flag("xformers attention (optional package, GPU only)")
     sdpa: bool = flag("PyTorch scaled-dot-product attention (the default)")
     mem_eff_attn: bool = flag("memory-efficient attention (PyTorch SDPA picks its kernel itself)")
-    torch_compile: bool = flag("compile the U-Net with torch.compile", **ignored("not used by this trainer"))
-    dynamo_backend: str = opt(str, "inductor", "torch.compile backend", **ignored("--torch_compile is not used"))
+    torch_compile: bool = flag("compile the U-Net with torch.compile (where the backend cannot work here, one "
+                               "warning and the run goes on uncompiled)")
+    dynamo_backend: str = opt(str, "inductor", "torch.compile backend of --torch_compile: inductor, eager, "
+                              "aot_eager, cudagraphs, or any other torch._dynamo backend installed")
     cpu_offload_checkpointing: bool = flag("offload checkpointed activations to the CPU",
                                            **ignored("not used by this trainer"))
     ddp_timeout: int | None = opt(int, None, "timeout of multi-process training in minutes",
@@ -203,18 +208,17 @@ class SamplingOptions:
 @dataclass
 class LoggingOptions:
     GROUP = "logging"
-    logging_dir: str | None = opt(str, None, "TensorBoard logs go to <logging_dir>/<log_prefix><time>",
-                                  metavar="PATH")
-    log_with: str | None = opt(str, None, "logger: tensorboard [when --logging_dir is given]; wandb and all are refused (offline)",
-                               choices=("tensorboard", "wandb", "all"),
-                               check=lambda v: None if v == "tensorboard" else "only tensorboard is supported "
-                               "(this toolkit is offline)")
-    log_prefix: str | None = opt(str, None, "prefix of the log folder's name")
-    log_tracker_name: str | None = opt(str, None, "tracker project name", **ignored("TensorBoard needs none"))
-    log_tracker_config: str | None = opt(str, None, "tracker settings file", **ignored("TensorBoard needs none"))
-    wandb_run_name: str | None = opt(str, None, "wandb run name", **ignored("wandb is not supported"))
-    wandb_api_key: str | None = opt(str, None, "wandb API key", **ignored("wandb is not supported"))
-    log_config: bool = flag("log the run's settings to the tracker", **ignored("not logged"))
+    logging_dir: str | None = opt(str, None, "TensorBoard logs go to <logging_dir>/<log_prefix><time> (and wandb's "
+                                  "run folder under it)", metavar="PATH")
+    log_with: str | None = opt(str, None, "tracker: tensorboard [when --logging_dir is given], wandb, or all (both); "
+                               "wandb logs offline unless you are logged in", choices=("tensorboard", "wandb", "all"))
+    log_prefix: str | None = opt(str, None, "prefix of the log folder's name (and of wandb's run name)")
+    log_tracker_name: str | None = opt(str, None, "wandb project name [network_train]")
+    log_tracker_config: str | None = opt(str, None, "TOML whose [wandb] table holds wandb.init arguments "
+                                         "(entity, tags, mode...)", metavar="PATH")
+    wandb_run_name: str | None = opt(str, None, "wandb run name")
+    wandb_api_key: str | None = opt(str, None, "wandb API key (logs in, so the run is uploaded; never logged)")
+    log_config: bool = flag("store the run's options (secrets left out) in the wandb run's config")
     console_log_level: str | None = opt(str, None, "console log level",
                                         choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
                                         **ignored("use -v for more detail"))

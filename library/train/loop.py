@@ -11,7 +11,6 @@ import logging
 import math
 import random
 import signal
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +25,7 @@ from library.files import check_output_dir
 from library.models import peek_family
 from library.models.arch import LATENT_SCALE
 from library.train import guards, preflight, saving
+from library.train.compile import compile_unet, uncompiled
 from library.train.distributed import Distributed
 from library.train.objective import Objective, ObjectiveConfig
 from library.train.optim import build_optimizer, build_scheduler, current_lrs, int_or_ratio, steps_for_epochs
@@ -44,6 +44,7 @@ from library.train.setup import (
 )
 from library.train.state import load_state, read_position, save_state
 from library.train.text import text_conditioner
+from library.train.trackers import Trackers, check_trackers
 from library.train.validation import build_validator
 
 if TYPE_CHECKING:
@@ -121,8 +122,7 @@ class Trainer:
         if self.ext is None:
             raise ToolkitError(f"--save_model_as {cfg.save_model_as}: a LoRA is saved as safetensors, ckpt or pt")
         self.save_dtype = str_to_dtype(cfg.save_precision)
-        if cfg.log_with not in (None, "tensorboard"):
-            raise ToolkitError(f"--log_with {cfg.log_with}: only tensorboard is supported (this toolkit is offline)")
+        check_trackers(cfg)
         self._seed_everything(self.seed)
         self.objective = Objective(ObjectiveConfig(**{k: getattr(cfg, k) for k in
                                                       ObjectiveConfig.__dataclass_fields__}))
@@ -179,6 +179,9 @@ class Trainer:
                     te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             self.network.enable_gradient_checkpointing()
         self.network.prepare_grad_etc(self.te_arg, self.bundle.unet)
+        self.unet_call = self.bundle.unet
+        if a.torch_compile:
+            self.unet_call = compile_unet(self.bundle.unet, a.dynamo_backend, p.device)
         self.params = [q for q in self.network.parameters() if q.requires_grad]
         self.dist.broadcast_params(self.params)
         self._schedule()
@@ -283,7 +286,7 @@ class Trainer:
             else:
                 t = timesteps.to(latents.device)
             noisy = self.objective.add_noise(latents, noise, t)
-            pred = self.bundle.unet(noisy.to(p.weight_dtype), t, cond, added_cond_kwargs=added).sample
+            pred = self.unet_call(noisy.to(p.weight_dtype), t, cond, added_cond_kwargs=added).sample
         self.last_inputs = (latents, cond, batch["captions"])  # what a non-finite loss is traced back to
         target = self.objective.target(latents, noise, t)
         return self.objective.loss(pred, target, t, batch["loss_weights"], batch.get("masks"))
@@ -415,15 +418,11 @@ class Trainer:
             te.train(ckpt and self.train_te)
         self.network.train(on)
 
-    def _writer(self):  # noqa: ANN202
-        a = self.cfg
-        if not a.logging_dir or not self.dist.is_main:
+    def _writer(self) -> Trackers | None:
+        """TensorBoard and/or wandb (library/train/trackers.py), on the main process only."""
+        if not self.dist.is_main:
             return None
-        from torch.utils.tensorboard import SummaryWriter
-
-        run_dir = Path(a.logging_dir) / f"{a.log_prefix or ''}{time.strftime('%Y%m%d%H%M%S')}"
-        log.info("TensorBoard logs: %s", run_dir)
-        return SummaryWriter(str(run_dir))
+        return Trackers(self.cfg, self.out_dir) or None
 
     def _log_step(self, loss: float, avg: float) -> None:
         if not self.writer:
@@ -527,9 +526,12 @@ class Trainer:
                 from library.generate.pipeline import build_pipeline
 
                 pipe = build_pipeline(self.bundle)
-            sample_images(self.out_dir, self.cfg.output_name, self.prompts, self.bundle.unet, self.bundle.vae,
-                          self.text, self.cfg.sample_sampler, self.cfg.v_parameterization, self.latent_scale,
-                          p.device, p.weight_dtype, epoch, self.global_step, p.autocast, pipe)
+            with uncompiled(self.bundle.unet):
+                images = sample_images(self.out_dir, self.cfg.output_name, self.prompts, self.bundle.unet, self.bundle.vae,
+                              self.text, self.cfg.sample_sampler, self.cfg.v_parameterization, self.latent_scale,
+                              p.device, p.weight_dtype, epoch, self.global_step, p.autocast, pipe)
+            if getattr(self, "writer", None):
+                self.writer.add_images(images, self.global_step)
             if caches_text(self.cfg):
                 self._release_text_encoders()
             self._train_mode(True)

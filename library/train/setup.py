@@ -17,7 +17,7 @@ from library.data.config import datasets_from_config, datasets_from_folders, dat
 from library.data.dataset import TrainDataset
 from library.data.latents import SDXL_SUFFIX, SUFFIX, cache_latents, load_cached
 from library.errors import ToolkitError
-from library.models import ModelBundle, load_models, load_vae_file, peek_family
+from library.models import ModelBundle, fp8, load_models, load_vae_file, peek_family
 from library.models.arch import vae_scale_factor
 from library.network_args import parse_network_args
 from library.train import guards, preflight
@@ -40,6 +40,8 @@ class Precision:
     weight_dtype: torch.dtype
     full_half: bool
     vae_dtype: torch.dtype
+    unet_dtype: torch.dtype | None = None  # storage of the frozen U-Net when not weight_dtype (fp8)
+    te_dtype: torch.dtype | None = None  # the same for the text encoders
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.mixed == "no":
@@ -59,7 +61,20 @@ def resolve_precision(cfg: TrainConfig, device: torch.device) -> Precision:
         raise ToolkitError("--full_bf16 needs --mixed_precision bf16")
     weight = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[mixed]
     vae = torch.float32 if cfg.no_half_vae or device.type == "cpu" else weight
-    return Precision(device, mixed, weight, bool(cfg.full_fp16 or cfg.full_bf16), vae)
+    precision = Precision(device, mixed, weight, bool(cfg.full_fp16 or cfg.full_bf16), vae)
+    if cfg.fp8_base or cfg.fp8_base_unet:
+        option = "--fp8_base" if cfg.fp8_base else "--fp8_base_unet"
+        if not fp8.fp8_supported():
+            raise ToolkitError(f"{option}: this torch {torch.__version__} has no float8_e4m3fn (needs torch 2.1 or "
+                               "newer)")
+        if mixed == "no":
+            raise ToolkitError(f"{option}: fp8 weights are computed in the mixed-precision dtype: add "
+                               "--mixed_precision bf16 (or fp16 on a GPU)")
+        precision.unet_dtype = fp8.FP8
+        precision.te_dtype = None if cfg.fp8_base_unet else fp8.FP8
+        log.info("fp8 base: U-Net%s stored in float8_e4m3fn, computed in %s", "" if cfg.fp8_base_unet else
+                 " and text encoders", mixed)
+    return precision
 
 
 def load_training_models(cfg: TrainConfig, precision: Precision, sdxl_script: bool = False) -> ModelBundle:
@@ -69,8 +84,10 @@ def load_training_models(cfg: TrainConfig, precision: Precision, sdxl_script: bo
                            "Diffusers folder)")
     forced = "sd2" if cfg.v2 and peek_family(cfg.pretrained_model_name_or_path) != "sdxl" else None
     # frozen parts load straight in the precision they train in (no float32 copy of the whole model first)
+    # (with --base_weights the merge needs wide weights: those runs narrow to fp8 after merging)
+    storage = {} if cfg.base_weights else {"unet_dtype": precision.unet_dtype, "te_dtype": precision.te_dtype}
     bundle = load_models(cfg.pretrained_model_name_or_path, forced, cfg.v_parameterization,
-                         precision.weight_dtype, keep_extra=False, vae_dtype=precision.vae_dtype)
+                         precision.weight_dtype, keep_extra=False, vae_dtype=precision.vae_dtype, **storage)
     check_family(cfg, bundle.family, sdxl_script)
     if bundle.is_sdxl and not sdxl_script:
         log.info("%s is an SDXL model: training it as SDXL (as sdxl_train_network.py does)",
@@ -92,9 +109,9 @@ def load_training_models(cfg: TrainConfig, precision: Precision, sdxl_script: bo
     for model in (bundle.unet, bundle.vae, *bundle.text_encoders):
         model.requires_grad_(False)
         model.eval()
-    for model, dtype in ((bundle.unet, precision.weight_dtype), (bundle.vae, precision.vae_dtype),
-                         *((te, precision.weight_dtype) for te in bundle.text_encoders)):
-        _move(model, precision.device, dtype)
+    for model, dtype in ((bundle.unet, precision.unet_dtype), (bundle.vae, precision.vae_dtype),
+                         *((te, precision.te_dtype) for te in bundle.text_encoders)):
+        _move(model, precision.device, dtype or precision.weight_dtype, precision.weight_dtype)
     _attention(cfg, bundle.unet)
     return bundle
 
@@ -109,12 +126,16 @@ def check_family(cfg: TrainConfig, family: str | None, sdxl_script: bool) -> Non
                            "sdxl_train_network.py trains SDXL (use train_network.py)")
 
 
-def _move(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
-    """Move/cast only when needed (Diffusers warns on every dtype cast, even a no-op one)."""
+def _move(model: torch.nn.Module, device: torch.device, dtype: torch.dtype, compute: torch.dtype) -> None:
+    """Move/cast only when needed (Diffusers warns on every dtype cast, even a no-op one); fp8 storage narrows
+    parameter by parameter, keeping norms, biases and embeddings in `compute` (library.models.fp8)."""
     param = next(model.parameters())
     if param.device != device:
         model.to(device)
-    if param.dtype != dtype:
+    if dtype is fp8.FP8:
+        if not fp8.fp8_weights(model):
+            fp8.narrow_module(model, compute)
+    elif param.dtype != dtype:
         model.to(dtype)
 
 

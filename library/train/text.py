@@ -116,7 +116,8 @@ def _pooled(te2: torch.nn.Module, last_hidden: torch.Tensor, ids: torch.Tensor, 
     index = (ids == eos).int().argmax(dim=-1).to(last_hidden.device)
     pooled = last_hidden[torch.arange(last_hidden.shape[0], device=last_hidden.device), index]
     proj = te2.text_projection
-    return proj(pooled.to(proj.weight.dtype)).to(last_hidden.dtype)
+    wide = proj.weight.dtype if proj.weight.element_size() > 1 else last_hidden.dtype  # fp8 weights: autocast
+    return proj(pooled.to(wide)).to(last_hidden.dtype)
 
 
 class SdxlTextConditioner:
