@@ -40,11 +40,31 @@ def add_verbosity(parser: argparse.ArgumentParser) -> None:
                         help="more log detail (-v: debug)")
 
 
+_NOISY = ("diffusers", "transformers", "accelerate", "PIL", "bitsandbytes", "httpx", "urllib3", "huggingface_hub",
+          "peft", "py.warnings")
+MAX_LINE = 400  # a longer log message is cut to its first line: a page of library warning must not bury the error
+
+
+class _Shorten(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if len(text) > MAX_LINE:
+            record.msg, record.args = text.splitlines()[0][:MAX_LINE] + " [...]", ()
+        return True
+
+
 def setup_logging(verbosity: int = 0) -> None:
+    """The toolkit's own messages at INFO (-v: DEBUG). Libraries' messages and Python warnings (torch, diffusers,
+    peft) only when they are errors, unless -v (warnings) or -vv (everything): their noise must not precede or
+    bury the one line that says what went wrong."""
     level = logging.DEBUG if verbosity >= 1 else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s: %(message)s", force=True)
-    for noisy in ("diffusers", "transformers", "accelerate", "PIL", "bitsandbytes", "httpx", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING if verbosity < 2 else logging.DEBUG)
+    logging.captureWarnings(True)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_Shorten())
+    third_party = {0: logging.ERROR, 1: logging.WARNING}.get(verbosity, logging.DEBUG)
+    for noisy in _NOISY:
+        logging.getLogger(noisy).setLevel(third_party)
     # bitsandbytes warns on import that an optional hub-fetched CPU kernel is absent; nothing is fetched here
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR if verbosity < 2 else logging.DEBUG)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from library.errors import ToolkitError
-from library.files import check_output_file
+from library.files import check_output_file, check_weights_suffix
 from library.lora_io import ALPHA, DOWN, UP, load_lora, save_lora, split_modules
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,16 @@ def output_path(save_to: str | os.PathLike, rank: int) -> Path:
     return base.with_name(f"{stem}-{rank:04d}{ext}")
 
 
+def check_is_dylora(model: str | os.PathLike, metadata: Mapping[str, str]) -> None:
+    """Only a DyLoRA's ranks are trained to be cut; a plain LoRA's first r ranks are no rank-r LoRA."""
+    module = metadata.get("ss_network_module")
+    if module and "dylora" not in module.lower():
+        raise ToolkitError(f"{model}: not a DyLoRA file (trained with {module}); its first ranks are not a smaller "
+                           "LoRA. Use resize_lora.py to lower its rank")
+    if not module:
+        log.warning("%s: the metadata does not say how it was trained; splitting it as a DyLoRA", model)
+
+
 def _resolve_unit(model: str | os.PathLike, metadata: Mapping[str, str], unit: int | None, full: int) -> int:
     recorded = unit_from_metadata(metadata)
     if unit is None:
@@ -119,7 +129,9 @@ def split_file(model: str | os.PathLike, save_to: str | os.PathLike, unit: int |
     if alpha_mode not in ALPHA_MODES:
         raise ToolkitError(f"--alpha {alpha_mode!r}: use one of {', '.join(ALPHA_MODES)}")
     check_output_file(save_to, "--save_to")
+    check_weights_suffix(output_path(save_to, 1), "--save_to")
     sd, metadata = load_lora(model)
+    check_is_dylora(model, metadata)
     ranks = {m.rank for m in split_modules(sd, model).values()}
     full = max(ranks)
     unit = _resolve_unit(model, metadata, unit, full)

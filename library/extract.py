@@ -18,7 +18,7 @@ from library.errors import ToolkitError
 from library.files import open_streaming, read_ahead
 from library.keys import Target, checkpoint_targets
 from library.lora_io import LoRAFactors
-from library.lowrank import lowrank_of_matrix, quantile_abs_clamp, split_factors
+from library.lowrank import check_clamp_quantile, lowrank_of_matrix, quantile_abs_clamp, split_factors
 from library.merge import FAMILY_NAMES, resolve_family, tensor_shapes
 from library.metadata import minimum_metadata, modelspec
 
@@ -91,8 +91,7 @@ def extract_lora(model_org: str | os.PathLike, model_tuned: str | os.PathLike, d
 
     `clamp_quantile` None (the default) keeps the exact truncated SVD; 0.99 reproduces sd-scripts' clamp.
     """
-    if clamp_quantile is not None and not 0 < clamp_quantile <= 1:
-        raise ToolkitError(f"--clamp_quantile {clamp_quantile}: must be in (0, 1] (1 or omitted: no clamp)")
+    check_clamp_quantile(clamp_quantile)
     if dim < 1 or (conv_dim is not None and conv_dim < 1):
         raise ToolkitError("--dim and --conv_dim must be at least 1")
     org_path, tuned_path = Path(model_org), Path(model_tuned)

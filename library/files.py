@@ -30,6 +30,7 @@ from safetensors.torch import save as st_save
 from library.errors import ToolkitError
 
 SAFETENSORS_EXT = ".safetensors"
+PICKLE_EXTS = (".ckpt", ".pt", ".pth", ".bin")  # torch.save containers
 _ST_DTYPES = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
     torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
@@ -202,6 +203,32 @@ def check_finite(t: torch.Tensor, path: str | os.PathLike, key: str) -> tuple[fl
                            "that diverged); refusing to use it")
     return None if bounds is True else bounds
 
+_DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64",
+                torch.float8_e4m3fn: "fp8 (e4m3fn)", torch.float8_e5m2: "fp8 (e5m2)"}
+
+
+def cast_for_save(t: torch.Tensor, dtype: torch.dtype | None, output: str | os.PathLike, key: str,
+                  advice: str = "save as") -> torch.Tensor:
+    """`t` as it is written to `output`: cast to `dtype` (floating tensors; None keeps the dtype) after checking
+    that every value is finite and fits `dtype`'s range. Every writer goes through here, so no file is ever given
+    an Inf made by a narrowing cast, nor a NaN or Inf made by the math before it."""
+    if not t.is_floating_point():
+        return t
+    dtype = dtype or t.dtype
+    if t.numel():
+        data = t.detach()
+        lo, hi = (float(v) for v in torch.aminmax(data if data.element_size() > 1 else data.float()))
+        if not (math.isfinite(lo) and math.isfinite(hi)):  # aminmax propagates NaN
+            raise ToolkitError(f"{output}: {key} holds NaN or Inf values; refusing to write them (nothing written)")
+        top = max(-lo, hi)
+        if top > torch.finfo(dtype).max:
+            wider = [n for d, n in _DTYPE_NAMES.items() if d.itemsize >= 2 and torch.finfo(d).max >= top
+                     and d != torch.float64]
+            raise ToolkitError(f"{output}: {key} exceeds the {_DTYPE_NAMES.get(dtype, dtype)} range (max |x| = "
+                               f"{top:.6g}); {advice} {' or '.join(wider) or 'fp32'}")
+    return t.to(dtype) if t.dtype != dtype else t
+
+
 def _torch_load(path: Path, mmap: bool) -> object:
     """torch.load; with mmap, None when the file is not in the zip format (mmap needs it)."""
     try:
@@ -253,6 +280,19 @@ def _load_torch(path: Path, finite: bool = True) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def is_safetensors(path: Path) -> bool:
+    """A `.safetensors` name, or (any other name) content that starts like one: an 8-byte header length, then
+    `{`. A renamed or extension-less safetensors file is read as what it is, not reported as a broken pickle."""
+    if path.suffix.lower() == SAFETENSORS_EXT:
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") < 100 * 2**20
+
+
 def load_state_dict(path: str | os.PathLike, lazy: bool = False, check_finite: bool = True
                     ) -> tuple[Mapping[str, torch.Tensor], dict[str, str]]:
     """Load a `.safetensors` (lazily if asked) or `.ckpt`/`.pt`/`.pth` state dict; returns (tensors, metadata).
@@ -260,7 +300,7 @@ def load_state_dict(path: str | os.PathLike, lazy: bool = False, check_finite: b
     Every tensor is checked for NaN/Inf as it is read unless `check_finite` is False (inspection tools)."""
     path = Path(path)
     _check_exists(path)
-    if path.suffix.lower() == SAFETENSORS_EXT:
+    if is_safetensors(path):
         if lazy:
             lazy_sd = LazySafetensors(path, check_finite=check_finite)
             return lazy_sd, lazy_sd.metadata
@@ -278,7 +318,7 @@ def open_streaming(path: str | os.PathLike) -> tuple[Mapping[str, torch.Tensor],
     one tensor), `.ckpt`/`.pt` loaded whole. Returns (tensors, metadata)."""
     path = Path(path)
     _check_exists(path)
-    if path.suffix.lower() == SAFETENSORS_EXT:
+    if is_safetensors(path):
         tensors = LazySafetensors(path, mmap=False)
         return tensors, tensors.metadata
     return _load_torch(path), {}
@@ -288,9 +328,24 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The `__metadata__` of a safetensors file ({} for other formats)."""
     path = Path(path)
     _check_exists(path)
-    if path.suffix.lower() != SAFETENSORS_EXT:
+    if not is_safetensors(path):
         return {}
     return _safetensors_header(path).get("__metadata__") or {}
+
+
+def check_input_file(path: str | os.PathLike, option: str) -> Path:
+    """An input weights file, checked before any model loads: present, a file (not a folder), and (safetensors)
+    a valid header. The message starts with the option that named it."""
+    p = Path(path)
+    if not p.exists():
+        raise ToolkitError(f"{option} {p}: file not found")
+    if p.is_dir():
+        raise ToolkitError(f"{option} {p}: is a folder; give the file (.safetensors)")
+    try:
+        read_metadata(p)
+    except ToolkitError as e:
+        raise ToolkitError(f"{option} {e}") from None
+    return p
 
 
 def _same_path(a: Path, b: Path) -> bool:
@@ -334,14 +389,27 @@ def _refuse_inputs(path: Path, option: str, inputs: Iterable[tuple[str, str | os
                                "somewhere else (the input would be replaced)")
 
 
+def check_weights_suffix(path: str | os.PathLike, option: str | None = None) -> None:
+    """A weights file's name must say its container: `.safetensors`, or `.ckpt`/`.pt`/`.pth`/`.bin` for a torch
+    pickle (`out.txt` would be a pickle no reader expects)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix != SAFETENSORS_EXT and suffix not in PICKLE_EXTS:
+        where = f"{option} {path}" if option else str(path)
+        raise ToolkitError(f"{where}: the extension {suffix or '(none)'} does not say the format; name it "
+                           f"{path.with_suffix(SAFETENSORS_EXT).name} (or .ckpt/.pt for a torch pickle)")
+
+
 def check_output_file(path: str | os.PathLike, option: str,
-                      inputs: Iterable[tuple[str, str | os.PathLike | None]] = ()) -> Path:
+                      inputs: Iterable[tuple[str, str | os.PathLike | None]] = (), weights: bool = False) -> Path:
     """The one output-file rule, checked before any heavy work: not a folder, not one of the `inputs`
-    ((option, path) pairs), and its folder exists or can be created and is writable. The file itself is
-    replaced only by a finished output (`atomic_path`)."""
+    ((option, path) pairs), and its folder exists or can be created and is writable; `weights`: a name that says
+    the container (`check_weights_suffix`). The file itself is replaced only by a finished output (`atomic_path`)."""
     path = Path(path)
     if not str(path) or path.is_dir():
         raise ToolkitError(f"{option} {path}: is a folder; give a file name, e.g. {path / 'out.safetensors'}")
+    if weights:
+        check_weights_suffix(path, option)
     _refuse_inputs(path, option, inputs)
     check_output_dir(path.parent, option, shown=path)
     return path
@@ -378,10 +446,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield Path(tmp)
         os.chmod(tmp, _normal_mode())  # mkstemp makes 0600, and so may a third-party writer
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        _name_the_output(e, tmp, path)
         raise
+
+
+def _name_the_output(e: BaseException, tmp: str, path: Path) -> None:
+    """Make an error raised while writing the hidden temporary file name the user's output instead (a full disk,
+    a value out of range): the temporary name means nothing to the user and no longer exists."""
+    if isinstance(e, OSError) and e.filename is not None and str(e.filename) == tmp:
+        e.filename = str(path)
+    elif isinstance(e, ToolkitError) and e.args and tmp in str(e.args[0]):
+        e.args = (str(e.args[0]).replace(tmp, str(path)), *e.args[1:])
 
 
 @contextlib.contextmanager
@@ -450,9 +528,14 @@ def write_parts(path: str | os.PathLike, head: bytes, body: memoryview) -> None:
 
 
 def save_state_dict(sd: Mapping[str, torch.Tensor], path: str | os.PathLike,
-                    metadata: dict[str, str] | None = None, extra: dict | None = None) -> None:
-    """Write atomically: safetensors (with metadata) by extension, else `torch.save` (with `extra` keys)."""
+                    metadata: dict[str, str] | None = None, extra: dict | None = None,
+                    dtype: torch.dtype | None = None) -> None:
+    """Write atomically: safetensors (with metadata) by extension, else `torch.save` (with `extra` keys).
+    Floating tensors are cast to `dtype` (None: as they are) by `cast_for_save`, which refuses values that
+    would be NaN or Inf in the file."""
     path = Path(path)
+    check_weights_suffix(path)
+    sd = {k: cast_for_save(v, dtype, path, k) for k, v in sd.items()}
     with atomic_path(path) as tmp:
         if path.suffix.lower() == SAFETENSORS_EXT:
             head, body = safetensors_parts(sd, metadata)
@@ -469,11 +552,15 @@ def save_state_dict(sd: Mapping[str, torch.Tensor], path: str | os.PathLike,
 
 
 def stream_safetensors(path: str | os.PathLike, layout: list[tuple[str, torch.dtype, tuple[int, ...]]],
-                       tensors: Iterator[torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Write a safetensors file one tensor at a time, atomically; `tensors` yields in `layout` order.
+                       tensors: Iterator[torch.Tensor], metadata: dict[str, str] | None = None,
+                       shown: str | os.PathLike | None = None) -> None:
+    """Write a safetensors file one tensor at a time, atomically; `tensors` yields in `layout` order, each cast
+    to its layout dtype by `cast_for_save` (which refuses values that would be NaN or Inf in the file).
 
     The header is known up front from `layout` (key, dtype, shape), so peak memory is one tensor, not a model.
+    `shown`: the path errors name (the user's output, when `path` lies in a temporary folder).
     """
+    shown = path if shown is None else shown
     header: dict = {"__metadata__": {k: str(v) for k, v in metadata.items()}} if metadata else {}
     offset = 0
     for key, dtype, shape in layout:
@@ -487,8 +574,9 @@ def stream_safetensors(path: str | os.PathLike, layout: list[tuple[str, torch.dt
         f.write(raw)
         pending = None  # the previous tensor's write runs in the background while the next one is made
         for (key, dtype, shape), t in zip(layout, tensors, strict=True):
-            if t.dtype != dtype or tuple(t.shape) != tuple(shape):
-                raise ValueError(f"stream_safetensors: {key} is {t.dtype} {tuple(t.shape)}, header says {dtype} {shape}")
+            t = cast_for_save(t, dtype, shown, key)
+            if tuple(t.shape) != tuple(shape):
+                raise ValueError(f"stream_safetensors: {key} is {tuple(t.shape)}, header says {shape}")
             data = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
             if pending is not None:
                 pending.result()

@@ -338,10 +338,8 @@ def convert_lora(src: str | os.PathLike, dst: str | os.PathLike, to: str, dtype:
         down_key, up_key = lf.file_keys(to, entry.component, entry.path)
         sd[down_key], sd[up_key] = factors.down, factors.up
         mods.append((entry.component, entry.path, factors))
-    if dtype is not None:
-        sd = {k: v.to(dtype) for k, v in sd.items()}
     meta = {k: v for k, v in lora.metadata.items() if k != ADAPTER_META and not k.startswith("sshs_")}
     packed = adapter_metadata(mods)
     meta.update({"format": "pt", ADAPTER_META: json.dumps(packed, indent=2, sort_keys=True)})
-    save_state_dict(sd, dst, meta)
+    save_state_dict(sd, dst, meta, dtype=dtype)
     return lora, len(written)

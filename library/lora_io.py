@@ -17,7 +17,14 @@ import torch
 
 from library.adapters import MODULE_SUFFIXES, lora_delta
 from library.errors import ToolkitError
-from library.files import load_state_dict, replace_metadata, safetensors_parts, save_state_dict, write_parts
+from library.files import (
+    cast_for_save,
+    load_state_dict,
+    replace_metadata,
+    safetensors_parts,
+    save_state_dict,
+    write_parts,
+)
 
 DOWN, UP, ALPHA = "lora_down.weight", "lora_up.weight", "alpha"
 
@@ -116,17 +123,18 @@ def _hashes(head: bytes, body: memoryview) -> tuple[str, str]:
     return hashlib.sha256(body).hexdigest(), hashlib.sha256(window).hexdigest()[:8]
 
 
-def cast_state_dict(sd: Mapping[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
-    if dtype is None:
-        return dict(sd)
-    return {k: (v.detach().to(dtype) if v.is_floating_point() else v) for k, v in sd.items()}
+def cast_state_dict(sd: Mapping[str, torch.Tensor], dtype: torch.dtype | None,
+                    output: str | os.PathLike = "<memory>") -> dict[str, torch.Tensor]:
+    """Floating tensors cast to `dtype` (None: kept) for writing to `output`; refuses values that would be NaN
+    or Inf in the file (`cast_for_save`)."""
+    return {k: cast_for_save(v.detach(), dtype, output, k) for k, v in sd.items()}
 
 
 def save_lora(path: str | os.PathLike, sd: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None,
               dtype: torch.dtype | None = None) -> None:
     """Cast, hash (after the cast) and write atomically; `.safetensors` keeps metadata, others are torch.save."""
     path = Path(path)
-    sd = {k: v.detach().cpu().contiguous() for k, v in cast_state_dict(sd, dtype).items()}
+    sd = {k: v.cpu().contiguous() for k, v in cast_state_dict(sd, dtype, path).items()}
     meta = {k: str(v) for k, v in (metadata or {}).items()}
     if path.suffix.lower() == ".safetensors":  # one serialization serves the hash and the file
         head, body = safetensors_parts(sd, _ss_only(meta))
@@ -136,13 +144,18 @@ def save_lora(path: str | os.PathLike, sd: Mapping[str, torch.Tensor], metadata:
         save_state_dict(sd, path)
 
 
+def legacy_hash(path: str | os.PathLike) -> str:
+    """The old 8-hex model hash (SHA-256 of 64 KiB at 1 MiB): cheap, and what sd-scripts writes as ss_sd_model_hash."""
+    with open(path, "rb") as f:
+        f.seek(0x100000)
+        return hashlib.sha256(f.read(0x10000)).hexdigest()[:8]
+
+
 def file_hashes(path: str | os.PathLike) -> tuple[str, str]:
     """(old 8-hex hash: SHA-256 of 64 KiB at 1 MiB, full-file SHA-256) of a model file (ss_sd_model_hash)."""
     full = hashlib.sha256()
+    legacy = legacy_hash(path)
     with open(path, "rb") as f:
-        f.seek(0x100000)
-        legacy = hashlib.sha256(f.read(0x10000)).hexdigest()[:8]
-        f.seek(0)
         for chunk in iter(lambda: f.read(1 << 22), b""):
             full.update(chunk)
     return legacy, full.hexdigest()

@@ -21,7 +21,7 @@ from library.adapters.equivalent import effective_delta, factored, layer_shape
 from library.errors import ToolkitError
 from library.lora_io import LoRAFactors
 from library.lora_sources import LoRASource, as_2d_shape, check_same_layer, ordered_names
-from library.lowrank import lowrank_of_sum, quantile_abs_clamp
+from library.lowrank import check_clamp_quantile, lowrank_of_sum, quantile_abs_clamp
 from library.merge import BaseWeights
 from library.metadata import base_model_version, modelspec
 
@@ -130,6 +130,7 @@ def svd_merge(sources: Sequence[LoRASource], new_rank: int, new_conv_rank: int |
     if new_rank < 1 or (new_conv_rank is not None and new_conv_rank < 1):
         raise ToolkitError("--new_rank/--new_conv_rank must be at least 1")
     _need_base(sources, base)
+    check_clamp_quantile(clamp_quantile)
     conv_rank = new_conv_rank or new_rank
     dev = torch.device(device) if device else torch.device("cpu")
     out = {}

@@ -7,6 +7,7 @@ family mismatches fail before any output is written, and peak memory stays at ab
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -135,6 +136,9 @@ def open_sources(models: Sequence[str], ratios: Sequence[float] | None, lbws: Se
         ratios = [1.0] * len(models)
     if len(ratios) != len(models):
         raise ToolkitError(f"--ratios: {len(ratios)} ratios for {len(models)} models; give one ratio per model")
+    for r in ratios:
+        if not math.isfinite(r):
+            raise ToolkitError(f"--ratios {r}: must be a finite number (the merged weights would be {r})")
     sources = [open_source(p, r) for p, r in zip(models, ratios)]
     families = {s.family for s in sources if s.family}
     if len(families) > 1:

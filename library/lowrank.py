@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from library.errors import ToolkitError
+
 
 def svd_of_product(up: torch.Tensor, down: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """U, S, Vh of `up @ down` ([out,r] @ [r,in]) via QR of both factors; costs O((out+in)·r²)."""
@@ -47,6 +49,12 @@ def randomized_svd(m: torch.Tensor, rank: int, oversample: int = 16, power_iters
 def split_factors(u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """kohya convention: up = U[:, :k]·diag(S[:k]), down = Vh[:k]."""
     return u[:, :k] * s[:k], vh[:k]
+
+
+def check_clamp_quantile(q: float | None) -> None:
+    """`--clamp_quantile` must lie in (0, 1] (None or 1: no clamp); NaN fails the comparison too."""
+    if q is not None and not 0 < q <= 1:
+        raise ToolkitError(f"--clamp_quantile {q}: must be in (0, 1] (1 or omitted: no clamp)")
 
 
 def quantile_abs_clamp(up: torch.Tensor, down: torch.Tensor, q: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -171,7 +171,7 @@ def merge_into_checkpoint(model: str | os.PathLike, sources: Sequence[LoRASource
         for key, t in tqdm(read_ahead(base, shapes), total=len(shapes), desc="merging", unit="tensor"):
             if key in plan:
                 t = apply_hits(t, plan[key], dtype)
-            yield t.to(out_dtype[key])
+            yield t  # cast (range-checked) by the writer
 
     log.info("merging %d LoRA module(s) into %d tensors of %s", sum(len(h) for h in plan.values()), len(plan),
              model.name)
@@ -180,7 +180,7 @@ def merge_into_checkpoint(model: str | os.PathLike, sources: Sequence[LoRASource
         stream_safetensors(save_to, layout, produce(), meta)
     else:
         sd = dict(zip(shapes, produce()))
-        save_state_dict(sd, save_to, extra={"epoch": 0, "global_step": 0})
+        save_state_dict(sd, save_to, extra={"epoch": 0, "global_step": 0}, dtype=save_dtype)
     log.info("saved %s", save_to)
     return family
 

@@ -3,7 +3,8 @@
 A prompt line is split on `" --"`: the first piece is the prompt, each further piece is an option
 (case-insensitive): `--n` negative prompt, `--w`/`--h` size, `--s` steps (1..1000), `--l` CFG scale,
 `--d` seed (a comma list gives one seed per image), `--ss` sampler, `--t` img2img strength,
-`--am` network multipliers (comma list). Unknown options are kept in `extra` for callers that use them.
+`--am` network multipliers (comma list). sd-scripts' options not used here are warned about and kept in
+`extra`; an unknown option or a value out of range stops with the file and line.
 Files: `.txt` (one prompt per line, blank lines and `#` comments skipped), `.toml` (a `[prompt]` table of
 defaults with `[[prompt.subset]]` entries) and `.json` (a list of strings or of dicts).
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -48,47 +50,71 @@ class PromptSpec:
         return self.seeds[0] if self.seeds else None
 
 
-def _floats(text: str) -> list[float]:
-    return [float(v) for v in text.split(",") if v.strip()]
+# sd-scripts' prompt options this toolkit does not use: accepted with a warning so their prompt files still work
+IGNORED_OPTIONS = {"nl": "negative scale", "c": "CLIP prompt", "f": "file name", "i": "image index",
+                   "ow": "original width", "oh": "original height", "nw": "negative width", "nh": "negative height",
+                   "ct": "crop top", "cl": "crop left", "glt": "guidance limit", "gr": "guidance rescale",
+                   "lbw": "block weights", "fd": "flux distillation", "cn": "ControlNet"}
+
+
+def _int(value: str, low: int = 0, high: int | None = None) -> int:
+    n = int(value)
+    if n < low or (high is not None and n > high):
+        raise ValueError(f"must be {'between ' + str(low) + ' and ' + str(high) if high is not None else f'at least {low}'}")
+    return n
+
+
+def _real(value: str, low: float | None = None, high: float | None = None) -> float:
+    x = float(value)
+    if not math.isfinite(x):
+        raise ValueError("must be a finite number")
+    if (low is not None and x < low) or (high is not None and x > high):
+        raise ValueError(f"must be between {low:g} and {high:g}" if high is not None else f"must be at least {low:g}")
+    return x
 
 
 def _set_option(spec: PromptSpec, key: str, value: str) -> None:
+    """Set one `--key value` on `spec`; ValueError (in the user's words) for a value it cannot take."""
     if key == "n":
         spec.negative_prompt = value
     elif key == "w":
-        spec.width = int(value)
+        spec.width = _int(value, 8)
     elif key == "h":
-        spec.height = int(value)
+        spec.height = _int(value, 8)
     elif key == "s":
-        spec.steps = max(1, min(MAX_STEPS, int(value)))
+        spec.steps = _int(value, 1, MAX_STEPS)
     elif key == "l":
-        spec.scale = float(value)
+        spec.scale = _real(value)
     elif key == "d":
-        spec.seeds = [int(v) for v in value.split(",") if v.strip()]
+        spec.seeds = [_int(v) for v in value.split(",") if v.strip()]
     elif key == "ss":
         spec.sampler = value.strip().lower()
     elif key == "t":
-        spec.strength = float(value)
+        spec.strength = _real(value, 0.0, 1.0)
     elif key == "am":
-        spec.network_muls = _floats(value)
-    else:
+        spec.network_muls = [_real(v) for v in value.split(",") if v.strip()]
+    elif key in IGNORED_OPTIONS:
         spec.extra[key] = value
+        log.warning("prompt option --%s (%s) is not used here; ignored", key, IGNORED_OPTIONS[key])
+    else:
+        raise ValueError("unknown prompt option (use --n, --w, --h, --s, --l, --d, --ss, --t or --am)")
 
 
-def parse_prompt_line(line: str) -> PromptSpec:
-    """`a cat --n blurry --w 768 --d 42` -> PromptSpec; a malformed option value is warned about and ignored."""
+def parse_prompt_line(line: str, where: str = "prompt") -> PromptSpec:
+    """`a cat --n blurry --w 768 --d 42` -> PromptSpec. A bad option or value stops with one line naming `where`
+    (the file and line number, or the command-line option) and the option."""
     pieces = line.strip().split(" --")
     spec = PromptSpec(prompt=pieces[0].strip())
     for piece in pieces[1:]:
         m = re.match(r"\s*([A-Za-z]+)(?:\s+(.*))?$", piece, re.DOTALL)
         if not m:
-            log.warning("prompt option --%s not understood, ignored (line: %s)", piece.strip(), line.strip())
-            continue
+            raise ToolkitError(f"{where}: prompt option --{piece.strip()[:40]} not understood (options are --key value)")
         key, value = m.group(1).lower(), (m.group(2) or "").strip()
         try:
             _set_option(spec, key, value)
-        except ValueError:
-            log.warning("prompt option --%s has a bad value %r, ignored", key, value)
+        except ValueError as e:
+            problem = str(e) if str(e).startswith(("must", "unknown")) else "not a number"
+            raise ToolkitError(f"{where}: prompt option --{key} {value[:40]!r}: {problem}") from None
     return spec
 
 
@@ -127,8 +153,8 @@ def prompt_from_dict(d: Mapping, where: str = "prompt file") -> PromptSpec:
     return spec
 
 
-def read_prompt_lines(path: str | Path) -> list[str]:
-    """The prompt lines of a text file: blank lines and lines starting with `#` are skipped."""
+def read_prompt_lines(path: str | Path) -> list[tuple[int, str]]:
+    """(line number, line) of the prompts of a text file: blank lines and lines starting with `#` are skipped."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -136,7 +162,8 @@ def read_prompt_lines(path: str | Path) -> list[str]:
         raise ToolkitError(f"{path}: prompt file not found") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ToolkitError(f"{path}: cannot read prompt file ({e})") from None
-    return [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [(i, line) for i, line in enumerate(text.splitlines(), 1)
+            if line.strip() and not line.lstrip().startswith("#")]
 
 
 def load_prompt_file(path: str | Path) -> list[PromptSpec]:
@@ -144,7 +171,7 @@ def load_prompt_file(path: str | Path) -> list[PromptSpec]:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".toml", ".json"):
-        return [parse_prompt_line(line) for line in read_prompt_lines(path)]
+        return [parse_prompt_line(line, f"{path}: line {i}") for i, line in read_prompt_lines(path)]
     if not path.is_file():
         raise ToolkitError(f"{path}: prompt file not found")
     try:
@@ -162,9 +189,9 @@ def load_prompt_file(path: str | Path) -> list[PromptSpec]:
     except (toml.TomlDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ToolkitError(f"{path}: cannot parse prompt file ({e})") from None
     specs = []
-    for entry in entries:
+    for i, entry in enumerate(entries, 1):
         if isinstance(entry, str):
-            specs.append(parse_prompt_line(entry))
+            specs.append(parse_prompt_line(entry, f"{path}: prompt {i}"))
         elif isinstance(entry, dict):
             specs.append(prompt_from_dict(entry, str(path)))
         else:

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     from library.merge import BaseWeights
 
     check_output_file(args.output, "output", [("input", args.input)] +
-                      ([("--sd_model", args.sd_model)] if args.sd_model else []))
+                      ([("--sd_model", args.sd_model)] if args.sd_model else []), weights=True)
     base = BaseWeights(args.sd_model) if args.sd_model else None
     lora, count = convert_lora(args.input, args.output, args.to, str_to_dtype(args.save_precision), args.rank,
                                base.get if base else None)

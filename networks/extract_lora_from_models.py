@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> None:
 
     family = "sdxl" if args.sdxl else ("sd2" if args.v2 else None)
     save_dtype = str_to_dtype(args.save_precision, None)
-    check_output_file(args.save_to, "--save_to", [("--model_org", args.model_org), ("--model_tuned", args.model_tuned)])
+    check_output_file(args.save_to, "--save_to", [("--model_org", args.model_org), ("--model_tuned", args.model_tuned)],
+                      weights=True)
     modules, family = extract_lora(args.model_org, args.model_tuned, args.dim, args.conv_dim, family, args.device,
                                    str_to_dtype(args.load_precision), args.clamp_quantile, args.min_diff)
     v_param = args.v_parameterization if args.v_parameterization is not None else family == "sd2"

@@ -34,7 +34,8 @@ def run(args: argparse.Namespace, sdxl: bool) -> None:
 
     dtype = str_to_dtype(args.precision)
     save_dtype = str_to_dtype(args.save_precision, dtype)
-    check_output_file(args.save_to, "--save_to", [("--sd_model", args.sd_model), *(("--models", m) for m in args.models)])
+    check_output_file(args.save_to, "--save_to", [("--sd_model", args.sd_model), *(("--models", m) for m in args.models)],
+                      weights=True)
     sources = open_sources(args.models, args.ratios, args.lbws)
     if args.sd_model:
         if args.concat or args.shuffle:

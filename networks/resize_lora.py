@@ -48,7 +48,7 @@ def run_kohya(argv: list[str]) -> None:
     settings = kohya.KohyaSettings(args.new_rank, args.new_conv_rank, args.dynamic_method, args.dynamic_param,
                                    args.device)
     check_output_file(args.save_to, "--save_to", [("--model", args.model)] +
-                      ([("--sd_model", args.sd_model)] if args.sd_model else []))
+                      ([("--sd_model", args.sd_model)] if args.sd_model else []), weights=True)
     if args.report:
         check_output_file(args.report, "--report", [("--model", args.model), ("--save_to", args.save_to)])
     result = kohya.resize_file(args.model, args.save_to, settings, str_to_dtype(args.save_precision), args.sd_model)

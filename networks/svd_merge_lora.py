@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     from library.merge import BaseWeights
 
     check_output_file(args.save_to, "--save_to", [("--models", m) for m in args.models] +
-                      ([("--sd_model", args.sd_model)] if args.sd_model else []))
+                      ([("--sd_model", args.sd_model)] if args.sd_model else []), weights=True)
     sources = open_sources(args.models, args.ratios, args.lbws)
     base = BaseWeights(args.sd_model) if args.sd_model else None
     modules = svd_merge(sources, args.new_rank, args.new_conv_rank, args.device, dtype, args.clamp_quantile, base)

@@ -144,6 +144,9 @@ def test_optimizer_groups_and_train_unet_only(tiny_checkpoints):
 
 
 def test_check_lora_weights_reports_and_flags(tiny_checkpoints, tmp_path):
+    from safetensors.torch import save_file
+
+    from library.files import read_metadata
     from library.lora_io import save_lora
 
     bundle = load_models(tiny_checkpoints["sd1"])
@@ -158,7 +161,8 @@ def test_check_lora_weights_reports_and_flags(tiny_checkpoints, tmp_path):
     assert "number of LoRA modules: 204" in proc.stdout
     assert "summary: 204 modules, 1 all-zero tensors, 0 tensors with NaN/Inf" in proc.stdout
     sd[f"{name}.lora_down.weight"][0, 0] = float("nan")
-    save_lora(tmp_path / "bad.safetensors", sd)
+    save_file({k: v.contiguous() for k, v in sd.items()}, tmp_path / "bad.safetensors",  # save_lora refuses NaN
+              read_metadata(tmp_path / "ok.safetensors"))
     proc = subprocess.run([sys.executable, "networks/check_lora_weights.py", str(tmp_path / "bad.safetensors"), "-s"],
                           capture_output=True, text=True)
     assert proc.returncode == 1 and "1 tensors with NaN/Inf" in proc.stdout and "sshs_model_hash" in proc.stdout

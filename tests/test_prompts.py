@@ -20,16 +20,25 @@ def test_line_options() -> None:
     assert spec.prompt == "a cat, best quality" and spec.negative_prompt == "blurry, lowres"
     assert (spec.width, spec.height, spec.seed, spec.steps, spec.scale) == (768, 512, 42, 28, 7.0)
     assert spec.sampler == "euler_a"
-    many = parse_prompt_line("x --d 1,2,3 --am 0.5,1 --t 0.3 --s 5000 --cn canny")
+    many = parse_prompt_line("x --d 1,2,3 --am 0.5,1 --t 0.3 --s 1000 --cn canny")
     assert many.seeds == [1, 2, 3] and many.network_muls == [0.5, 1.0] and many.strength == 0.3
-    assert many.steps == 1000 and many.extra == {"cn": "canny"}
+    assert many.steps == 1000 and many.extra == {"cn": "canny"}  # sd-scripts' options not used here: warned
     assert parse_prompt_line("just a prompt") == PromptSpec("just a prompt")
 
 
-def test_bad_option_value_is_ignored_with_warning(caplog) -> None:  # noqa: ANN001
-    spec = parse_prompt_line("a dog --w wide --h 64")
-    assert spec.width is None and spec.height == 64
-    assert any("--w" in r.getMessage() for r in caplog.records)
+def test_bad_option_or_value_is_refused_naming_file_and_line(tmp_path: Path) -> None:
+    bad = {"--w wide": "--w 'wide': not a number", "--s -1": "--s '-1': must be between 1 and 1000",
+           "--s 5000": "--s '5000': must be between 1 and 1000", "--l nan": "--l 'nan': must be a finite number",
+           "--t 2": "--t '2': must be between 0 and 1", "--x 3": "--x '3': unknown prompt option",
+           "--am 1,inf": "--am '1,inf': must be a finite number"}
+    for option, problem in bad.items():
+        f = tmp_path / "p.txt"
+        f.write_text(f"# header\na cat --h 64\n\na dog {option}\n", encoding="utf-8")
+        with pytest.raises(ToolkitError) as e:
+            load_prompt_file(f)
+        assert str(e.value).startswith(f"{f}: line 4: prompt option {problem}"), str(e.value)
+    with pytest.raises(ToolkitError, match="^--prompt: prompt option --s '0'"):
+        parse_prompt_line("a cat --s 0", "--prompt")
 
 
 def test_prompt_files(tmp_path: Path) -> None:

@@ -342,7 +342,9 @@ def test_resume_continues_exactly(env, tmp_path):
              "--optimizer_type", "AdamW", "--flip_aug"]
     full = train_network.main(base_args(env, tmp_path / "a", 6, *extra))
     state = tmp_path / "a" / "lora-step00000003-state"
-    assert json.loads((state / "train_state.json").read_text()) == {"current_epoch": 0, "current_step": 3}
+    saved = json.loads((state / "train_state.json").read_text())
+    assert (saved["current_epoch"], saved["current_step"]) == (0, 3)
+    assert (saved["network_dim"], saved["optimizer_type"]) == (8, "adamw")  # what --resume compares
     assert (tmp_path / "a" / "lora-step00000003.safetensors").exists()
     assert (tmp_path / "a" / "lora-state").is_dir()  # state at the end, next to the final file
     resumed = train_network.main(base_args(env, tmp_path / "b", 6, *extra, "--resume", str(state)))

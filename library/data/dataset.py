@@ -26,7 +26,7 @@ from library.data.config import DatasetConfig, SubsetConfig
 from library.data.face_crop import Face, face_crop, face_from_name
 from library.data.folders import glob_images, read_caption
 from library.data.images import check_interpolation, choose_crop, color_aug, image_size, resize_and_crop, to_tensor
-from library.data.masks import attach_masks, batch_masks, load_pixels, split_mask
+from library.data.masks import attach_masks, batch_masks, check_alpha, load_pixels, split_mask
 from library.data.metadata import metadata_images
 from library.data.validation import split_records, validation_subset
 from library.errors import ToolkitError
@@ -226,6 +226,7 @@ class TrainDataset(torch.utils.data.Dataset):
                 continue
             records = _subset_records(validation_subset(subset) if self.validation else subset, index)
             attach_masks(records, subset.conditioning_data_dir)
+            check_alpha(records, subset.alpha_mask and subset.conditioning_data_dir is None)
             if not subset.is_reg:  # sd-scripts' validation_split, per subset; regularisation images never split
                 seed = self.seed if cfg.validation_seed is None else cfg.validation_seed
                 records = split_records(records, cfg.validation_split, seed)[1 if self.validation else 0]

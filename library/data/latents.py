@@ -10,6 +10,8 @@ masks on or off re-encodes. A legacy `<stem>.npz` is used when present. Files ar
 from __future__ import annotations
 
 import logging
+import zipfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,6 +27,8 @@ from library.files import atomic_path
 from library.models.arch import vae_scale_factor
 
 log = logging.getLogger(__name__)
+# what reading a damaged .npz raises: a zero-length or truncated file, a bad zip entry, a corrupt array header
+NPZ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
 SUFFIX = "_sd.npz"
 SDXL_SUFFIX = "_sdxl.npz"  # SDXL's VAE differs: its latents never mix with SD1/SD2 files
 
@@ -63,8 +67,11 @@ def load_npz(path: Path, bucket: Size, flip_aug: bool, check: bool = True, facto
                 out["latents_flipped"] = torch.from_numpy(npz["latents_flipped"].astype(np.float32))
             if mask and "alpha_mask" in npz:
                 out["mask"] = torch.from_numpy(npz["alpha_mask"].astype(np.float32))
-    except (OSError, ValueError, EOFError) as e:
-        log.warning("%s: unreadable latent cache (%s); encoding again", path, e)
+    except NPZ_ERRORS as e:
+        log.warning("%s: unreadable latent cache (%s); encoding again", path, str(e) or type(e).__name__)
+        return None
+    if not all(bool(torch.isfinite(t).all()) for t in out.values()):
+        log.warning("%s: the cached latents hold NaN or Inf; encoding again", path)
         return None
     if check and tuple(out["latents"].shape[-2:]) != (bucket[1] // factor, bucket[0] // factor):
         return None

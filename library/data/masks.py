@@ -43,12 +43,37 @@ def attach_masks(records: list, folder: Path | None) -> None:
         if r.mask_path is None:
             raise ToolkitError(f"{r.path}: no mask named {r.path.stem}.png (or .jpg, .webp, ...) in "
                                f"conditioning_data_dir {folder}")
-        try:  # the header only: a file that is not an image fails here, before any heavy work
-            with Image.open(r.mask_path):
-                pass
+        try:  # decoded once here, so a file that is not an image or an all-black mask stops before heavy work
+            with Image.open(r.mask_path) as m:
+                black = m.convert("RGB").getextrema()[0][1] == 0  # the red channel is the mask, as in sd-scripts
         except _DECODE_ERRORS as e:
             raise ToolkitError(f"{r.path}: mask {r.mask_path} is not a readable image "
                                f"({str(e).splitlines()[0][:120]})") from None
+        if black:
+            raise ToolkitError(f"{r.mask_path}: the mask is all black, so nothing of {r.path.name} would train; "
+                               "white marks what trains")
+
+
+def check_alpha(records: list, alpha_mask: bool) -> None:
+    """`alpha_mask`: one warning for the images with no alpha channel (they train on every pixel, as if unmasked);
+    an image whose alpha is all transparent stops the run (nothing of it would train). Reads headers, and decodes
+    only the alpha of images that have one."""
+    if not alpha_mask or not records:
+        return
+    without = []
+    for r in records:
+        try:
+            with Image.open(r.path) as img:
+                if not (img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info):
+                    without.append(r.path.name)
+                elif img.convert("RGBA").getextrema()[3][1] == 0:
+                    raise ToolkitError(f"{r.path}: alpha_mask: the image is fully transparent, so nothing of it "
+                                       "would train")
+        except _DECODE_ERRORS:
+            continue  # reported, with its reason, where the image is read
+    if without:
+        log.warning("%s: alpha_mask: %d of %d images have no alpha channel and train on every pixel (e.g. %s)",
+                    records[0].path.parent, len(without), len(records), without[0])
 
 
 def _read_mask(image: Path, mask: Path, size: tuple[int, int]) -> np.ndarray:

@@ -19,6 +19,7 @@ from library.errors import ToolkitError
 from library.files import load_state_dict
 from library.keys import family_of_lora, module_name
 from library.models import ModelBundle
+from library.network_args import check_network_args
 from library.network_module import import_network_module
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,15 @@ def parse_network_args(text: str | None, index: int) -> dict[str, str]:
             raise ToolkitError(f"--network_args for network {index + 1}: {item!r} is not key=value")
         kwargs[key.strip()] = value.strip()
     return kwargs
+
+
+def check_networks(modules: Sequence[str], weights: Sequence[str], network_args: Sequence[str] | None) -> None:
+    """Before the model loads: every network module imports, and reads its `--network_args` (names, values)."""
+    if len(modules) == 1 and len(weights) > 1:
+        modules = list(modules) * len(weights)
+    for i, name in enumerate(modules):
+        kwargs = parse_network_args(network_args[i] if network_args and i < len(network_args) else None, i)
+        check_network_args(_import(name), kwargs)
 
 
 def _text_encoder_arg(bundle: ModelBundle) -> torch.nn.Module | list[torch.nn.Module]:

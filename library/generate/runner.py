@@ -11,8 +11,8 @@ from tqdm import tqdm
 
 from library.data.images import to_rgb8
 from library.errors import ToolkitError
-from library.files import check_output_dir
-from library.generate.networks import LoadedNetwork, load_networks, set_multipliers
+from library.files import check_input_file, check_output_dir
+from library.generate.networks import LoadedNetwork, check_networks, load_networks, set_multipliers
 from library.generate.output import output_name, png_info, save_png
 from library.generate.pipeline import BatchRunner, silence_cast_notice
 from library.generate.plan import Defaults, ImageJob, batches, plan_jobs
@@ -48,6 +48,13 @@ def _check(config: GenerationConfig) -> None:
         raise ToolkitError("--network_weights needs --network_module (e.g. networks.lora)")
     if config.network_module and not config.network_weights:
         raise ToolkitError("--network_module needs --network_weights (the LoRA file)")
+    if len(config.network_mul or []) > len(config.network_weights or []):
+        raise ToolkitError(f"--network_mul {' '.join(map(str, config.network_mul))}: {len(config.network_mul)} "
+                           f"multiplier(s) for {len(config.network_weights or [])} --network_weights file(s); give "
+                           "one per file")
+    for path in config.network_weights or []:
+        check_input_file(path, "--network_weights")
+    check_networks(config.network_module or [], config.network_weights or [], config.network_args)
 
 
 def load_init_images(path: str | Path) -> list[tuple[str, Image.Image]]:
@@ -116,7 +123,7 @@ def prepare_networks(config: GenerationConfig, bundle: ModelBundle, device: torc
 
 
 def _prompts(config: GenerationConfig) -> list[PromptSpec]:
-    specs = load_prompt_file(config.from_file) if config.from_file else [parse_prompt_line(config.prompt)]
+    specs = load_prompt_file(config.from_file) if config.from_file else [parse_prompt_line(config.prompt, "--prompt")]
     specs = [s for s in specs if s.prompt or s.negative_prompt]
     if not specs:
         raise ToolkitError(f"{config.from_file or '--prompt'}: no prompts")

@@ -101,6 +101,45 @@ def parse_emphasis(text: str) -> list[tuple[str, float]]:
     return merged or [("", 1.0)]
 
 
+MAX_WEIGHT = 10.0  # beyond this a caption weight only blows the hidden states up (and the loss to NaN)
+_WEIGHT_TEXT = re.compile(r":([^()\[\]]*)\)")
+
+
+def emphasis_problem(text: str) -> tuple[int, str] | None:
+    """(1-based position, what is wrong) of the first emphasis syntax error of a weighted caption, or None: a
+    bracket never closed, a weight that is not a number, or one outside [0, MAX_WEIGHT]. Stray closing brackets
+    stay plain text, as in the parser."""
+    opened: list[tuple[str, int]] = []
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c in "([":
+            opened.append((c, i))
+        elif c == ":" and opened and opened[-1][0] == "(":
+            m = _WEIGHT_TEXT.match(text, i)
+            if m:
+                word = m.group(1).strip()
+                try:
+                    weight = float(word)
+                except ValueError:
+                    return i + 2, f"weight {word!r} is not a number"
+                if not 0 <= weight <= MAX_WEIGHT:
+                    return i + 2, f"weight {word} is outside [0, {MAX_WEIGHT:g}]"
+                opened.pop()
+                i = m.end()
+                continue
+        elif c == ")" and opened and opened[-1][0] == "(" or c == "]" and opened and opened[-1][0] == "[":
+            opened.pop()
+        i += 1
+    if opened:
+        c, at = opened[0]
+        return at + 1, f"'{c}' is never closed"
+    return None
+
+
 def weighted_ids(tokenizer, text: str) -> tuple[list[int], list[float]]:  # noqa: ANN001 - CLIPTokenizer
     """Content token ids of a prompt with emphasis, and one weight per token."""
     ids: list[int] = []

@@ -78,8 +78,10 @@ def load_diffusers_dir(path: str | Path, family: str | None = None, v_parameteri
                        {}, path, v_parameterization)
 
 
-def _write_component(model: torch.nn.Module, folder: Path, dtype: torch.dtype | None, bar) -> None:  # noqa: ANN001
-    """config.json and the weights as `save_pretrained` names them, streamed one tensor at a time."""
+def _write_component(model: torch.nn.Module, folder: Path, dtype: torch.dtype | None, bar,  # noqa: ANN001
+                     shown: Path) -> None:
+    """config.json and the weights as `save_pretrained` names them, streamed one tensor at a time (errors name
+    `shown`, the folder's final path)."""
     folder.mkdir(parents=True)
     if hasattr(model, "save_config"):  # diffusers
         model.save_config(folder)
@@ -88,7 +90,7 @@ def _write_component(model: torch.nn.Module, folder: Path, dtype: torch.dtype | 
         model.config.architectures = [type(model).__name__]
         model.config.save_pretrained(folder)
         weights = "model.safetensors"
-    write_tensors(folder / weights, model.state_dict(), dtype, {"format": "pt"}, bar)
+    write_tensors(folder / weights, model.state_dict(), dtype, {"format": "pt"}, bar, shown=shown / weights)
 
 
 def save_diffusers_dir(bundle: ModelBundle, path: str | Path, dtype: torch.dtype | None = None,
@@ -107,7 +109,7 @@ def save_diffusers_dir(bundle: ModelBundle, path: str | Path, dtype: torch.dtype
         total = sum(len(m.state_dict()) for m in parts.values())
         with tqdm(total=total, desc="saving Diffusers folder", unit="tensor") as bar:
             for name, model in parts.items():
-                _write_component(model, tmp / name, dtype, bar)
+                _write_component(model, tmp / name, dtype, bar, Path(path) / name)
         for i, tok in enumerate(bundle.tokenizers):
             tok.save_pretrained(tmp / ("tokenizer" if i == 0 else f"tokenizer_{i + 1}"))
         sched = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,

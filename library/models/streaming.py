@@ -10,26 +10,24 @@ import torch
 from library.files import SAFETENSORS_EXT, save_state_dict, stream_safetensors
 
 
-def _cast(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
-    return t.to(dtype) if dtype is not None and t.is_floating_point() else t
-
-
 def write_tensors(path: str | os.PathLike, sd: Mapping[str, torch.Tensor], dtype: torch.dtype | None = None,
-                  metadata: dict[str, str] | None = None, bar=None, extra: dict | None = None) -> None:  # noqa: ANN001
-    """Atomically write `sd` cast to `dtype` (floating tensors only): `.safetensors` streamed, else `torch.save`
-    (with `extra` keys such as epoch/global_step). `bar` (a tqdm) advances once per tensor."""
+                  metadata: dict[str, str] | None = None, bar=None, extra: dict | None = None,  # noqa: ANN001
+                  shown: str | os.PathLike | None = None) -> None:
+    """Atomically write `sd` cast to `dtype` (floating tensors only, range-checked): `.safetensors` streamed, else
+    `torch.save` (with `extra` keys such as epoch/global_step). `bar` (a tqdm) advances once per tensor.
+    `shown`: the path errors name when `path` lies in a temporary folder."""
     if str(path).lower().endswith(SAFETENSORS_EXT):
         layout = [(k, dtype if dtype is not None and v.is_floating_point() else v.dtype, tuple(v.shape))
                   for k, v in sd.items()]
 
         def tensors() -> Iterator[torch.Tensor]:
             for v in sd.values():
-                yield _cast(v, dtype)
+                yield v
                 if bar is not None:
                     bar.update(1)
 
-        stream_safetensors(path, layout, tensors(), metadata)
+        stream_safetensors(path, layout, tensors(), metadata, shown)
         return
-    save_state_dict({k: _cast(v, dtype) for k, v in sd.items()}, path, metadata, extra)
+    save_state_dict(sd, path, metadata, extra, dtype)
     if bar is not None:
         bar.update(len(sd))

@@ -16,13 +16,21 @@ from library.errors import ToolkitError
 log = logging.getLogger(__name__)
 
 
-def _flatten(data: dict) -> dict:
-    out = {}
+def _flatten(data: dict, path: Path) -> dict:
+    """One level of tables folded into one set of options; a key set in two places is refused (which one would
+    win is not something a reader of the file can see)."""
+    out: dict = {}
+    where: dict[str, str] = {}
+    if isinstance(data.get("datasets"), list):
+        raise ToolkitError(f"--config_file {path}: this is a dataset config ([[datasets]] tables); give it with "
+                           "--dataset_config")
     for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(value)
-        else:
-            out[key] = value
+        items = value.items() if isinstance(value, dict) else [(key, value)]
+        table = f"[{key}]" if isinstance(value, dict) else "the top level"
+        for name, v in items:
+            if name in out:
+                raise ToolkitError(f"--config_file {path}: {name} is set in {where[name]} and in {table}; keep one")
+            out[name], where[name] = v, table
     return out
 
 
@@ -68,9 +76,10 @@ def read_config_file(parser: argparse.ArgumentParser, path: str | Path, skip: tu
     if not path.is_file():
         raise ToolkitError(f"--config_file {path}: file not found")
     try:
-        values = _flatten(toml.loads(path.read_text(encoding="utf-8")))
+        data = toml.loads(path.read_text(encoding="utf-8"))
     except (toml.TomlDecodeError, UnicodeDecodeError) as e:
         raise ToolkitError(f"--config_file {path}: not a valid TOML file: {e}") from None
+    values = _flatten(data, path)
     actions = {a.dest: a for a in parser._actions if a.dest not in ("help", argparse.SUPPRESS)}
     out = {}
     for key, value in values.items():

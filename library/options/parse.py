@@ -4,6 +4,7 @@ toolkit does not do or what cannot work, note what it ignores, and hand back the
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Sequence
 
 from library.errors import ToolkitError
@@ -45,6 +46,11 @@ def _shown(value: object) -> str:
     return str(value)
 
 
+def _finite(value: object) -> bool:
+    values = value if isinstance(value, (list, tuple)) else [value]
+    return all(math.isfinite(v) for v in values if isinstance(v, float))
+
+
 def check_values(options: Iterable[Option], values: dict, script: str,
                  exclusive: Sequence[tuple[str, str]] = ()) -> None:
     """Refuse exclusive pairs, refused options given a value, and values their declaration's check rejects."""
@@ -56,6 +62,8 @@ def check_values(options: Iterable[Option], values: dict, script: str,
         value = values.get(o.name)
         if status == REFUSED and o.is_set(value):
             raise ToolkitError(f"--{o.name}: {why}")
+        if not _finite(value):  # no option means anything with NaN or Inf (argparse and TOML both accept them)
+            raise ToolkitError(f"--{o.name} {_shown(value)}: must be a finite number")
         if status == IMPLEMENTED and o.check is not None and value is not None:
             problem = o.check(value)
             if problem:

@@ -108,6 +108,11 @@ def non_negative(value: object) -> str | None:
     return None if all(v >= 0 for v in values) else "must not be negative"
 
 
+def quantile(value: object) -> str | None:
+    """A `--clamp_quantile`: a share of the values, in (0, 1] (1: no clamp)."""
+    return None if 0 < value <= 1 else "must be in (0, 1] (1 or omitted: no clamp)"  # type: ignore[operator]
+
+
 def between(low: float, high: float) -> Check:
     def check(value: object) -> str | None:
         return None if low <= value <= high else f"must be between {low:g} and {high:g}"  # type: ignore[operator]

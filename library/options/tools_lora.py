@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from library.options.choices import LORA_FORMATS, PRECISIONS
-from library.options.spec import flag, ignored, opt, positive
+from library.options.spec import flag, ignored, opt, positive, quantile
 
 MERGE, SDXL_MERGE, SVD_MERGE = "merge_lora", "sdxl_merge_lora", "svd_merge_lora"
 EXTRACT, DYLORA, CONVERT, CHECK = "extract_lora_from_models", "extract_lora_from_dylora", "convert_lora", \
@@ -49,7 +49,7 @@ class MergeSettings:
     device: str | None = opt(str, None, "device for the SVD, e.g. cuda (default cpu)", scripts=(SVD_MERGE,))
     clamp_quantile: float | None = opt(float, None, "clamp the factors to this quantile of their values (sd-scripts "
                                        "always uses 0.99); default: no clamping, so the result stays the best "
-                                       "approximation", scripts=(SVD_MERGE,))
+                                       "approximation", check=quantile, scripts=(SVD_MERGE,))
 
 
 @dataclass
@@ -87,7 +87,7 @@ class ExtractSettings:
     device: str | None = opt(str, None, "device for the SVD, e.g. cuda (default cpu)", scripts=(EXTRACT,))
     clamp_quantile: float | None = opt(float, None, "clamp the factors to this quantile of their values, as "
                                        "sd-scripts does with 0.99 (default: no clamp, the exact truncated SVD)",
-                                       scripts=(EXTRACT,))
+                                       check=quantile, scripts=(EXTRACT,))
     min_diff: float = opt(float, 0.01, "text encoders count as changed when a weight differs by more than this "
                           "[0.01]", scripts=(EXTRACT,))
     load_precision: str | None = opt(str, None, "round the loaded weights to this dtype before taking the "

@@ -17,6 +17,7 @@ import torch
 
 from library.adapters.equivalent import lora_state_dict, needs_lora_form
 from library.errors import ToolkitError
+from library.files import cast_for_save
 from library.lora_io import LoRAFactors, save_lora
 from library.options.choices import DYNAMIC_METHODS
 from library.resize.decompose import Decomposed, decompose, parallel_map
@@ -144,8 +145,23 @@ class KohyaSettings:
             raise ToolkitError(f"--dynamic_method {self.dynamic_method!r}: use one of {', '.join(DYNAMIC_METHODS)}")
         if self.dynamic_method and self.dynamic_param is None:
             raise ToolkitError(f"--dynamic_method {self.dynamic_method} needs --dynamic_param")
-        if self.dynamic_method and not self.dynamic_param > 0:
-            raise ToolkitError("--dynamic_param must be > 0")
+        if self.dynamic_param is not None and not self.dynamic_method:
+            raise ToolkitError(f"--dynamic_param {self.dynamic_param}: has no effect without --dynamic_method "
+                               f"({', '.join(DYNAMIC_METHODS)}); give one, or leave --dynamic_param out")
+        if self.dynamic_method:
+            self._check_param()
+
+    def _check_param(self) -> None:
+        """sv_ratio keeps singular values within a factor of the largest (so >= 1); sv_fro and sv_cumulative keep
+        a fraction of the norm or sum (so in (0, 1]). Anything else, NaN included, cannot mean a rank."""
+        p, method = self.dynamic_param, self.dynamic_method
+        if method == "sv_ratio" and not 1 <= p < float("inf"):
+            raise ToolkitError(f"--dynamic_param {p}: sv_ratio keeps singular values above the largest divided by "
+                               "this ratio, so it must be a finite number of at least 1 (e.g. 8)")
+        if method != "sv_ratio" and not 0 < p <= 1:
+            raise ToolkitError(f"--dynamic_param {p}: {method} keeps this fraction of the "
+                               f"{'Frobenius norm' if method == 'sv_fro' else 'sum of singular values'}, so it must "
+                               "be in (0, 1] (e.g. 0.9)")
 
 
 @dataclass
@@ -157,9 +173,10 @@ class KohyaResult:
 
 
 def resize_state_dict(sd: Mapping[str, torch.Tensor], settings: KohyaSettings, source: str = "<memory>",
-                      out_dtype: torch.dtype | None = None) -> KohyaResult:
+                      out_dtype: torch.dtype | None = None, output: str = "<memory>") -> KohyaResult:
     """Resize every module of `sd`; other tensors pass through unchanged. Each module's decomposition is
-    dropped as soon as its new factors (cast to `out_dtype`) exist, so memory stays near input + output."""
+    dropped as soon as its new factors (cast to `out_dtype`, range-checked for `output`) exist, so memory stays
+    near input + output."""
     settings.check()
     pairs, lonely = find_pairs(sd)
     if not pairs:
@@ -179,7 +196,8 @@ def resize_state_dict(sd: Mapping[str, torch.Tensor], settings: KohyaSettings, s
         k = choose_rank(layer.s, layer.full_rank, cap, settings.dynamic_method, settings.dynamic_param)
         f = layer.kohya_factors(k)
         if out_dtype is not None:
-            f = LoRAFactors(f.down.to(out_dtype), f.up.to(out_dtype), f.alpha)
+            f = LoRAFactors(cast_for_save(f.down, out_dtype, output, p.down), cast_for_save(f.up, out_dtype, output, p.up),
+                            f.alpha)
         return f, _report(layer, k, f.alpha)
 
     out = dict(sd)
@@ -189,7 +207,11 @@ def resize_state_dict(sd: Mapping[str, torch.Tensor], settings: KohyaSettings, s
         out[p.alpha] = torch.tensor(f.alpha)
         reports.append(report)
     last_alpha = reports[-1].alpha if reports else None
-    return KohyaResult(out, reports, max(r.old_rank for r in reports), last_alpha)
+    old_max = max(r.old_rank for r in reports)
+    if not settings.dynamic_method and min(settings.new_rank, settings.conv_rank) > old_max:
+        log.warning("--new_rank %d is above the input's largest rank (%d): no module gains rank; the output keeps "
+                    "the input's ranks", min(settings.new_rank, settings.conv_rank), old_max)
+    return KohyaResult(out, reports, old_max, last_alpha)
 
 
 def kohya_metadata(meta: Mapping[str, str], settings: KohyaSettings, old_dim: int, last_alpha: float | None) -> dict:
@@ -241,6 +263,7 @@ def resize_file(model: str | Path, save_to: str | Path, settings: KohyaSettings,
     from library.files import load_state_dict
 
     save_to = Path(save_to)
+    settings.check()
     if save_to.suffix.lower() not in SAVE_SUFFIXES:
         raise ToolkitError(f"--save_to {save_to}: must end with {', '.join(SAVE_SUFFIXES)}")
     sd, meta = load_state_dict(model)
@@ -248,7 +271,7 @@ def resize_file(model: str | Path, save_to: str | Path, settings: KohyaSettings,
         sd, meta = _as_lora(sd, dict(meta), model, sd_model)
     log.info("resizing %s", model)
     save_dtype = save_dtype or torch.float32  # the math is float32 whatever the input, as in sd-scripts
-    result = resize_state_dict(sd, settings, str(model), save_dtype)
+    result = resize_state_dict(sd, settings, str(model), save_dtype, str(save_to))
     meta = kohya_metadata(meta, settings, result.old_max_rank, result.last_alpha)
     save_lora(save_to, result.state_dict, meta, save_dtype)
     log.info("saved %s", save_to)

@@ -26,14 +26,38 @@ def save_network(network: torch.nn.Module, path: Path, dtype: torch.dtype | None
     return path
 
 
-def check_loss(loss: torch.Tensor, step: int, last_saved: Path | None) -> None:
-    """Stop at the first non-finite loss (sd-scripts trains on, and saves NaN weights): one line with the step."""
+def check_loss(loss: torch.Tensor, step: int, last_saved: Path | None,
+               inputs: tuple[torch.Tensor, object, list[str]] | None = None) -> None:
+    """Stop at the first non-finite loss (sd-scripts trains on, and saves NaN weights): one line with the step,
+    and the likely cause when the batch's `inputs` (latents, text conditioning, captions) show it."""
     value = float(loss.detach())
     if math.isfinite(value):
         return
     kept = f"the last good save, {last_saved}, is kept" if last_saved else "nothing was saved by this run"
-    raise ToolkitError(f"step {step}: the loss is {value}; training stopped ({kept}). Lower the learning rate, "
-                       "check --network_weights and the images, or use --mixed_precision no")
+    cause = likely_cause(*inputs) if inputs is not None else None
+    hint = (f"Likely cause: {cause}" if cause else "Lower the learning rate, check --network_weights and the images, "
+            "or use --mixed_precision no")
+    raise ToolkitError(f"step {step}: the loss is {value}; training stopped ({kept}). {hint}")
+
+
+def _finite(x: object) -> bool:
+    if isinstance(x, torch.Tensor):
+        return bool(torch.isfinite(x.detach().float()).all())
+    parts = x if isinstance(x, (list, tuple)) else list(vars(x).values()) if hasattr(x, "__dict__") else []
+    return all(_finite(p) for p in parts if isinstance(p, torch.Tensor) or hasattr(p, "__dict__"))
+
+
+def likely_cause(latents: torch.Tensor, cond: object, captions: list[str]) -> str | None:
+    """What in a batch explains a non-finite loss: its latents (a damaged image or latent cache) or its text
+    conditioning (a caption weight, a text-encoder cache); None when both are finite (the weights diverged)."""
+    if not _finite(latents):
+        return ("the batch's latents hold NaN or Inf (a damaged image or cached latent .npz: delete the batch's "
+                ".npz files to encode them again)")
+    if not _finite(cond):
+        shown = "; ".join(repr(c[:60]) for c in captions[:2])
+        return (f"the text conditioning of the captions {shown} holds NaN or Inf (a caption weight, or a damaged "
+                "text-encoder cache .npz)")
+    return None
 
 
 def _module(key: str) -> str:

@@ -24,7 +24,7 @@ from library.errors import ToolkitError
 from library.files import check_output_dir
 from library.models import peek_family
 from library.models.arch import LATENT_SCALE
-from library.train import guards, saving
+from library.train import guards, preflight, saving
 from library.train.compile import compile_unet, uncompiled
 from library.train.distributed import Distributed
 from library.train.objective import Objective, ObjectiveConfig
@@ -138,6 +138,8 @@ class Trainer:
                                "local .safetensors/.ckpt file or Diffusers folder)")
         self.family = peek_family(model) or ("sdxl" if sdxl_script else None)
         check_family(cfg, self.family, sdxl_script)
+        preflight.check_inputs(cfg, self.family)
+        self.identity = preflight.run_identity(cfg)
 
     @staticmethod
     def _seed_everything(seed: int) -> None:
@@ -288,6 +290,7 @@ class Trainer:
                 t = timesteps.to(latents.device)
             noisy = self.objective.add_noise(latents, noise, t)
             pred = self.unet_call(noisy.to(p.weight_dtype), t, cond, added_cond_kwargs=added).sample
+        self.last_inputs = (latents, cond, batch["captions"])  # what a non-finite loss is traced back to
         target = self.objective.target(latents, noise, t)
         return self.objective.loss(pred, target, t, batch["loss_weights"], batch.get("masks"))
 
@@ -341,7 +344,8 @@ class Trainer:
                 for k, batch in enumerate(loader, start=skip):
                     positions.append(batch["position"])
                     loss = self._forward_loss(batch)
-                    guards.check_loss(loss, self.global_step + 1, getattr(self, "last_saved", None))
+                    guards.check_loss(loss, self.global_step + 1, getattr(self, "last_saved", None),
+                                      self.last_inputs)
                     self.scaler.scaled(loss / a.gradient_accumulation_steps).backward()
                     epoch_losses.append(float(loss.detach()))
                     if (k + 1) % a.gradient_accumulation_steps and k + 1 < n_batches:
@@ -467,7 +471,7 @@ class Trainer:
 
     def _save_state(self, stem: str, epoch: int) -> None:
         save_state(self.out_dir / f"{stem}-state", self.network, self.opt.optimizer, self.lr_scheduler, epoch,
-                   self.global_step, self.dist.rank, self.dist.barrier, {"loss_scale": self.scaler.scale})
+                   self.global_step, self.dist.rank, self.dist.barrier, {"loss_scale": self.scaler.scale}, self.identity)
         self.feed.emit("save", kind="state", path=self.out_dir / f"{stem}-state", step=self.global_step)
 
     def _after_step(self, epoch: int) -> None:

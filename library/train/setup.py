@@ -18,8 +18,9 @@ from library.data.latents import SDXL_SUFFIX, SUFFIX, cache_latents, load_cached
 from library.errors import ToolkitError
 from library.models import ModelBundle, fp8, load_models, load_vae_file, peek_family
 from library.models.arch import vae_scale_factor
+from library.network_args import parse_network_args
 from library.network_module import import_network_module
-from library.train import guards
+from library.train import guards, preflight
 from library.train.distributed import Distributed
 from library.train.text_cache import cache_text_outputs, check_cacheable, encoders_fingerprint
 from library.train.text_cache import load_cached as load_cached_text
@@ -151,16 +152,6 @@ def _attention(cfg: TrainConfig, unet: torch.nn.Module) -> None:
     # Diffusers uses torch's scaled_dot_product_attention by default: that is --sdpa
 
 
-def parse_network_args(items: list[str] | None) -> dict[str, str]:
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ToolkitError(f"--network_args {item!r}: expected key=value")
-        out[key.strip()] = value.strip()
-    return out
-
-
 def merge_base_weights(cfg: TrainConfig, bundle: ModelBundle) -> None:
     """`--base_weights`: bake LoRAs into the model before training (each with its multiplier)."""
     if not cfg.base_weights:
@@ -219,17 +210,37 @@ def dataset_configs(cfg: TrainConfig, family: str | None = None) -> list:
         if ds.enable_bucket and ds.bucket_reso_steps % step:
             log.warning("bucket_reso_steps %d is not a multiple of %d: %s U-Nets need sizes divisible by %d",
                         ds.bucket_reso_steps, step, what, step)
+        if ds.bucket_no_upscale and not ds.enable_bucket:
+            log.warning("bucket_no_upscale has no effect without enable_bucket (every image is cropped to %dx%d)",
+                        *ds.resolution)
         if not ds.enable_bucket and (ds.resolution[0] % step or ds.resolution[1] % step):
             raise ToolkitError(f"resolution {ds.resolution[0]}x{ds.resolution[1]}: both sides must be "
                                f"multiples of {step} for {what}")
+    preflight.check_output_outside_images(cfg, [s.image_dir for ds in configs for s in ds.subsets if s.image_dir])
     if cfg.masked_loss and not any(s.conditioning_data_dir or s.alpha_mask for ds in configs for s in ds.subsets):
         log.warning("--masked_loss: no subset has conditioning_data_dir or alpha_mask; the loss is not masked")
     return configs
 
 
+def check_weighted_captions(dataset: TrainDataset) -> None:
+    """`--weighted_captions`: every caption's emphasis syntax, before any model loads (a weight of 1e9 or a typo
+    would otherwise show up as a NaN loss, or silently as plain text)."""
+    from library.generate.text import emphasis_problem
+
+    for r in dataset.records:
+        problem = emphasis_problem(r.caption)
+        if problem:
+            source = r.path.with_name(r.path.stem + r.subset.caption_extension)
+            where = source if source.is_file() else f"{r.path} (caption {r.caption[:40]!r})"
+            raise ToolkitError(f"{where}: position {problem[0]}: {problem[1]} (--weighted_captions reads () [] as "
+                               "emphasis; write \\( \\) for literal brackets)")
+
+
 def build_dataset(cfg: TrainConfig, seed: int, family: str | None = None) -> TrainDataset:
     configs = dataset_configs(cfg, family)
     dataset = TrainDataset(configs, seed, cfg.prior_loss_weight, cfg.cache_latents or cfg.cache_latents_to_disk)
+    if cfg.weighted_captions:
+        check_weighted_captions(dataset)
     buckets = dataset.bucket_info()["buckets"]
     log.info("%d training images (with repeats), %d regularisation images; buckets: %s", dataset.num_train_images,
              dataset.num_reg_images, ", ".join(f"{b['resolution'][0]}x{b['resolution'][1]}:{b['count']}"

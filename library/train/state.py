@@ -20,6 +20,7 @@ from library.errors import ToolkitError
 
 log = logging.getLogger(__name__)
 STATE_FILE = "train_state.json"
+STATE_FILES = (STATE_FILE, "network.safetensors", "optimizer.pt", "rng_0.pt")
 
 
 def rng_state() -> dict:
@@ -43,8 +44,9 @@ def set_rng_state(state: dict) -> None:
 
 def save_state(path: Path, network: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler,  # noqa: ANN001
                epoch: int, step: int, rank: int = 0, barrier: Callable[[], None] = lambda: None,
-               extra: dict | None = None) -> None:
-    """Write the state folder atomically; every rank calls this (each saves its RNG)."""
+               extra: dict | None = None, identity: dict | None = None) -> None:
+    """Write the state folder atomically; every rank calls this (each saves its RNG). `identity` (network and
+    optimizer settings, base model) goes into train_state.json so `--resume` can refuse another run's state."""
     tmp = path.with_name(f".{path.name}.partial")
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -56,7 +58,8 @@ def save_state(path: Path, network: torch.nn.Module, optimizer: torch.optim.Opti
                   tmp / "network.safetensors")
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **(extra or {})},
                    tmp / "optimizer.pt")
-        (tmp / STATE_FILE).write_text(json.dumps({"current_epoch": epoch, "current_step": step}), encoding="utf-8")
+        position = {"current_epoch": epoch, "current_step": step, **(identity or {})}
+        (tmp / STATE_FILE).write_text(json.dumps(position), encoding="utf-8")
     barrier()
     if rank == 0:
         old = path.with_name(f".{path.name}.old")
@@ -74,11 +77,22 @@ def read_position(path: Path) -> tuple[int, int]:
     if not f.is_file():
         raise ToolkitError(f"--resume {path}: not a state folder (no {STATE_FILE}); give a folder written by "
                            "--save_state, e.g. output/name-step00000100-state")
+    data = read_state_file(Path(path))
+    return data["current_epoch"], data["current_step"]
+
+
+def read_state_file(path: Path) -> dict:
+    """train_state.json of a state folder, checked: a JSON object whose position entries are whole numbers."""
+    f = path / STATE_FILE
     try:
         data = json.loads(f.read_text(encoding="utf-8"))
-        return int(data["current_epoch"]), int(data["current_step"])
-    except (ValueError, KeyError) as e:
-        raise ToolkitError(f"{f}: unreadable ({e})") from None
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        data["current_epoch"], data["current_step"] = int(data["current_epoch"]), int(data["current_step"])
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise ToolkitError(f"--resume {f}: unreadable ({str(e)[:120] or type(e).__name__}); the state is damaged, "
+                           "resume from another one") from None
+    return data
 
 
 def load_state(path: Path, network: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler,  # noqa: ANN001
@@ -87,7 +101,12 @@ def load_state(path: Path, network: torch.nn.Module, optimizer: torch.optim.Opti
     path = Path(path)
     read_position(path)
     weights = load_file(path / "network.safetensors")
-    missing, unexpected = network.load_state_dict(weights, strict=False)
+    try:
+        missing, unexpected = network.load_state_dict(weights, strict=False)
+    except RuntimeError as e:  # torch reports shape mismatches even with strict=False
+        first = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e).splitlines()[0])
+        raise ToolkitError(f"--resume {path}: the saved LoRA does not fit this network ({first[:200]}); same "
+                           "--network_dim and --network_args are needed") from None
     if missing or unexpected:
         raise ToolkitError(f"--resume {path}: the saved LoRA does not fit this network "
                            f"({len(missing)} missing, {len(unexpected)} unexpected keys): same --network_dim, "
@@ -95,7 +114,7 @@ def load_state(path: Path, network: torch.nn.Module, optimizer: torch.optim.Opti
     saved = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
     try:
         optimizer.load_state_dict(saved.pop("optimizer"))
-    except (ValueError, KeyError) as e:
+    except (ValueError, KeyError, RuntimeError, TypeError) as e:
         raise ToolkitError(f"--resume {path}: optimizer state does not fit ({e}); use the same --optimizer_type "
                            "and learning-rate groups") from None
     scheduler.load_state_dict(saved.pop("scheduler"))

@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from library.data.captions import process_caption
+from library.data.latents import NPZ_ERRORS
 from library.errors import ToolkitError
 from library.files import atomic_path
 from library.train.text import SdxlTextConditioner, SdxlTextOutputs
@@ -84,8 +85,11 @@ def load_npz(path: Path, caption: str, fingerprint: str, skip_check: bool = Fals
                 return None
             arrays = [torch.from_numpy(np.array(npz[k], dtype=np.float32))[None]
                       for k in ("hidden_state1", "hidden_state2", "pool2")]
-    except (OSError, ValueError, EOFError) as e:
-        log.warning("%s: unreadable text-encoder cache (%s); encoding again", path, e)
+    except NPZ_ERRORS as e:
+        log.warning("%s: unreadable text-encoder cache (%s); encoding again", path, str(e) or type(e).__name__)
+        return None
+    if not all(bool(torch.isfinite(a).all()) for a in arrays):
+        log.warning("%s: the cached text-encoder outputs hold NaN or Inf; encoding again", path)
         return None
     return SdxlTextOutputs(*arrays)
 
