@@ -213,7 +213,9 @@ def test_check_lora_weights_tells_a_dora_file(loras, capsys) -> None:  # noqa: A
     dora = loras["dir"] / "dora.safetensors"
     save_lora(dora, sd)
     assert check_lora_weights.main([str(dora)]) == 0
-    assert "DoRA: 1 modules carry a magnitude vector (dora_scale)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "kinds: LoRA, LoRA +DoRA(in)" in out  # the summary line and the module's row name the DoRA axis
+    assert sum("+DoRA(in)" in line for line in out.splitlines() if line.startswith("lora_") and "+DoRA(in)" in line) == 1
     assert check_lora_weights.main([str(loras["small"])]) == 0
     assert "DoRA" not in capsys.readouterr().out
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 from library.options.spec import Option, between, non_negative, opt, options_of, positive
 
-LORA, DYLORA = "networks.lora", "networks.dylora"
+LORA, DYLORA, LYCORIS = "networks.lora", "networks.dylora", "networks.lycoris"
 # the network modules the UI offers; --network_module also takes any other module with create_network()
-NETWORK_MODULES: list[str] = [LORA, DYLORA]
+NETWORK_MODULES: list[str] = [LORA, DYLORA, LYCORIS]
 BOTH = (LORA, DYLORA)
 
 
@@ -75,7 +75,12 @@ NETWORK_ARG_GROUPS: list[type] = [ConvArgs, DyLoRAArgs, DropoutArgs, LoraPlusArg
 
 
 def network_arg_options(module: str) -> list[Option]:
-    """The declared `--network_args` keys of a network module (empty for an undeclared module)."""
+    """The declared `--network_args` keys of a network module (empty for an undeclared module); LyCORIS' are
+    declared in `lycoris_args` (`lycoris.kohya` configs run on the same arguments)."""
+    if module in (LYCORIS, "lycoris.kohya"):
+        from library.options.lycoris_args import lycoris_options
+
+        return lycoris_options()
     return [o for cls in NETWORK_ARG_GROUPS for o in options_of(cls) if module in o.scripts]
 
 
