@@ -5,15 +5,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-HEADERS = ["module", "rank", "alpha", "|up|", "|down|", "|dW|", "problems"]
+HEADERS = ["module", "rank", "alpha", "kind", "scale", "|dW|", "factors / problems"]
 
 
 def module_table(path: str | Path) -> list[list[object]]:
-    """One row per LoRA module of `path`: name, rank, alpha, factor and delta norms, problems."""
+    """One row per module of `path` (any algorithm): name, rank, alpha, kind, scale, delta norm, factors and
+    problems."""
     from library.lora_check import check_state_dict
     from library.lora_io import load_lora
 
     sd, _ = load_lora(path, check_finite=False)  # NaN/Inf are what the table reports, as the script does
     reports, _ = check_state_dict(sd, str(path))
-    return [[r.name, r.rank, round(r.alpha, 4), float(f"{r.up_norm:.4g}"), float(f"{r.down_norm:.4g}"),
-             float(f"{r.delta_norm:.4g}"), "; ".join(r.problems)] for r in reports]
+    return [[r.name, "" if r.rank is None else r.rank, "" if r.alpha is None else round(r.alpha, 4), r.kind,
+             float(f"{r.scale:.4g}"), float(f"{r.delta_norm:.4g}"), "; ".join(filter(None, [r.detail, *r.problems]))]
+            for r in reports]
