@@ -27,7 +27,7 @@ from library.errors import ToolkitError
 from library.files import load_state_dict
 from library.lycoris_presets import Preset, load_preset, select
 from library.options.lycoris_args import KNOWN_ARGS, LycorisArgs, parse_lycoris_args  # noqa: F401 (KNOWN_ARGS: API)
-from networks.lora import LoRANetwork, convert_diffusers_names_if_needed
+from networks.lora import LoRAModule, LoRANetwork, convert_diffusers_names_if_needed
 
 log = logging.getLogger(__name__)
 # base weights the merged forward may add ΔW to (others, e.g. fp8 storage, go through the layer's own forward)
@@ -85,15 +85,9 @@ class AdapterModule(nn.Module):
         raise NotImplementedError
 
     # --- application ---------------------------------------------------------------------------------------
-    def apply_to(self) -> None:
-        if self.org_forward is None:
-            self.org_forward = self.org_module[0].forward
-            self.org_module[0].forward = self.forward
-
-    def remove(self) -> None:
-        if self.org_forward is not None:
-            self.org_module[0].forward = self.org_forward
-            self.org_forward = None
+    # the wrapped layer's forward is routed through this module exactly as networks.lora does it
+    apply_to = LoRAModule.apply_to
+    remove = LoRAModule.remove
 
     def _owns_layer(self) -> bool:
         """Whether the wrapped forward is the layer's own (no other network chained before this one), so the
