@@ -90,8 +90,9 @@ def _lora_delta(mod):  # noqa: ANN001, ANN202
 
 def test_svd_merge_mixed_algorithms_reaches_eckart_young(files, tmp_path, capsys):  # noqa: ANN001
     out = tmp_path / "svd.safetensors"
-    models = [str(files["paths"][k]) for k in ("loha", "lokr", "locon_dora")]
-    argv = ["--save_to", str(out), "--models", *models, "--ratios", "1", "-0.5", "0.8", "--new_rank", "3"]
+    ratios = (1, -0.5, 0.8, 0.6)
+    models = [str(files["paths"][k]) for k in ("loha", "lokr", "locon_dora", "lokr_both")]
+    argv = ["--save_to", str(out), "--models", *models, "--ratios", *map(str, ratios), "--new_rank", "3"]
     assert run_main(svd_merge_lora.main, argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "DoRA" in err and "--sd_model" in err and not out.exists()
@@ -100,12 +101,12 @@ def test_svd_merge_mixed_algorithms_reaches_eckart_young(files, tmp_path, capsys
     inputs = [_modules(p) for p in models]
     for name, mod in merged.items():
         assert A.algorithm_of(mod) == "lora" and not A.is_dora(mod)
-        want = sum(r * _delta(files, name, m[name]) for m, r in zip(inputs, (1, -0.5, 0.8)) if name in m)
+        want = sum(r * _delta(files, name, m[name]) for m, r in zip(inputs, ratios) if name in m)
         _eckart_young(_lora_delta(mod), want, 3)
 
 
 def test_resize_kohya_form_reaches_eckart_young(files, tmp_path, capsys):  # noqa: ANN001
-    for key in ("loha", "lokr_both"):  # lokr (factor 4, flat 3x3) is covered by the merge and svd_merge tests
+    for key in ("loha",):  # LoKr (factor 4 and decompose_both) in the merge and svd_merge tests
         out = tmp_path / f"{key}-r2.safetensors"
         resize_lora.main(["--model", str(files["paths"][key]), "--save_to", str(out), "--new_rank", "2"])
         src, res = _modules(files["paths"][key]), _modules(out)
@@ -151,7 +152,8 @@ def test_convert_to_diffusers_applies_every_module(family, tiny_checkpoints, tmp
     from library.models.factory import random_bundle
 
     ckpt = tiny_checkpoints[family]
-    sd = random_lycoris(ckpt, "loha", 2, 1.0, conv=True, tucker=True, std=0.3, seed=3)
+    # text encoders on SD1 only (SDXL's two, as plain LoRA, in test_convert_lora)
+    sd = random_lycoris(ckpt, "loha", 2, 1.0, conv=True, tucker=True, std=0.3, seed=3, te=family == "sd1")
     dora = random_lycoris(ckpt, "locon", 2, 1.0, dora="out", std=0.3, seed=4, te=False)
     sd = {k: v for k, v in sd.items() if "_attn2_" not in k}  # cross-attention modules: DoRA LoCon instead
     sd.update({k: v for k, v in dora.items() if "_attn2_" in k})
@@ -172,6 +174,8 @@ def test_convert_to_diffusers_applies_every_module(family, tiny_checkpoints, tmp
     assert set(got) == set(want)
     for n, d in want.items():
         assert float((got[n].flatten(1) - d).norm() / d.norm()) < 1e-4, n
+    if family == "sdxl":  # the error printed at a lower --rank is checked once, on SD1
+        return
     low = tmp_path / "r1.safetensors"
     convert_lora.main([str(src), str(low), "--to", "kohya", "--rank", "1", "--sd_model", str(ckpt)])
     line = capsys.readouterr().out
