@@ -199,3 +199,56 @@ def test_check_reports_kinds_scales_and_traps(files, tmp_path, capsys):  # noqa:
     out = capsys.readouterr().out
     assert low and f"{len(low)} scale traps" in out and "switches per layer" in out
     assert "alpha/r = 100000/8 = 12500" in out
+
+
+def test_convert_to_peft_keeps_loha_and_lokr(tiny_checkpoints, tmp_path, capsys):  # noqa: ANN001
+    """kohya LoHa (Tucker convs) and LoKr files become PEFT LoHa/LoKr adapters that peft loads onto the tiny SD1
+    U-Net and CLIP with the same ΔW per module; converted back they are LyCORIS files with the same ΔW. A DoRA
+    LoHa, which PEFT cannot hold, becomes a plain LoRA with one warning naming DoRA."""
+    import json
+
+    from peft import LoHaConfig, LoKrConfig, inject_adapter_in_model, set_peft_model_state_dict
+
+    from library.keys import lora_formats as lf
+    from library.models.factory import random_bundle
+
+    ckpt = tiny_checkpoints["sd1"]
+    cases = {"loha": random_lycoris(ckpt, "loha", 2, 1.0, conv=True, tucker=True, std=0.3, seed=5),
+             "lokr": random_lycoris(ckpt, "lokr", 2, 4.0, factor=4, conv=True, std=0.3, seed=6)}
+    for algo, sd in cases.items():
+        src, out, back = (tmp_path / f"{algo}{s}.safetensors" for s in ("", "-peft", "-back"))
+        save_lora(src, sd)
+        convert_lora.main([str(src), str(out), "--to", "peft"])
+        tensors, meta = load_state_dict(out)
+        packed = json.loads(meta["lora_adapter_metadata"])
+        assert any(k.endswith(".hada_t1" if algo == "loha" else ".lokr_w1") for k in tensors)
+        bundle = random_bundle("sd1")
+        got = {}
+        for comp, model in ((lf.UNET, bundle.unet), (lf.TE, bundle.text_encoders[0])):
+            fields = {k.split(".", 1)[1]: v for k, v in packed.items() if k.startswith(comp + ".")}
+            model = inject_adapter_in_model((LoHaConfig if algo == "loha" else LoKrConfig)(**fields), model)
+            # file keys name CLIP layers `text_model.encoder…` as diffusers does; transformers 5 has no `text_model`
+            level = "" if hasattr(model, "text_model") or comp == lf.UNET else "text_model."
+            result = set_peft_model_state_dict(model, {k[len(comp) + 1:].removeprefix(level): v
+                                                       for k, v in tensors.items() if k.startswith(comp + ".")})
+            assert not result.unexpected_keys
+            got.update({lf.module_to_kohya(comp, level + n, False): m.get_delta_weight("default").double()
+                        for n, m in model.named_modules() if "default" in getattr(m, "_available_adapters", ())})
+        want = {n: A.delta_weight({k: v.double() for k, v in t.items()}) for n, t in A.group_modules(sd).items()}
+        assert set(got) == set(want) and len(want) > 50
+        for n, d in want.items():
+            assert float((got[n].flatten(1) - d.flatten(1)).norm() / d.norm()) < 1e-5, (algo, n)
+        convert_lora.main([str(out), str(back), "--to", "kohya"])
+        again = _modules(back)
+        assert set(again) == set(want) and {A.algorithm_of(t) for t in again.values()} == {algo}
+        for n, d in want.items():
+            e = A.delta_weight({k: v.double() for k, v in again[n].items()})
+            assert float((e.flatten(1) - d.flatten(1)).norm() / d.norm()) < 1e-5, (algo, n)
+    src = tmp_path / "dora.safetensors"
+    save_lora(src, random_lycoris(ckpt, "loha", 2, 1.0, dora="in", seed=7))
+    out = tmp_path / "dora-peft.safetensors"
+    capsys.readouterr()
+    assert run_main(convert_lora.main, [str(src), str(out), "--to", "peft", "--sd_model", str(ckpt)]) == 0
+    err = capsys.readouterr().err
+    assert "DoRA" in err and "written as a plain LoRA" in err and "lora_te_text_model_encoder_" in err
+    assert any(k.endswith(".lora_A.weight") for k in load_state_dict(out)[0])
