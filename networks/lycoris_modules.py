@@ -30,6 +30,9 @@ class AdapterModule(nn.Module):
     magnitude; the forward adds `multiplier·ΔW` (or applies the DoRA weight)."""
 
     algo = ""
+    # use_scalar: the factor initialised to zero otherwise, and the one the scalar is folded into in files
+    zeroed: tuple[str, ...] = ()
+    folded: tuple[str, ...] = ()
     # recompute ΔW in backward instead of keeping its intermediate products (LoHa keeps two weight-sized ones)
     recompute_delta = False
 
@@ -46,7 +49,17 @@ class AdapterModule(nn.Module):
         self.kernel = tuple(org_module.kernel_size) if self.is_conv else ()
         self.dropout, self.rank_dropout, self.module_dropout = args.dropout, args.rank_dropout, args.module_dropout
         self.rank_dropout_scale = args.rank_dropout_scale
+        self.bypass = args.bypass_mode
         self.all_full = self._build(org_module, args)
+        self.scalar = None
+        if args.use_scalar and not self._shapes:  # LyCORIS: ΔW·scalar, scalar from 0, every factor non-zero
+            self.scalar = nn.Parameter(torch.tensor(0.0))
+            params = dict(self.named_parameters())
+            for key in self.zeroed:
+                if key in params:
+                    nn.init.kaiming_uniform_(params[key], a=math.sqrt(5))
+            self.register_state_dict_post_hook(_fold_scalar)
+            self.register_load_state_dict_pre_hook(_scalar_one_when_folded)
         if alpha is None or float(alpha) == 0:
             alpha = self.lora_dim
         alpha = float(alpha)
@@ -84,7 +97,7 @@ class AdapterModule(nn.Module):
         """Whether the wrapped forward is the layer's own (no other network chained before this one), so the
         merged weight can be used directly."""
         org = self.org_module[0]
-        return (type(org) in (nn.Linear, nn.Conv2d) and org.weight.dtype in _PLAIN_DTYPES
+        return (not self.bypass and type(org) in (nn.Linear, nn.Conv2d) and org.weight.dtype in _PLAIN_DTYPES
                 and getattr(self.org_forward, "__func__", None) is type(org).forward)
 
     def _op(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -115,7 +128,7 @@ class AdapterModule(nn.Module):
         d = self._recomputed(self.raw_delta) if self.recompute_delta else self.raw_delta()
         if self.training and self.rank_dropout:
             d = d * self._row_mask(d.shape[0], d.device, d.dtype).reshape(-1, *[1] * (d.ndim - 1))
-        return d * self.scale
+        return d * self.scale if self.scalar is None else d * (self.scale * self.scalar)
 
     def dora_weight(self, delta: torch.Tensor) -> torch.Tensor:
         w = self.org_module[0].weight.detach()
@@ -165,11 +178,14 @@ class AdapterModule(nn.Module):
     @torch.no_grad()
     def apply_max_norm_(self, max_norm: float) -> tuple[bool, float]:
         """Scale the factors so ‖(α/r)·ΔW‖ ≤ max_norm (each of the n factors by ratio^(1/n))."""
-        norm = float((self.raw_delta().float() * self.scale).norm())
+        norm = float((self.raw_delta().float() * self.scale * (1 if self.scalar is None else self.scalar)).norm())
         floor = max(norm, max_norm / 2)  # LyCORIS' rule: clamp(norm, min=max/2), then clamp(max=max_norm)
         ratio = min(floor, max_norm) / floor
         if ratio >= 1:
             return False, norm
+        if self.scalar is not None:
+            self.scalar.mul_(ratio)
+            return True, norm * ratio
         factors = self.scaled_factors()
         for p in factors:
             p.mul_(ratio ** (1 / len(factors)))
@@ -184,6 +200,7 @@ class LoConModule(AdapterModule):
     """LoRA/LoCon: up·down (Tucker: up·mid·down for kxk convs); forward x→down→(mid)→up, no full ΔW built."""
 
     algo = "lora"
+    zeroed = folded = ("lora_up.weight",)
 
     def _build(self, org: nn.Module, args: LycorisArgs) -> bool:
         dim = self.lora_dim
@@ -225,6 +242,8 @@ class LoConModule(AdapterModule):
         else:
             h = self.lora_up(self.lora_down(h))
         scale = self.scale * self.multiplier
+        if self.scalar is not None:
+            scale = scale * self.scalar
         if self.training and self.rank_dropout:  # rows of ΔW are output channels of its product with x
             mask = self._row_mask(h.shape[1] if self.is_conv else h.shape[-1], h.device, h.dtype)
             h = h * (mask.reshape(1, -1, 1, 1) if self.is_conv else mask)
@@ -237,6 +256,7 @@ class LoHaModule(AdapterModule):
     """LoHa: (W1a·W1b) ⊙ (W2a·W2b); Tucker cores hada_t1/t2 for kxk convs with use_tucker."""
 
     algo = "loha"
+    zeroed, folded = ("hada_w2_a",), ("hada_w1_a",)
     recompute_delta = True
 
     def _build(self, org: nn.Module, args: LycorisArgs) -> bool:
@@ -278,6 +298,7 @@ class LoKrModule(AdapterModule):
     full_matrix; Tucker core lokr_t2 for kxk convs with use_tucker."""
 
     algo = "lokr"
+    zeroed, folded = ("lokr_w2", "lokr_w2_b"), ("lokr_w1", "lokr_w1_a")
 
     def _build(self, org: nn.Module, args: LycorisArgs) -> bool:
         dim, out_dim, in_dim = self.lora_dim, self.shape[0], self.shape[1]
@@ -350,11 +371,24 @@ class LoKrModule(AdapterModule):
             h = h * (mask.reshape(1, -1, 1, 1) if self.is_conv else mask)
         if self.training and self.dropout:
             h = F.dropout(h, p=self.dropout)
-        return out + (h * (self.scale * self.multiplier)).to(out.dtype)
+        scale = self.scale * self.multiplier
+        return out + (h * (scale if self.scalar is None else scale * self.scalar)).to(out.dtype)
 
     def scaled_factors(self) -> list[torch.Tensor]:
         return [p for p in (self.lokr_w1, self.lokr_w1_a, self.lokr_w1_b, self.lokr_w2, self.lokr_w2_a,
                             self.lokr_w2_b, self.lokr_t2) if p is not None]
+
+
+def _fold_scalar(module: AdapterModule, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    """use_scalar: files hold the scalar folded into one factor, as LyCORIS writes them (no `scalar` key)."""
+    scalar = state_dict.pop(prefix + "scalar")
+    key = next(prefix + k for k in module.folded if prefix + k in state_dict)
+    state_dict[key] = state_dict[key] * scalar
+
+
+def _scalar_one_when_folded(module: AdapterModule, state_dict: dict, prefix: str, *args) -> None:  # noqa: ANN002
+    """Loading a file (scalar folded in): the scalar becomes 1, as LyCORIS' load hook does."""
+    state_dict.setdefault(prefix + "scalar", torch.ones(()))
 
 
 MODULES = {"lora": LoConModule, "locon": LoConModule, "loha": LoHaModule, "lokr": LoKrModule}

@@ -215,6 +215,46 @@ def test_forward_and_layout_equal_lycoris_modules(variant, layer_kind):
     ours.remove()
 
 
+def test_use_scalar_and_bypass_mode():
+    """use_scalar: ΔW starts at 0 with every factor non-zero, a trained scalar multiplies it, files hold it folded
+    into one factor and load back with scalar 1 (LyCORIS' rules). bypass_mode: base(x) + ΔW·x, never W + ΔW."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 48)
+    for algo in ("locon", "loha", "lokr"):
+        layer = nn.Linear(48, 32)
+        args = LycorisArgs(algo=algo, factor=4, use_scalar=True)
+        m = lycoris.MODULES[algo]("m", layer, 1.0, 4, 2.0, args)
+        assert float(m.scalar) == 0 and all(p.abs().sum() > 0 for n, p in m.named_parameters() if n != "scalar")
+        with torch.no_grad():
+            base = layer(x)
+            m.apply_to()
+            assert torch.equal(layer(x), base)
+            m.scalar.fill_(0.5)
+            got = layer(x)
+        sd = m.state_dict()
+        assert "scalar" not in sd
+        want = nn.functional.linear(x, layer.weight + adapters.delta_weight(sd, layer.weight.shape), layer.bias)
+        assert (got - base).abs().max() > 1e-3 and torch.allclose(got, want, atol=1e-5), algo
+        again = lycoris.MODULES[algo]("m", nn.Linear(48, 32), 1.0, 4, 2.0, args)
+        again.load_state_dict(sd)
+        assert float(again.scalar) == 1
+        m.remove()
+    outs = []
+    for bypass in (False, True):
+        torch.manual_seed(1)
+        layer = nn.Linear(48, 32)
+        m = lycoris.MODULES["loha"]("m", layer, 1.0, 4, 2.0, LycorisArgs(algo="loha", bypass_mode=bypass))
+        with torch.no_grad():
+            for p in m.parameters():
+                p.normal_(0, 0.3)
+        m.apply_to()
+        assert m._owns_layer() is not bypass  # the merged W + ΔW path only without bypass_mode
+        with torch.no_grad():
+            outs.append(layer(x))
+        m.remove()
+    assert torch.allclose(outs[0], outs[1], atol=1e-5) and (outs[0] - layer(x)).abs().max() > 1e-3
+
+
 # ---- names and presets ------------------------------------------------------------------------------------------
 class _HFTextModel(nn.Module):
     """A transformers-5 CLIP seen with sd-scripts' `text_model.` level (what LyCORIS names modules after)."""
