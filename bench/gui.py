@@ -67,7 +67,7 @@ def quickstart_argv(out: Path, steps: int) -> tuple:
     with gr.Blocks():
         ui = build_train_tab(make_context(out / "ui"))
     values = [c.value for c in ui.inputs()]
-    form = ui.forms["train_network"]
+    form = ui.form
     for name, value in (("output_dir", str(out / "page")), ("max_train_epochs", ""), ("max_train_steps", str(steps)),
                         ("save_every_n_epochs", ""), ("sample_every_n_epochs", ""), ("sample_prompts", ""),
                         ("logging_dir", "")):

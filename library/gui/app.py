@@ -15,6 +15,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import gradio as gr  # noqa: E402
 
 from library.gui.context import GuiContext  # noqa: E402
+from library.gui.forms import FORM_CSS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 TITLE = "sd-lora-toolkit"
@@ -25,7 +26,7 @@ CSS = """
 #cmd-preview textarea { font-family: ui-monospace, monospace; font-size: 0.85em; }
 footer { display: none !important; }
 .mono textarea { font-family: ui-monospace, monospace; font-size: 0.85em; }
-"""
+""" + FORM_CSS
 
 
 def theme() -> gr.themes.Base:
