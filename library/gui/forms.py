@@ -234,11 +234,12 @@ _MARK_JS = """(message) => {
   const hit = /^error: --([A-Za-z0-9_]+)/.exec(line);
   if (!hit || !(hit[1] in where)) return [];
   const [field, group] = where[hit[1]];
+  const toggle = group && document.querySelector('#' + group + ' > button.label-wrap');
+  if (toggle && !toggle.classList.contains('open')) toggle.click();  // gradio renders a group's fields once open
   let tries = 0;
   const mark = () => {
     const el = document.getElementById(field);
-    if (!el) {  // a closed group: gradio renders its fields once it is opened
-      if (tries === 0 && group) document.querySelector('#' + group + ' button')?.click();
+    if (!el || el.offsetParent === null) {
       if (++tries < 100) setTimeout(mark, 100);
       return;
     }

@@ -12,7 +12,7 @@ import gradio as gr
 
 from library.errors import ToolkitError
 from library.gui.context import GuiContext
-from library.gui.forms import OptionForm, build_form
+from library.gui.forms import OptionForm, build_form, mark_error_js
 from library.gui.tools_check import HEADERS, module_table
 from library.gui.tools_run import ScriptRun, command_text, new_files, script_argv, stream_script
 from library.options.tools import TOOLS, Tool, check_tool_args
@@ -84,6 +84,7 @@ def _build_panel(ctx: GuiContext, tool: Tool) -> ToolPanel:
         yield from _run(ctx, panel, values)
 
     button.click(on_run, inputs=form.inputs(), outputs=panel.outputs(), concurrency_limit=2)
+    error.change(None, inputs=[error], js=mark_error_js(form))
     gr.on([c.change for c in form.inputs()], lambda *values: _preview(panel, values), inputs=form.inputs(),
           outputs=[command], show_progress="hidden")
     return panel
