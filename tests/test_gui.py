@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -109,8 +110,13 @@ def test_saved_and_loaded_configs_agree_with_the_command_line(gui_page, tmp_path
     open_group(page, "train_network", "flip_aug")
     assert page.locator("#opt-train_network-flip_aug input[type=checkbox]").is_checked()
     parser = build_parser("train_network")
-    shown = parse_values(parser, preview(page, "--network_dim 16"))
     expected = read_config_file(parser, hand)
+    end = time.time() + 60
+    while True:  # a preview computed from the fields while the load filled them is followed by the final one
+        shown = parse_values(parser, preview(page, "--network_dim 16"))
+        if {k: shown[k] for k in expected} == expected or time.time() > end:
+            break
+        page.wait_for_timeout(200)
     assert {k: shown[k] for k in expected} == expected
     assert not shown["gradient_checkpointing"]  # loading a config starts from the defaults
 
