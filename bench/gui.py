@@ -35,7 +35,7 @@ def startup_seconds(out: Path) -> float:
         port = sock.getsockname()[1]
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "gui.py", "--port", str(port), "--output_root", str(out)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         while True:
             try:
@@ -45,7 +45,7 @@ def startup_seconds(out: Path) -> float:
             except OSError:
                 time.sleep(0.1)
             if proc.poll() is not None:
-                raise SystemExit(f"gui.py exited with {proc.returncode}")
+                raise SystemExit(f"gui.py exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -67,7 +67,7 @@ def quickstart_argv(out: Path, steps: int) -> tuple:
     with gr.Blocks():
         ui = build_train_tab(make_context(out / "ui"))
     values = [c.value for c in ui.inputs()]
-    form = ui.forms["train_network"]
+    form = ui.form
     for name, value in (("output_dir", str(out / "page")), ("max_train_epochs", ""), ("max_train_steps", str(steps)),
                         ("save_every_n_epochs", ""), ("sample_every_n_epochs", ""), ("sample_prompts", ""),
                         ("logging_dir", "")):

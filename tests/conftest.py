@@ -11,6 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -44,3 +45,31 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="session")
+def gui_server(tmp_path_factory) -> Iterator[dict]:  # noqa: ANN001
+    """One `python gui.py` for every browser test of the session: {"url", "proc", "out"} (its --output_root).
+    Skips, with the reason, where chromium or playwright is missing; with CI=true it must run."""
+    import subprocess
+
+    from gui_helpers import browser_missing, gui_server
+
+    missing = browser_missing()
+    if missing:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must run the browser tests: {missing}")
+        pytest.skip(missing)
+    if not (ROOT / "default" / "img" / "10_sks").is_dir():
+        subprocess.run([sys.executable, "tools/make_default.py"], cwd=ROOT, check=True, capture_output=True)
+    with gui_server(tmp_path_factory.mktemp("gui") / "ui") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def gui_page(gui_server) -> Iterator[object]:  # noqa: ANN001
+    """One chromium page on `gui_server` for the session (tests select the tab they need)."""
+    from gui_helpers import browser_page
+
+    with browser_page(gui_server["url"]) as page:
+        yield page

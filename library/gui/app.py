@@ -15,6 +15,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import gradio as gr  # noqa: E402
 
 from library.gui.context import GuiContext  # noqa: E402
+from library.gui.forms import FORM_CSS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 TITLE = "sd-lora-toolkit"
@@ -25,7 +26,7 @@ CSS = """
 #cmd-preview textarea { font-family: ui-monospace, monospace; font-size: 0.85em; }
 footer { display: none !important; }
 .mono textarea { font-family: ui-monospace, monospace; font-size: 0.85em; }
-"""
+""" + FORM_CSS
 
 
 def theme() -> gr.themes.Base:
@@ -73,6 +74,7 @@ def launch(app: gr.Blocks, host: str, port: int | None, auth: list[tuple[str, st
            block: bool = True) -> str:
     """Serve the page; returns its URL. Files are served only from the UI's own outputs (`ctx.served`)."""
     ctx: GuiContext = app.ctx  # type: ignore[attr-defined]
+    _patient_url_check()
     app.queue(default_concurrency_limit=4)
     _, url, _ = app.launch(server_name=host, server_port=port, auth=auth, prevent_thread_lock=True,
                            quiet=True, show_error=True, ssr_mode=False, theme=theme(), css=CSS,
@@ -81,3 +83,25 @@ def launch(app: gr.Blocks, host: str, port: int | None, auth: list[tuple[str, st
     if block:
         app.block_thread()
     return url
+
+
+def _patient_url_check(seconds: float = 60) -> None:
+    """gradio's launch checks its own URL and gives up when 5 HEAD requests of 3 s fail, which a busy machine
+    (a training run beside it) can exceed: wait up to `seconds` (the server is the same; only the patience)."""
+    import time
+
+    import httpx
+    from gradio import networking
+
+    def url_ok(url: str) -> bool:
+        end = time.time() + seconds
+        while time.time() < end:
+            try:
+                if httpx.head(url, timeout=20).status_code in (200, 401, 301, 302, 303, 307, 308):  # as gradio's
+                    return True
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        return False
+
+    networking.url_ok = url_ok

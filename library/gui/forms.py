@@ -13,6 +13,7 @@ differ from their default) that goes to the script's own parser: the page and th
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -97,16 +98,20 @@ def elem_id(script: str, name: str, kind: str = "opt") -> str:
     return f"{kind}-{re.sub(r'[^A-Za-z0-9_-]', '_', script)}-{re.sub(r'[^A-Za-z0-9_-]', '_', name)}"
 
 
-def make_field(option: Option, script: str) -> Field:
-    """The widget of one option (created in the current gradio context)."""
+def field_props(option: Option, script: str) -> dict[str, object]:
+    """The label, info and interactivity of an option's field in `script` (refused: disabled, with the reason)."""
     status, why = option.status_in(script)
-    enabled = status != REFUSED
     label = option.name if status != REFUSED else f"{option.name} (refused: {why})"
     if status == IGNORED:
         label = f"{option.name} (ignored here)"
-    info = field_info(option, script)
-    common = {"label": label, "info": info, "interactive": enabled, "elem_id": elem_id(script, option.name),
-              "elem_classes": ["opt-field"]}
+    return {"label": label, "info": field_info(option, script), "interactive": status != REFUSED}
+
+
+def make_field(option: Option, script: str) -> Field:
+    """The widget of one option (created in the current gradio context)."""
+    props = field_props(option, script)
+    enabled = bool(props["interactive"])
+    common = {**props, "elem_id": elem_id(script, option.name), "elem_classes": ["opt-field"]}
     if option.flag:
         comp = gr.Checkbox(value=False, **common)
     elif option.choices and option.nargs is None:
@@ -122,11 +127,11 @@ def make_field(option: Option, script: str) -> Field:
 
 
 def build_form(options: Iterable[Option], script: str, *, skip: Iterable[str] = (),
-               open_groups: Iterable[str] = (), columns: int = 2,
+               open_groups: Iterable[str] = (),
                on_field: Callable[[Field], None] | None = None) -> OptionForm:
     """Build the fields of `options` in the current `gr.Blocks` context: one accordion per group (help order),
-    `columns` fields a row. `skip` leaves options out (a caller that shows them its own way); `on_field` is called
-    with each field once made."""
+    fields in two columns (by FORM_CSS, not a gr.Row per pair: fewer components make every event cheaper). `skip`
+    leaves options out (a caller that shows them its own way); `on_field` is called with each field once made."""
     skip, open_groups = set(skip), set(open_groups)
     form = OptionForm(script)
     by_group: dict[str, list[Option]] = {}
@@ -134,24 +139,25 @@ def build_form(options: Iterable[Option], script: str, *, skip: Iterable[str] = 
         if o.name not in skip:
             by_group.setdefault(o.group, []).append(o)
     for group, opts in by_group.items():
-        with gr.Accordion(group or "other", open=group in open_groups, elem_id=elem_id(script, group, "grp")) as acc:
+        with gr.Accordion(group or "other", open=group in open_groups, elem_id=elem_id(script, group, "grp"),
+                          elem_classes=["opt-group"]) as acc:
             form.groups[group] = acc
-            for start in range(0, len(opts), columns):
-                with gr.Row(equal_height=False):
-                    for o in opts[start:start + columns]:
-                        f = make_field(o, script)
-                        form.fields[o.name] = f
-                        if on_field is not None:
-                            on_field(f)
+            for o in opts:  # no gr.Row per pair: the page's CSS (FORM_CSS) lays the fields out in columns
+                f = make_field(o, script)
+                form.fields[o.name] = f
+                if on_field is not None:
+                    on_field(f)
     return form
 
 
-def form_argv(form: OptionForm, widget_values: Mapping[str, object]) -> list[str]:
-    """The argv of widget values: only fields that differ from their default, in help order. Text fields are split
-    as a shell would split them (quotes group words) but nothing ever runs through a shell."""
+def form_argv(form: OptionForm, widget_values: Mapping[str, object], script: str | None = None) -> list[str]:
+    """The argv of widget values: only fields that differ from their default, in help order, leaving out options
+    refused in `script` (default: the form's). Text fields are split as a shell would split them (quotes group
+    words) but nothing ever runs through a shell."""
     argv: list[str] = []
     for name, f in form.fields.items():
-        if name not in widget_values or not f.enabled:
+        enabled = f.enabled if script is None else f.option.status_in(script)[0] != REFUSED
+        if name not in widget_values or not enabled:
             continue
         value = widget_values[name]
         if f.is_flag:
@@ -198,3 +204,57 @@ def fill_form(form: OptionForm, values: Mapping[str, object], reset: bool = True
 def widget_defaults(form: OptionForm) -> dict[str, object]:
     """The widget values of an untouched form, by option name."""
     return {name: f.default_text() for name, f in form.fields.items()}
+
+
+# two columns of fields in each group's accordion (gradio puts a run of fields in one `.form` block), and the mark
+# of a field named by an error line
+FORM_CSS = """
+.opt-group .form { display: grid !important; grid-template-columns: repeat(2, minmax(0, 1fr)); }
+.opt-group .form > .block { min-width: 0 !important; }
+.field-has-error { box-shadow: inset 0 0 0 2px #b00020 !important; }
+.field-error-note { color: #b00020; font-family: ui-monospace, monospace; font-size: 0.85em; margin-top: 4px;
+                    white-space: pre-wrap; }
+"""
+
+
+def mark_error_js(*forms: OptionForm) -> str:
+    """A browser-side handler for an error box's change: when the line names an option of `forms`
+    (`error: --network_dim -3: ...`), open that field's group, scroll to the field and show the line under it;
+    any earlier mark goes. Runs in the page only (no server round trip)."""
+    where = {name: [elem_id(form.script, name), _group_id(form, f.option.group)]
+             for form in forms for name, f in form.fields.items()}
+    return _MARK_JS.replace("WHERE", json.dumps(where))
+
+
+_MARK_JS = """(message) => {
+  const where = WHERE;
+  document.querySelectorAll('.field-error-note').forEach((e) => e.remove());
+  document.querySelectorAll('.field-has-error').forEach((e) => e.classList.remove('field-has-error'));
+  const line = String(message || '').replace(/`/g, '').split('\\n')[0];
+  const hit = /^error: --([A-Za-z0-9_]+)/.exec(line);
+  if (!hit || !(hit[1] in where)) return [];
+  const [field, group] = where[hit[1]];
+  const toggle = group && document.querySelector('#' + group + ' > button.label-wrap');
+  if (toggle && !toggle.classList.contains('open')) toggle.click();  // gradio renders a group's fields once open
+  let tries = 0;
+  const mark = () => {
+    const el = document.getElementById(field);
+    if (!el || el.offsetParent === null) {
+      if (++tries < 100) setTimeout(mark, 100);
+      return;
+    }
+    el.classList.add('field-has-error');
+    const note = document.createElement('div');
+    note.className = 'field-error-note';
+    note.id = field + '-error';
+    note.textContent = line;
+    el.appendChild(note);
+    el.scrollIntoView({block: 'center'});
+  };
+  mark();
+  return [];
+}"""
+
+
+def _group_id(form: OptionForm, group: str) -> str | None:
+    return elem_id(form.script, group, "grp") if group in form.groups else None

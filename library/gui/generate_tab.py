@@ -13,7 +13,7 @@ import gradio as gr
 
 from library.errors import ToolkitError
 from library.gui.context import GuiContext
-from library.gui.forms import OptionForm, build_form, form_argv, make_field
+from library.gui.forms import OptionForm, build_form, form_argv, make_field, mark_error_js
 from library.gui.generate_run import (
     DEFAULT_VALUES,
     GEN_SCRIPT,
@@ -107,7 +107,9 @@ def build_generate_tab(ctx: GuiContext) -> GeneratePanel:
     def on_generate(*values: object):  # noqa: ANN202 - a generator of gradio updates
         yield from _generate(ctx, panel, values)
 
-    button.click(on_generate, inputs=panel.inputs(), outputs=panel.outputs(), concurrency_limit=1)
+    button.click(on_generate, inputs=panel.inputs(), outputs=panel.outputs(), concurrency_limit=1,
+                 show_progress="hidden")  # the status box says it runs: no spinner over every output
+    error.change(None, inputs=[error], js=mark_error_js(main, more))
     gr.on([c.change for c in panel.inputs()], lambda *v: _preview(panel, v), inputs=panel.inputs(),
           outputs=[command], show_progress="hidden")
     return panel

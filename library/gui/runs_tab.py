@@ -137,7 +137,7 @@ def build_runs_tab(ctx: GuiContext, train: TrainUI, tabs: gr.Tabs) -> None:
         runs.stop(run.id)
         return f"stopping {run.id}: it finishes its step and saves a resumable state"
 
-    stop.click(on_stop, inputs=[pick], outputs=[message])
+    stop.click(on_stop, inputs=[pick], outputs=[message], queue=False)  # at once, not behind a queued event
 
     def on_resume(run_id: str | None) -> list:
         try:

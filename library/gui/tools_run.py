@@ -15,7 +15,7 @@ from pathlib import Path
 
 from library.gui.forms import OptionForm, form_argv, split_words
 
-REFRESH_S = 0.4  # how often a running script's output reaches the page
+REFRESH_S = 1.0  # how often a running script's output reaches the page
 
 
 def positional_words(form: OptionForm, values: Mapping[str, object]) -> list[str]:

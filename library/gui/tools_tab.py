@@ -12,7 +12,7 @@ import gradio as gr
 
 from library.errors import ToolkitError
 from library.gui.context import GuiContext
-from library.gui.forms import OptionForm, build_form
+from library.gui.forms import OptionForm, build_form, mark_error_js
 from library.gui.tools_check import HEADERS, module_table
 from library.gui.tools_run import ScriptRun, command_text, new_files, script_argv, stream_script
 from library.options.tools import TOOLS, Tool, check_tool_args
@@ -83,7 +83,9 @@ def _build_panel(ctx: GuiContext, tool: Tool) -> ToolPanel:
     def on_run(*values: object):  # noqa: ANN202 - a generator of gradio updates
         yield from _run(ctx, panel, values)
 
-    button.click(on_run, inputs=form.inputs(), outputs=panel.outputs(), concurrency_limit=2)
+    button.click(on_run, inputs=form.inputs(), outputs=panel.outputs(), concurrency_limit=2,
+                 show_progress="hidden")  # the status box says it runs: no spinner over every output
+    error.change(None, inputs=[error], js=mark_error_js(form))
     gr.on([c.change for c in form.inputs()], lambda *values: _preview(panel, values), inputs=form.inputs(),
           outputs=[command], show_progress="hidden")
     return panel

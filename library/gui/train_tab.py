@@ -18,9 +18,9 @@ import gradio as gr
 from library.errors import ToolkitError
 from library.gui.context import GuiContext
 from library.gui.dataset_preview import FOLDERS_HELP, describe_datasets
-from library.gui.forms import OptionForm, build_form, split_words, widget_defaults
+from library.gui.forms import OptionForm, build_form, field_props, form_argv, mark_error_js, split_words
 from library.options.network_args import NETWORK_MODULES, network_arg_options, split_network_args
-from library.options.spec import TRAIN, TRAIN_SCRIPTS
+from library.options.spec import TRAIN, TRAIN_SCRIPTS, Option
 from library.options.train import train_options
 
 log = logging.getLogger(__name__)
@@ -32,11 +32,13 @@ PAGE_OWNED = ("config_file", "output_config", "progress_jsonl")
 
 @dataclass
 class TrainUI:
-    """The Train tab's widgets and the conversions between them and a command line."""
+    """The Train tab's widgets and the conversions between them and a command line. Both training scripts share
+    one form: their options are declared once (`train_options`), and a field whose status differs between them
+    follows the chosen script (`script_updates`)."""
 
     ctx: GuiContext
-    forms: dict[str, OptionForm] = field(default_factory=dict)  # per training script
-    groups: dict[str, gr.Group] = field(default_factory=dict)
+    form: OptionForm | None = None
+    options: dict[str, dict[str, Option]] = field(default_factory=dict)  # per training script, by name
     net_forms: dict[str, OptionForm] = field(default_factory=dict)  # per network module
     net_groups: dict[str, gr.Group] = field(default_factory=dict)
     script: gr.Radio | None = None
@@ -46,27 +48,26 @@ class TrainUI:
 
     # ---- the flat list of inputs every handler takes ----------------------------------------------------------
     def inputs(self) -> list[gr.components.Component]:
-        comps: list = [self.script]
-        for form in (*self.forms.values(), *self.net_forms.values()):
+        comps: list = [self.script, *self.form.inputs()]
+        for form in self.net_forms.values():
             comps += form.inputs()
         return comps
 
-    def split(self, values: Sequence[object]) -> tuple[str, dict[str, dict], dict[str, dict]]:
-        """(script, widget values per script form, widget values per network-args form) of `inputs()` values."""
+    def split(self, values: Sequence[object]) -> tuple[str, dict[str, object], dict[str, dict]]:
+        """(script, widget values of the form, widget values per network-args form) of `inputs()` values."""
         script, rest = values[0], list(values[1:])
-        per_script, per_module = {}, {}
-        for name, form in self.forms.items():
-            n = len(form.fields)
-            per_script[name], rest = form.read(rest[:n]), rest[n:]
+        n = len(self.form.fields)
+        widgets, rest = self.form.read(rest[:n]), rest[n:]
+        per_module = {}
         for name, form in self.net_forms.items():
             n = len(form.fields)
             per_module[name], rest = form.read(rest[:n]), rest[n:]
-        return str(script), per_script, per_module
+        return str(script), widgets, per_module
 
     def argv(self, values: Sequence[object]) -> tuple[str, list[str]]:
         """The script and the command line the page's fields stand for (only what differs from the defaults)."""
-        script, per_script, per_module = self.split(values)
-        widgets = dict(per_script[script])
+        script, widgets, per_module = self.split(values)
+        widgets = {k: v for k, v in widgets.items() if k in self.options[script]}
         module = str(widgets.get("network_module") or "").strip() or "networks.lora"
         words = []
         if module in self.net_forms:
@@ -74,21 +75,36 @@ class TrainUI:
             words = [f"{k[2:]}={v}" for k, v in zip(net_argv[::2], net_argv[1::2])]
         extra = split_words(str(widgets.get("network_args") or ""), "network_args")
         widgets["network_args"] = shlex.join(words + extra)
-        return script, self.forms[script].argv(widgets)
+        return script, form_argv(self.form, widgets, script)
 
     def fill(self, script: str, values: dict) -> list[object]:
-        """Widget values (in `inputs()` order) showing typed option `values` in `script`'s form; the other form
-        and the network fields not named are reset."""
+        """Widget values (in `inputs()` order) showing typed option `values`; the fields not named are reset."""
         values = dict(values)
         module = str(values.get("network_module") or "networks.lora")
         known, rest = split_network_args(values.get("network_args"), module)
         values["network_args"] = rest or None
-        out: list = [script]
-        for name, form in self.forms.items():
-            out += form.fill(values if name == script else {})
+        out: list = [script, *self.form.fill(values)]
         for name, form in self.net_forms.items():
             out += form.fill(known if name == module else {})
         return out
+
+    def script_fields(self) -> list[gr.components.Component]:
+        """The fields whose label or state depends on the chosen script (options declared differently in each)."""
+        return [self.form.fields[n].component for n in self._differing()]
+
+    def script_updates(self, script: str) -> list:
+        """Updates of `script_fields()` for `script`: its status (refused: disabled), help, or absent."""
+        out = []
+        for name in self._differing():
+            option = self.options[script].get(name)
+            out.append(gr.update(**field_props(option, script)) if option else
+                       gr.update(interactive=False, label=f"{name} (not an option of {script}.py)"))
+        return out
+
+    def _differing(self) -> list[str]:
+        a, b = (self.options[s] for s in TRAIN_SCRIPTS)
+        return [n for n in self.form.fields if n not in a or n not in b or
+                field_props(a[n], TRAIN_SCRIPTS[0]) != field_props(b[n], TRAIN_SCRIPTS[1])]
 
 
 def parse_page(script: str, argv: list[str]) -> dict:
@@ -177,12 +193,11 @@ def build_train_tab(ctx: GuiContext) -> TrainUI:
                 ui.net_forms[module] = build_form(network_arg_options(module), module,
                                                   open_groups=("LoCon (3x3 convolutions)", "DyLoRA"))
             ui.net_groups[module] = grp
-    for script in TRAIN_SCRIPTS:
-        with gr.Group(visible=script == TRAIN) as grp:
-            opts = train_options(script)
-            ui.forms[script] = build_form(opts, script, skip=PAGE_OWNED,
-                                          open_groups=("model", "network", "dataset", "training"))
-        ui.groups[script] = grp
+    ui.options = {s: {o.name: o for o in train_options(s)} for s in TRAIN_SCRIPTS}
+    union: dict[str, Option] = {}
+    for script in TRAIN_SCRIPTS:  # the same options today; one declared for only one script would still show
+        union.update({k: v for k, v in ui.options[script].items() if k not in union})
+    ui.form = build_form(union.values(), TRAIN, skip=PAGE_OWNED, open_groups=("model", "network", "dataset", "training"))
     _wire(ui, cfg_path, load, save, find, found, quickstart)
     return ui
 
@@ -198,11 +213,11 @@ def _quickstart_values(ctx: GuiContext) -> dict:
 def _wire(ui: TrainUI, cfg_path: gr.Textbox, load: gr.Button, save: gr.Button, find: gr.Button,
           found: gr.Markdown, quickstart: dict) -> None:
     inputs = ui.inputs()
-    shown = [*ui.groups.values(), *ui.net_groups.values()]
+    shown = [*ui.net_groups.values(), *ui.script_fields()]
 
     def visibility(script: str, module: str) -> list:
-        return [gr.update(visible=s == script) for s in ui.groups] + \
-               [gr.update(visible=m == module) for m in ui.net_groups]
+        """The network_args fields of `module`, and the fields that depend on `script`."""
+        return [gr.update(visible=m == module) for m in ui.net_groups] + ui.script_updates(script)
 
     def preview(*values: object) -> str:
         script, argv = ui.argv(values)
@@ -235,22 +250,10 @@ def _wire(ui: TrainUI, cfg_path: gr.Textbox, load: gr.Button, save: gr.Button, f
         return f"saved {written}: run it with `python {script}.py --config_file {written}`"
 
     def on_script(*values: object) -> list:
-        script, per_script, per_module = ui.split(values)
-        old = next(s for s in ui.forms if s != script)  # the form that was shown
-        copied = {k: v for k, v in per_script[old].items() if k in ui.forms[script].fields}
-        out: list = [script]
-        for name, form in ui.forms.items():
-            merged = {**widget_defaults(form), **copied} if name == script else per_script[name]
-            out += [merged[k] for k in form.fields]
-        for name, form in ui.net_forms.items():
-            out += [per_module[name][k] for k in form.fields]
-        module = str(copied.get("network_module") or "networks.lora")
-        return [*out, *visibility(script, module), preview(*out)]
+        return [*ui.script_updates(str(values[0])), preview(*values)]
 
-    def on_module(*values: object) -> list:
-        script, per_script, _ = ui.split(values)
-        module = str(per_script[script].get("network_module") or "").strip()
-        return visibility(script, module)
+    def on_module(module: str) -> list:
+        return [gr.update(visible=m == str(module or "").strip()) for m in ui.net_groups]
 
     def on_find(*values: object) -> tuple[str, str]:
         try:
@@ -266,12 +269,17 @@ def _wire(ui: TrainUI, cfg_path: gr.Textbox, load: gr.Button, save: gr.Button, f
           trigger_mode="always_last")
     load.click(on_load, inputs=[cfg_path, *inputs], outputs=[*inputs, *shown, ui.preview, ui.error])
     save.click(on_save, inputs=[cfg_path, *inputs], outputs=[ui.error])
-    ui.script.input(on_script, inputs=inputs, outputs=[*inputs, *shown, ui.preview])
-    module_fields = [f.fields["network_module"].component for f in ui.forms.values()]
-    gr.on([c.change for c in module_fields], on_module, inputs=inputs, outputs=shown, queue=False)
+    ui.script.input(on_script, inputs=inputs, outputs=[*ui.script_fields(), ui.preview])
+    module = ui.form.fields["network_module"].component
+    module.change(on_module, inputs=[module], outputs=list(ui.net_groups.values()), queue=False)
     find.click(on_find, inputs=inputs, outputs=[found, ui.error])
+    ui.error.change(None, inputs=[ui.error], js=mark_error_js(ui.form))
     # opens with the quickstart preloaded: one click on Start reproduces README command 1
     filled = ui.fill(TRAIN, quickstart)
     for comp, value in zip(inputs, filled, strict=True):
         comp.value = value
+    for comp, update in zip(ui.script_fields(), ui.script_updates(TRAIN), strict=True):
+        for key, value in update.items():
+            if key != "__type__":
+                setattr(comp, key, value)
     ui.preview.value = preview(*filled)

@@ -324,13 +324,13 @@ class Trainer:
         self.val_losses: list[tuple[str, int, float]] = []
         if self.opt.schedule_free:
             self.opt.optimizer.train()
-        self.feed.emit("start", step=self.global_step, epoch=self.start_epoch + 1, max_steps=a.max_train_steps,
-                       epochs=self.num_epochs, steps_per_epoch=self.steps_per_epoch)
-        if a.sample_at_first:
-            self._sample(epoch=None)
-        self._train_mode(True)
         stopped = False
-        with _StopFlag() as stop, logging_redirect_tqdm():
+        with _StopFlag() as stop, logging_redirect_tqdm():  # from here Ctrl-C stops after a step, state saved
+            self.feed.emit("start", step=self.global_step, epoch=self.start_epoch + 1, max_steps=a.max_train_steps,
+                           epochs=self.num_epochs, steps_per_epoch=self.steps_per_epoch)
+            if a.sample_at_first:  # Ctrl-C during the base samples: one step, then the state
+                self._sample(epoch=None)
+            self._train_mode(True)
             for epoch in range(self.start_epoch, self.num_epochs):
                 if self.global_step >= a.max_train_steps:
                     break
