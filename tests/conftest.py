@@ -60,8 +60,12 @@ def gui_server(tmp_path_factory) -> Iterator[dict]:  # noqa: ANN001
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI must run the browser tests: {missing}")
         pytest.skip(missing)
-    if not (ROOT / "default" / "img" / "10_sks").is_dir():
-        subprocess.run([sys.executable, "tools/make_default.py"], cwd=ROOT, check=True, capture_output=True)
+    from filelock import FileLock
+
+    (ROOT / "default").mkdir(exist_ok=True)
+    with FileLock(ROOT / "default" / ".make_default.lock"):  # the other xdist worker may be writing it too
+        if not (ROOT / "default" / "img" / "10_sks").is_dir():
+            subprocess.run([sys.executable, "tools/make_default.py"], cwd=ROOT, check=True, capture_output=True)
     with gui_server(tmp_path_factory.mktemp("gui") / "ui") as server:
         yield server
 
