@@ -112,11 +112,11 @@ def main() -> None:
     parser.add_argument("--also_bf16", action="store_true", help="also run this toolkit in plain bf16 (the fp8 "
                         "memory target is under half of that)")
     args = parser.parse_args()
-    from train_speed import OUT, prepare
+    from train_speed import OUT, prepare_in_child
 
     rank = args.rank or DEFAULTS[args.family]["rank"]
     steps = args.steps or DEFAULTS[args.family]["steps"]
-    ckpt, img = prepare("real", args.family, 256)
+    ckpt, img = prepare_in_child("real", args.family, 256)
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
     peer = args.peers / "sd-scripts"
