@@ -14,6 +14,7 @@ import contextlib
 import itertools
 import json
 import math
+import mmap as _mmap
 import os
 import pickle
 import shutil
@@ -120,6 +121,7 @@ class LazySafetensors(Mapping):
             self._scratch: torch.Tensor | None = None  # reused by get_as
             self._raw = open(self.path, "rb")  # kept open for the mapping's lifetime
             self._data_start = 8 + int.from_bytes(self._raw.read(8), "little")
+            self._map = _private_map(self._raw)
 
     def __getitem__(self, key: str) -> torch.Tensor:
         if key not in self._info:
@@ -146,12 +148,41 @@ class LazySafetensors(Mapping):
             if dtype is None or not t.is_floating_point() or t.dtype == dtype:
                 return t
             return cast(t, dtype) if cast is not None else t.to(dtype)
+        if self._map is not None:
+            return self._cast_mapped(key, dtype, cast)
         start, end = self._info[key]["data_offsets"]
         if self._scratch is None or self._scratch.numel() < end - start:
             self._scratch = None  # free the old one first
             self._scratch = torch.empty(end - start, dtype=torch.uint8)
         t = self._read(key, self._scratch[: end - start], bounds=cast is not None)
         return cast(t, dtype) if cast is not None else t.to(dtype)
+
+    def _cast_mapped(self, key: str, dtype: torch.dtype,
+                     cast: Callable[[torch.Tensor, torch.dtype], torch.Tensor] | None) -> torch.Tensor:
+        """Cast straight from the file's pages (no copy into a buffer first), then drop those pages from this
+        process (MADV_DONTNEED): resident memory stays at the cast tensors plus one source tensor. The finite
+        check reads the cast result (fast, `bounds=False`) unless `cast` needs the source's range (fp8)."""
+        start, end = self._info[key]["data_offsets"]
+        first, last = self._data_start + start, self._data_start + end
+        if last > len(self._map):
+            raise ToolkitError(f"{self.path}: truncated while reading {key}")
+        src = torch.frombuffer(self._map, dtype=torch.uint8, count=end - start, offset=first) if end > start \
+            else torch.empty(0, dtype=torch.uint8)
+        src = src.view(self.dtype(key)).reshape(self.shape(key))
+        try:
+            if cast is not None:
+                if self.check_finite:
+                    self.last_bounds = check_finite(src, self.path, key)
+                return cast(src, dtype)
+            out = src.to(dtype)
+            if self.check_finite:
+                self.last_bounds = check_finite(out, self.path, key, bounds=False)
+            return out
+        finally:
+            del src
+            page = first - first % _mmap.PAGESIZE
+            if last > page:
+                self._map.madvise(_mmap.MADV_DONTNEED, page, last - page)
 
     def _read(self, key: str, buf: torch.Tensor, bounds: bool = True) -> torch.Tensor:
         """Read `key`'s bytes into `buf` (uint8, exactly its size), checked, as a tensor viewing `buf`;
@@ -174,6 +205,9 @@ class LazySafetensors(Mapping):
     def close(self) -> None:
         """Close the file now (otherwise it closes when the mapping is garbage-collected)."""
         if self._file is None:
+            if self._map is not None:
+                self._map.close()
+                self._map = None
             self._raw.close()
             self._scratch = None
 
@@ -185,6 +219,17 @@ class LazySafetensors(Mapping):
 
     def dtype(self, key: str) -> torch.dtype:
         return _ST_NAMES[self._info[key]["dtype"]]
+
+
+def _private_map(raw) -> _mmap.mmap | None:  # noqa: ANN001 - an open binary file
+    """A copy-on-write map of the whole file for casting tensors straight from its pages, where pages can be
+    dropped after use (MADV_DONTNEED: Linux, macOS); None elsewhere (plain reads then)."""
+    if not hasattr(_mmap, "MADV_DONTNEED"):
+        return None
+    try:
+        return _mmap.mmap(raw.fileno(), 0, access=_mmap.ACCESS_COPY)
+    except (OSError, ValueError):  # an empty file, or one that cannot be mapped
+        return None
 
 
 def _first_line(e: BaseException) -> str:
