@@ -32,14 +32,16 @@ from library import keys
 from library.dylora_split import RANK_SCALE_KEY
 from library.errors import ToolkitError
 from library.lora_io import load_lora, split_modules
+from library.options.network_args import DYLORA, declared_names
 from networks.lora import LoRAModule, LoRANetwork, _float_or_none, convert_diffusers_names_if_needed
 
 log = logging.getLogger(__name__)
 
-KNOWN_ARGS = {"unit", "conv_dim", "conv_alpha", "dropout", "loraplus_lr_ratio", "loraplus_unet_lr_ratio",
-              "loraplus_text_encoder_lr_ratio"}
 BLOCK_ARGS = ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas", "down_lr_weight",
               "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold")
+DROPOUT_ARGS = ("dropout", "rank_dropout", "module_dropout")
+# the declared names, and networks.lora's that are accepted here with a warning that they have no effect
+KNOWN_ARGS = declared_names(DYLORA) | set(BLOCK_ARGS) | set(DROPOUT_ARGS)
 
 
 class RankUnits(nn.ParameterList):
@@ -242,7 +244,7 @@ def _check_kwargs(kwargs: Mapping[str, object], neuron_dropout: float | None) ->
         dropouts.insert(0, "network_dropout")
     if dropouts:
         log.warning("networks.dylora has no dropout: %s ignored", ", ".join(dropouts))
-    unknown = sorted(set(kwargs) - KNOWN_ARGS - set(BLOCK_ARGS) - {"rank_dropout", "module_dropout"})
+    unknown = sorted(set(kwargs) - KNOWN_ARGS)
     if unknown:
         log.warning("network_args not used by networks.dylora: %s", ", ".join(unknown))
 

@@ -20,6 +20,7 @@ from library import keys
 from library.block_weights import BlockSettings, parse_block_settings
 from library.errors import ToolkitError
 from library.lora_io import compose, load_lora, save_lora, split_modules
+from library.options.network_args import LORA, declared_names
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +28,7 @@ UNET_TARGETS = ("Transformer2DModel",)
 UNET_CONV_TARGETS = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
 TE_TARGETS = ("CLIPAttention", "CLIPSdpaAttention", "CLIPMLP")
 PLAIN_SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha")
-KNOWN_ARGS = {
-    "conv_dim", "conv_alpha", "dropout", "rank_dropout", "module_dropout", "loraplus_lr_ratio",
-    "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio", "block_dims", "block_alphas", "conv_block_dims",
-    "conv_block_alphas", "down_lr_weight", "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold",
-}
+KNOWN_ARGS = declared_names(LORA)  # the network_args read here, as declared for the UI and the checks
 
 
 class LoRAModule(nn.Module):

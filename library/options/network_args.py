@@ -7,21 +7,25 @@ whose fields name the module(s) in `scripts=`, added to `NETWORK_ARG_GROUPS`, an
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-from library.options.spec import Option, between, non_negative, opt, options_of, positive
+from library.options.spec import Option, interval, non_negative, opt, options_of, positive
 
 LORA, DYLORA, LYCORIS = "networks.lora", "networks.dylora", "networks.lycoris"
 # the network modules the UI offers; --network_module also takes any other module with create_network()
 NETWORK_MODULES: list[str] = [LORA, DYLORA, LYCORIS]
 BOTH = (LORA, DYLORA)
+# a share of values dropped while training: 1 would drop all of them
+FRACTION = interval(0, 1, high_open=True, why=" (the share of values dropped; 1 would drop all of them)")
+LORAPLUS = interval(0, math.inf, low_open=True, high_open=True, why=" (the up factors' lr is the lr times this)")
 
 
 @dataclass
 class ConvArgs:
     GROUP = "LoCon (3x3 convolutions)"
     conv_dim: int | None = opt(int, None, "rank of the 3x3 conv modules (LoCon); none: no conv modules",
-                               check=positive, scripts=BOTH)
+                               check=non_negative, scripts=BOTH)
     conv_alpha: float | None = opt(float, None, "alpha of the conv modules [1]", check=non_negative, scripts=BOTH)
 
 
@@ -36,22 +40,22 @@ class DyLoRAArgs:
 class DropoutArgs:
     GROUP = "dropout"
     dropout: float | None = opt(float, None, "dropout of the rank activations (as --network_dropout)",
-                                check=between(0, 1), scripts=(LORA,))
+                                check=FRACTION, scripts=(LORA,))
     rank_dropout: float | None = opt(float, None, "drop whole ranks with this probability while training",
-                                     check=between(0, 1), scripts=(LORA,))
+                                     check=FRACTION, scripts=(LORA,))
     module_dropout: float | None = opt(float, None, "skip whole modules with this probability while training",
-                                       check=between(0, 1), scripts=(LORA,))
+                                       check=FRACTION, scripts=(LORA,))
 
 
 @dataclass
 class LoraPlusArgs:
     GROUP = "LoRA+"
     loraplus_lr_ratio: float | None = opt(float, None, "learning rate of the up factors = this x the down "
-                                          "factors' (LoRA+; 16 is common)", check=positive, scripts=BOTH)
-    loraplus_unet_lr_ratio: float | None = opt(float, None, "LoRA+ ratio for the U-Net only", check=positive,
+                                          "factors' (LoRA+; 16 is common)", check=LORAPLUS, scripts=BOTH)
+    loraplus_unet_lr_ratio: float | None = opt(float, None, "LoRA+ ratio for the U-Net only", check=LORAPLUS,
                                                scripts=BOTH)
     loraplus_text_encoder_lr_ratio: float | None = opt(float, None, "LoRA+ ratio for the text encoder only",
-                                                       check=positive, scripts=BOTH)
+                                                       check=LORAPLUS, scripts=BOTH)
 
 
 @dataclass
@@ -95,3 +99,27 @@ def split_network_args(words: list[str] | None, module: str) -> tuple[dict[str, 
         else:
             rest.append(word)
     return known, rest
+
+
+def declared_names(module: str) -> frozenset[str]:
+    """The `--network_args` keys a network module declares (its `KNOWN_ARGS` start from these)."""
+    return frozenset(o.name for o in network_arg_options(module))
+
+
+def value_problem(o: Option, text: str) -> str | None:
+    """What is wrong with the string `text` as the value of the declared network arg `o` (None: fine). Numbers
+    must be finite; whole numbers whole; then the declaration's check."""
+    if o.type in (int, float):
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            return "expected a whole number" if o.type is int else "expected a finite number"
+        if o.type is int and value != int(value):
+            return "expected a whole number"
+    elif o.type is not str:
+        return None  # other kinds are read by the network module itself
+    else:
+        value = text
+    return o.check(value) if o.check is not None else None

@@ -113,6 +113,17 @@ def quantile(value: object) -> str | None:
     return None if 0 < value <= 1 else "must be in (0, 1] (1 or omitted: no clamp)"  # type: ignore[operator]
 
 
+def interval(low: float, high: float, low_open: bool = False, high_open: bool = False, why: str = "") -> Check:
+    """A check for `low <= value <= high`, either end open: "must be in [0, 1)" and `why` when outside."""
+    def check(value: object) -> str | None:
+        below = value <= low if low_open else value < low  # type: ignore[operator]
+        above = value >= high if high_open else value > high  # type: ignore[operator]
+        if below or above:
+            return f"must be in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}{why}"
+        return None
+    return check
+
+
 def between(low: float, high: float) -> Check:
     def check(value: object) -> str | None:
         return None if low <= value <= high else f"must be between {low:g} and {high:g}"  # type: ignore[operator]
