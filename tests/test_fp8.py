@@ -55,16 +55,26 @@ def _first_loss(env: dict, tmp_path: Path, name: str, *extra: str) -> float:
 @pytest.fixture(scope="module")
 def fp8_run(env, tmp_path_factory) -> dict:
     """12 steps with --fp8_base: the dtypes after setup, the losses, the saved LoRA."""
+    from library.train import loop
+
     tmp = tmp_path_factory.mktemp("fp8run")
-    trainer = _trainer(base_args(env, tmp / "out", 12, "--mixed_precision", "bf16", "--fp8_base",
-                                 "--logging_dir", str(tmp / "logs"), *FP8_RUN))
+    staged = {}
+    load_unet = loop.load_training_unet
+
+    def spy(cfg, precision, bundle) -> None:  # noqa: ANN001 - what memory holds when the U-Net is read
+        staged.update(unet=bundle.unet, vae=bundle.vae)
+        load_unet(cfg, precision, bundle)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(loop, "load_training_unet", spy)
+        trainer = _trainer(base_args(env, tmp / "out", 12, "--mixed_precision", "bf16", "--fp8_base",
+                                     "--logging_dir", str(tmp / "logs"), *FP8_RUN))
     unet, te = trainer.bundle.unet, trainer.bundle.text_encoders[0]
     dtypes = {"unet": {n: (p.dtype, p.ndim) for n, p in unet.named_parameters()},
               "te": {n: (p.dtype, p.ndim) for n, p in te.named_parameters()},
               "te_embedding": te.get_input_embeddings().weight.dtype,
               "lora": [p.dtype for p in trainer.network.parameters()]}
     path = trainer.run()
-    return {"dtypes": dtypes, "losses": [v for _, v in tb_scalars(tmp / "logs", "loss/current")], "path": path}
+    return {"dtypes": dtypes, "staged": staged, "losses": [v for _, v in tb_scalars(tmp / "logs", "loss/current")], "path": path}
 
 
 def test_fp8_weights_stored_lora_not_and_loss_falls(fp8_run):
@@ -74,6 +84,8 @@ def test_fp8_weights_stored_lora_not_and_loss_falls(fp8_run):
         assert matrices and all(d == FP8 for d in matrices)
         assert all(d == torch.bfloat16 for d, ndim in dtypes[part].values() if ndim < 2)  # norms, biases
     assert dtypes["te_embedding"] == torch.bfloat16
+    # the U-Net was read after the latents were cached and the VAE freed: the two never shared memory
+    assert fp8_run["staged"] == {"unet": None, "vae": None}
     assert dtypes["lora"] and all(d == torch.float32 for d in dtypes["lora"])
     losses = fp8_run["losses"]
     assert statistics.mean(losses[-4:]) < 0.8 * statistics.mean(losses[:4]), losses  # measured 1.04 -> 0.68
