@@ -43,6 +43,9 @@ print(f'RESULT {elapsed:.2f} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 def _child(path: str) -> None:
     sys.path.insert(0, str(ROOT))
+    from library.threads import use_huge_pages
+
+    use_huge_pages()  # as the training scripts do (THP_MEM_ALLOC_ENABLE=0 in the environment turns it off)
     import torch
 
     from library.models import load_models
