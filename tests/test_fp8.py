@@ -40,7 +40,7 @@ def _trainer(argv: list[str]):  # noqa: ANN202
     return trainer
 
 
-FP8_RUN = ("--train_batch_size", "2", "--learning_rate", "2e-2", "--network_args", "conv_dim=4", "conv_alpha=4",
+FP8_RUN = ("--train_batch_size", "1", "--learning_rate", "2e-2", "--network_args", "conv_dim=4", "conv_alpha=4",
            "--network_train_unet_only", "--cache_latents")
 
 
@@ -88,7 +88,7 @@ def test_fp8_weights_stored_lora_not_and_loss_falls(fp8_run):
     assert fp8_run["staged"] == {"unet": None, "vae": None}
     assert dtypes["lora"] and all(d == torch.float32 for d in dtypes["lora"])
     losses = fp8_run["losses"]
-    assert statistics.mean(losses[-4:]) < 0.8 * statistics.mean(losses[:4]), losses  # measured 1.04 -> 0.68
+    assert statistics.mean(losses[-4:]) < 0.8 * statistics.mean(losses[:4]), losses  # measured 1.10 -> 0.64
     from safetensors import safe_open
 
     with safe_open(str(fp8_run["path"]), "pt") as f:
