@@ -24,7 +24,9 @@ from pathlib import Path
 
 import torch
 
-from library.adapters.equivalent import BaseLookup, Conversion, lora_state_dict, needs_lora_form
+from library import adapters
+from library.adapters.equivalent import BaseLookup, Conversion, layer_shape, lora_state_dict, needs_lora_form
+from library.adapters.peft import PEFT_TYPES, NotInPeft, kohya_modules, peft_modules
 from library.errors import ToolkitError
 from library.files import load_state_dict, save_state_dict
 from library.keys import family_of_lora
@@ -178,6 +180,7 @@ def read_lora(path: str | os.PathLike, rank: int | None = None, base: BaseLookup
     if not path.exists():
         raise ToolkitError(f"{path}: file not found")
     sd, metadata, adapter_config = _read_tensors(path)
+    sd = _kohya_from_peft_lycoris(sd, metadata, adapter_config, path)
     conversion = None
     if needs_lora_form(sd) and any(re.match(r"lora_(unet|te[12]?)_", k) for k in sd):
         sdxl = family_of_lora({k.partition(".")[0] for k in sd}) == "sdxl"
@@ -215,6 +218,107 @@ def read_lora(path: str | os.PathLike, rank: int | None = None, base: BaseLookup
         log.warning("%s: no alpha stored (no %s or adapter_config.json): alpha = rank (scale 1), as diffusers "
                     "assumes", path, ADAPTER_META)
     return LoRAFile(entries, metadata, fmt, sdxl, ignored, conversion)
+
+
+def _is_peft_lycoris(sd: Mapping[str, torch.Tensor]) -> bool:
+    """PEFT-named LoHa/LoKr tensors (`<path>.hada_w1_a`, `<path>.lokr_w1` …, not kohya `lora_unet_…` names)."""
+    return any(k.endswith((".hada_w1_a", ".lokr_w1", ".lokr_w1_a")) and not re.match(r"lora_(unet|te[12]?)_", k)
+               for k in sd)
+
+
+def _kohya_from_peft_lycoris(sd: dict[str, torch.Tensor], metadata: Mapping[str, str], adapter_config: dict | None,
+                             path: Path) -> dict[str, torch.Tensor]:
+    """A PEFT LoHa/LoKr state dict renamed to kohya's LyCORIS keys with alphas giving PEFT's scale (alpha/r per
+    module from the LoHaConfig/LoKrConfig); any other state dict unchanged."""
+    if not _is_peft_lycoris(sd):
+        return sd
+    groups = adapters.group_modules(sd)
+    sdxl = _is_sdxl("peft", list(groups), metadata)
+    configs = _peft_configs(metadata, adapter_config, path)
+    if not configs:
+        log.warning("%s: no LoHaConfig/LoKrConfig stored (%s or adapter_config.json): alpha = rank (scale 1)", path,
+                    ADAPTER_META)
+    named, ranks, alphas = {}, {}, {}
+    for key, tensors in groups.items():
+        where = lf.module_of_key(key, sdxl)
+        if where is None:
+            raise ToolkitError(f"{path}: module {key} names no Stable Diffusion layer")
+        name = lf.module_to_kohya(*where, sdxl)
+        config = configs.get(where[0]) or configs.get(None) or {}
+        paths = (where[1], lf.pattern_path(*where))
+        rank = _pattern_value(config.get("rank_pattern") or {}, paths) or config.get("r") or \
+            adapters.rank_of(tensors) or 1
+        alpha = _pattern_value(config.get("alpha_pattern") or {}, paths)
+        named[name], ranks[name] = tensors, int(rank)
+        alphas[name] = float(alpha if alpha is not None else config.get("alpha", rank))
+    return {f"{n}.{k}": v for n, t in kohya_modules(named, ranks, alphas).items() for k, v in t.items()}
+
+
+def _write_peft_lycoris(sd: Mapping[str, torch.Tensor], dst: Path, metadata: Mapping[str, str],
+                        dtype: torch.dtype | None, src: str | os.PathLike) -> int | None:
+    """Write kohya-named LoHa/LoKr modules as PEFT LoHa/LoKr (`<component>.<path>.hada_w1_a` …, the config per
+    component in the lora_adapter_metadata header); None (one warning) when PEFT cannot hold the file."""
+    groups = adapters.group_modules(sd)
+    sdxl = family_of_lora(set(groups)) == "sdxl"
+    by_component: dict[str, dict[str, tuple[str, dict, tuple[int, ...]]]] = {}  # kohya name -> (path, …)
+    try:
+        for name, tensors in groups.items():
+            where = lf.kohya_to_module(name, sdxl)
+            if where is None:
+                raise NotInPeft(f"module {name} names no Stable Diffusion layer")
+            if lf.fused_parts(where[1]):
+                raise NotInPeft(f"module {name}: a fused q/k/v projection, which PEFT's modules do not split")
+            by_component.setdefault(where[0], {})[name] = (where[1], tensors, layer_shape(name, tensors, None, sdxl))
+        out: dict[str, torch.Tensor] = {}
+        packed: dict[str, object] = {}
+        algo = None
+        for component, mods in by_component.items():
+            algo, tensors, config = peft_modules({n: m[1] for n, m in mods.items()}, {n: m[2] for n, m in mods.items()})
+            pattern = {n: lf.pattern_path(component, m[0]) for n, m in mods.items()}
+            config["target_modules"] = sorted(pattern.values())
+            for key in ("rank_pattern", "alpha_pattern"):
+                config[key] = {pattern[n]: v for n, v in config[key].items()}
+            packed.update({f"{component}.{k}": v for k, v in config.items()})
+            for n, (path, _, _) in mods.items():
+                out.update({f"{component}.{path}.{k}": v for k, v in tensors[n].items()})
+    except NotInPeft as e:
+        log.warning("%s: %s; written as a plain LoRA instead (--rank sets its rank)", Path(src).name, e)
+        return None
+    meta = {k: v for k, v in metadata.items() if k != ADAPTER_META and not k.startswith("sshs_")}
+    meta.update({"format": "pt", ADAPTER_META: json.dumps(packed, indent=2, sort_keys=True)})
+    save_state_dict(out, dst, meta, dtype=dtype)
+    log.info("%s: %d %s modules written as PEFT %s", Path(src).name, len(groups), adapters.NAMES[algo],
+             PEFT_TYPES[algo])
+    return len(groups)
+
+
+def _lycoris_kept(src: str | os.PathLike, dst: Path, to: str, dtype: torch.dtype | None, rank: int | None
+                  ) -> tuple[LoRAFile, int] | None:
+    """kohya LoHa/LoKr -> PEFT LoHa/LoKr, PEFT LoHa/LoKr -> kohya LoHa/LoKr, keeping the algorithm (no --rank);
+    None when the conversion goes through a plain LoRA instead."""
+    if rank is not None or to == "diffusers":
+        return None
+    path = Path(src)
+    if not path.exists():
+        raise ToolkitError(f"{path}: file not found")
+    sd, metadata, adapter_config = _read_tensors(path)
+    from_peft = _is_peft_lycoris(sd)
+    if to == "kohya" and from_peft:
+        sd = _kohya_from_peft_lycoris(sd, metadata, adapter_config, path)
+        meta = {k: v for k, v in metadata.items() if k not in (ADAPTER_META, "format") and not k.startswith("sshs_")}
+        algo = adapters.algorithm_of(next(iter(adapters.group_modules(sd).values())))
+        meta.setdefault("ss_network_module", "lycoris.kohya")
+        meta.setdefault("ss_network_args", json.dumps({"algo": algo}))
+        save_lora(dst, sd, meta, dtype)
+        count = len(adapters.group_modules(sd))
+    elif to == "peft" and not from_peft and any(k.endswith((".hada_w1_a", ".lokr_w1", ".lokr_w1_a")) for k in sd):
+        count = _write_peft_lycoris(sd, dst, metadata, dtype, src)
+        if count is None:
+            return None
+    else:
+        return None
+    sdxl = family_of_lora({k.partition(".")[0] for k in sd}) == "sdxl"
+    return LoRAFile([], dict(metadata), "peft" if from_peft else "kohya", sdxl, []), count
 
 
 def _split_fused(entry: Entry) -> list[Entry]:
@@ -325,6 +429,9 @@ def convert_lora(src: str | os.PathLike, dst: str | os.PathLike, to: str, dtype:
         raise ToolkitError(f"{dst}: a {to} LoRA keeps its alphas in the safetensors header: use a .safetensors name")
     if rank is not None and rank < 1:
         raise ToolkitError(f"--rank {rank}: must be at least 1")
+    kept = _lycoris_kept(src, dst, to, dtype, rank)
+    if kept is not None:
+        return kept
     lora = read_lora(src, rank, base)
     written = _plan(lora, to, src)
     if to == "kohya":

@@ -11,6 +11,9 @@ and PEFT forms live in the `lora_adapter_metadata` header entry, which `load_lor
 LoHa, LoKr, Tucker LoCon and DoRA (with --sd_model) become plain LoRAs, exactly or at most --rank:
 
     python networks/convert_lora.py my_lokr.safetensors my_lokr_diffusers.safetensors --to diffusers --rank 32
+
+`--to peft` without --rank keeps LoHa/LoKr as PEFT LoHa/LoKr adapters where PEFT can hold them; PEFT LoHa/LoKr files
+come back `--to kohya` as LyCORIS files (docs/lycoris.md).
 """
 
 from __future__ import annotations

@@ -13,6 +13,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one process per core (pytest-xdist): each computes on one thread, and so do the scripts it starts, so the
+    # workers never fight over the cores (OpenMP's spin-waits make an oversubscribed core 10x slower)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+
+def pytest_xdist_auto_num_workers(config) -> int:  # noqa: ANN001
+    """`-n auto`: one worker per core, at most 4 (tiny models; more workers only add start-up and memory)."""
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
 @pytest.fixture(scope="session")

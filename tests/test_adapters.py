@@ -198,6 +198,17 @@ def test_factor_functions_differentiate() -> None:
     assert mag.grad is not None and mag.shape == (1, 7)
 
 
+def test_kron_applied_without_building_it() -> None:
+    """x·kron(W1, W2)ᵀ and conv2d(x, kron(W1, W2)) (stride 2, padding 1) computed factor by factor."""
+    w1, w2 = g(3, 4), g(5, 6)
+    x = g(2, 7, 24)
+    assert rel(A.kron_linear(x, w1, w2), x @ torch.kron(w1, w2).T) < 1e-12
+    w2k = g(5, 6, 3, 3)
+    xc = g(2, 24, 9, 9)
+    want = torch.nn.functional.conv2d(xc, torch.kron(w1[..., None, None], w2k), None, 2, 1)
+    assert rel(A.kron_conv2d(xc, w1, w2k, 2, 1), want) < 1e-12
+
+
 # -- LyCORIS' own modules (spec §12.3) ----------------------------------------------------------------------
 
 lycoris = pytest.importorskip("lycoris")

@@ -175,6 +175,7 @@ def test_pretraining_is_reproducible_and_writes_its_manifest(tmp_path: Path) -> 
         out = tmp_path / name / "m.safetensors"
         done = subprocess.run([sys.executable, str(ROOT / "tools" / "pretrain_default.py"), "--out", str(out),
                                "--log_dir", str(tmp_path / name / "log"), "--steps", "3", "--pool", "64",
+                               "--norm_pool", "64",
                                "--batch", "4"], capture_output=True, text=True, cwd=tmp_path)
         assert done.returncode == 0, done.stderr[-2000:]
         return out

@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,6 +27,7 @@ from train_fixtures import tb_scalars  # noqa: E402
 
 import sdxl_train_network  # noqa: E402
 import train_network  # noqa: E402
+from library import adapters  # noqa: E402
 from library.errors import ToolkitError  # noqa: E402
 from library.models.factory import random_bundle  # noqa: E402
 from library.options.lycoris_args import LycorisArgs  # noqa: E402
@@ -35,7 +36,7 @@ from networks import lycoris  # noqa: E402
 pytestmark = pytest.mark.usefixtures("one_thread")
 lyco = pytest.importorskip("lycoris", reason="lycoris-lora (requirements-dev.txt) gives the reference modules")
 
-STEPS = 6
+STEPS = 4
 # (family, algorithm args): every algorithm and DoRA trained on each family
 RUNS = {
     ("sd1", "loha"): ["algo=loha", "dora_wd=True", "use_tucker=True"],
@@ -56,11 +57,12 @@ def _keep_logging():
 def args_for(ckpt: Path, img: Path, out: Path, steps: int, *extra: str) -> list[str]:
     return ["--pretrained_model_name_or_path", str(ckpt), "--train_data_dir", str(img), "--resolution", "64",
             "--output_dir", str(out), "--output_name", "lyco", "--max_train_steps", str(steps), "--seed", "1",
-            "--learning_rate", "2e-2", "--network_dim", "4", "--network_alpha", "2", "--train_batch_size", "2",
+            "--learning_rate", "4e-2", "--network_dim", "4", "--network_alpha", "2", "--train_batch_size", "2",
             "--cache_latents", "--network_train_unet_only", "--max_data_loader_n_workers", "0", *extra]
 
 
 KOHYA_RUN = ("sd1", "lokr")  # trained from a config that says `network_module = "lycoris.kohya"`
+SAME_SEED_STEPS = 2
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +81,9 @@ def trained(tmp_path_factory, tiny_checkpoints) -> dict:
         for (family, name), algo in RUNS.items():
             script = sdxl_train_network if family == "sdxl" else train_network
             logs = root / f"logs-{family}-{name}"
-            module = ["--config_file", str(config)] if (family, name) == KOHYA_RUN else \
-                ["--network_module", "networks.lycoris"]
+            # KOHYA_RUN also saves at step SAME_SEED_STEPS, which the same-seed test repeats
+            module = ["--config_file", str(config), "--save_every_n_steps", str(SAME_SEED_STEPS)] \
+                if (family, name) == KOHYA_RUN else ["--network_module", "networks.lycoris"]
             path = script.main([*module, *args_for(tiny_checkpoints[family], img, root / f"{family}-{name}", STEPS,
                                                    "--logging_dir", str(logs), "--network_args", *algo)])
             out[family, name] = (Path(path), [v for _, v in tb_scalars(logs, "loss/current")])
@@ -98,8 +101,8 @@ def sd1_bundle():
 @pytest.mark.parametrize("case", list(RUNS), ids=lambda c: "-".join(c))
 def test_loss_falls_and_the_file_has_lycoris_layout(trained, case):
     path, losses = trained[case]
-    # measured: trained runs end at 0.55-0.68 x the first loss; the same runs at lr 1e-9 at 0.89-0.91
-    assert statistics.mean(losses[-2:]) < 0.8 * losses[0], losses
+    # measured (mean of the last two losses / the first): trained runs 0.73-0.81; the same runs at lr 1e-9 0.92-0.93
+    assert statistics.mean(losses[-2:]) < 0.86 * losses[0], losses
     sd = load_file(path)
     suffixes = {k.split(".", 1)[1] for k in sd}
     with safe_open(str(path), "pt") as f:
@@ -133,14 +136,15 @@ def test_lokr_alphas_as_lycoris_writes_them(trained):
 
 
 def test_same_seed_same_file_and_lycoris_kohya_ran_native(trained, tiny_checkpoints, tmp_path, capsys):
-    """The fixture trained KOHYA_RUN from a config naming `lycoris.kohya` (native module forced): networks.lycoris
-    at the same seed gives the same tensors."""
+    """The fixture trained KOHYA_RUN from a config naming `lycoris.kohya` (native module forced), saving at step
+    SAME_SEED_STEPS: networks.lycoris run that many steps at the same seed gives the same tensors."""
     capsys.readouterr()
     again = train_network.main(["--network_module", "networks.lycoris",
-                                *args_for(tiny_checkpoints["sd1"], trained["img"], tmp_path, STEPS, "--network_args",
-                                          *RUNS[KOHYA_RUN])])
+                                *args_for(tiny_checkpoints["sd1"], trained["img"], tmp_path, SAME_SEED_STEPS,
+                                          "--network_args", *RUNS[KOHYA_RUN])])
     assert "lycoris.kohya" not in capsys.readouterr().err
-    sa, sb = load_file(trained[KOHYA_RUN][0]), load_file(again)
+    first = trained[KOHYA_RUN][0]
+    sa, sb = load_file(first.with_name(f"{first.stem}-step{SAME_SEED_STEPS:08d}.safetensors")), load_file(again)
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     assert any(v.abs().sum() > 0 for k, v in sa.items() if "lokr_w2" in k)
 
@@ -209,6 +213,46 @@ def test_forward_and_layout_equal_lycoris_modules(variant, layer_kind):
             got, want = layer(x), ref(x)
         assert torch.allclose(got, want, rtol=1e-4, atol=1e-5), (variant, mult, (got - want).abs().max())
     ours.remove()
+
+
+def test_use_scalar_and_bypass_mode():
+    """use_scalar: ΔW starts at 0 with every factor non-zero, a trained scalar multiplies it, files hold it folded
+    into one factor and load back with scalar 1 (LyCORIS' rules). bypass_mode: base(x) + ΔW·x, never W + ΔW."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 48)
+    for algo in ("locon", "loha", "lokr"):
+        layer = nn.Linear(48, 32)
+        args = LycorisArgs(algo=algo, factor=4, use_scalar=True)
+        m = lycoris.MODULES[algo]("m", layer, 1.0, 4, 2.0, args)
+        assert float(m.scalar) == 0 and all(p.abs().sum() > 0 for n, p in m.named_parameters() if n != "scalar")
+        with torch.no_grad():
+            base = layer(x)
+            m.apply_to()
+            assert torch.equal(layer(x), base)
+            m.scalar.fill_(0.5)
+            got = layer(x)
+        sd = m.state_dict()
+        assert "scalar" not in sd
+        want = nn.functional.linear(x, layer.weight + adapters.delta_weight(sd, layer.weight.shape), layer.bias)
+        assert (got - base).abs().max() > 1e-3 and torch.allclose(got, want, atol=1e-5), algo
+        again = lycoris.MODULES[algo]("m", nn.Linear(48, 32), 1.0, 4, 2.0, args)
+        again.load_state_dict(sd)
+        assert float(again.scalar) == 1
+        m.remove()
+    outs = []
+    for bypass in (False, True):
+        torch.manual_seed(1)
+        layer = nn.Linear(48, 32)
+        m = lycoris.MODULES["loha"]("m", layer, 1.0, 4, 2.0, LycorisArgs(algo="loha", bypass_mode=bypass))
+        with torch.no_grad():
+            for p in m.parameters():
+                p.normal_(0, 0.3)
+        m.apply_to()
+        assert m._owns_layer() is not bypass  # the merged W + ΔW path only without bypass_mode
+        with torch.no_grad():
+            outs.append(layer(x))
+        m.remove()
+    assert torch.allclose(outs[0], outs[1], atol=1e-5) and (outs[0] - layer(x)).abs().max() > 1e-3
 
 
 # ---- names and presets ------------------------------------------------------------------------------------------
@@ -299,19 +343,30 @@ def _unet_out(unet: nn.Module, family: str = "sd1") -> torch.Tensor:
         return unet(x, 500, ctx).sample
 
 
-@pytest.mark.parametrize("algo_args", [dict(algo="loha", use_tucker="True"), dict(algo="lokr", factor="4"),
-                                       dict(algo="locon", dora_wd="True", wd_on_output="True")],
-                         ids=["loha-tucker", "lokr", "dora-output-axis"])
-def test_our_file_loads_in_lycoris_with_the_same_output(algo_args, sd1_bundle, tmp_path):
+MIXED = [dict(algo="loha", use_tucker="True"), dict(algo="lokr", factor="4"),
+         dict(algo="locon", dora_wd="True", wd_on_output="True")]
+
+
+def test_our_file_loads_in_lycoris_with_the_same_output(sd1_bundle, tmp_path):
+    """One file whose modules are in turn LoHa (Tucker convs), LoKr and output-axis DoRA LoCon, as our networks
+    write them: LyCORIS' loader builds the same modules and the U-Net gives the same output."""
     from lycoris import kohya
 
     b = sd1_bundle
-    path = _randomized(b, algo_args, tmp_path / "f.safetensors")
+    groups = [adapters.group_modules(load_file(_randomized(b, a, tmp_path / f"{i}.safetensors")))
+              for i, a in enumerate(MIXED)]
+    names = sorted(groups[0])
+    mixed = {f"{n}.{k}": v for i, n in enumerate(names) for k, v in groups[i % len(MIXED)][n].items()}
+    path = tmp_path / "mixed.safetensors"
+    save_file(mixed, str(path))
     base = _unet_out(b.unet)
     te = b.text_encoders[0]
     theirs, _ = kohya.create_network_from_weights(1.0, str(path), None, _HFTextModel(te), b.unet)
     ours, sd = lycoris.create_network_from_weights(1.0, str(path), None, te, b.unet)
-    assert _names(theirs) == _names(ours) == {k.split(".")[0] for k in sd} and len(sd) > 100
+    assert _names(theirs) == _names(ours) == set(names) and len(names) > 100
+    assert {m.algo for m in ours.unet_loras} == {"loha", "lokr", "lora"}
+    assert any(m.dora_scale is not None and m.out_axis for m in ours.unet_loras)
+    assert any(getattr(m, "tucker", False) and m.algo == "loha" for m in ours.unet_loras)
     theirs.apply_to(te, b.unet, True, True)
     try:
         want = _unet_out(b.unet)
@@ -376,24 +431,23 @@ def test_pipeline_api_apply_merge_multiplier(sd1_bundle, tmp_path):
 
 
 def test_generation_applies_lycoris_files(trained, tiny_checkpoints, tmp_path):
+    """gen_img_diffusers applies a LoKr (networks.lycoris) and merges a DoRA LoHa through networks.lora; strength 0
+    giving the base model is the pipeline-API test's set_multiplier(0)."""
     from gen_img_diffusers import main
 
     def run(out: Path, *args: str) -> np.ndarray:
         main(["--ckpt", str(tiny_checkpoints["sd1"]), "--outdir", str(out), "--prompt", "a red circle", "--seed", "3",
-              "--W", "64", "--H", "64", "--steps", "3", "--sampler", "euler", *args])
+              "--W", "64", "--H", "64", "--steps", "2", "--sampler", "euler", *args])
         [p] = sorted(out.glob("*.png"))
         return np.asarray(Image.open(p)).astype(np.int32)
 
     lokr, dora = str(trained["sd1", "lokr"][0]), str(trained["sd1", "loha"][0])
     base = run(tmp_path / "base")
     with_lokr = run(tmp_path / "k", "--network_module", "networks.lycoris", "--network_weights", lokr)
-    zero = run(tmp_path / "z", "--network_module", "networks.lycoris", "--network_weights", lokr, "--network_mul", "0")
-    via_lora = run(tmp_path / "l", "--network_module", "networks.lora", "--network_weights", lokr)
-    with_dora = run(tmp_path / "d", "--network_module", "networks.lycoris", "--network_weights", dora,
-                    "--network_merge")
-    assert np.array_equal(zero, base)
+    # networks.lora hands LyCORIS files to networks.lycoris, here merged (the DoRA weight baked in)
+    with_dora = run(tmp_path / "d", "--network_module", "networks.lora", "--network_weights", dora, "--network_merge")
     assert np.abs(with_lokr - base).mean() > 0.5 and np.abs(with_dora - base).mean() > 0.5
-    assert np.array_equal(via_lora, with_lokr)
+    assert np.abs(with_dora - with_lokr).mean() > 0.5
 
 
 def test_max_norm_scales_only_modules_above_it(sd1_bundle):

@@ -45,11 +45,11 @@ def loha_delta(w1a: torch.Tensor, w1b: torch.Tensor, w2a: torch.Tensor, w2b: tor
     return _finish((w1a @ w1b) * (w2a @ w2b), shape, scale)
 
 
-def lokr_delta(w1: torch.Tensor | None, w1a: torch.Tensor | None, w1b: torch.Tensor | None,
-               w2: torch.Tensor | None, w2a: torch.Tensor | None, w2b: torch.Tensor | None,
-               t2: torch.Tensor | None = None, shape: Sequence[int] | None = None,
-               scale: float = 1.0) -> torch.Tensor:
-    """kron(W1, W2): W1 = w1 or w1a@w1b; W2 = w2, w2a@w2b (flat conv) or the Tucker rebuild with t2 (w2a [r,out_k])."""
+def lokr_factors(w1: torch.Tensor | None, w1a: torch.Tensor | None, w1b: torch.Tensor | None,
+                 w2: torch.Tensor | None, w2a: torch.Tensor | None, w2b: torch.Tensor | None,
+                 t2: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W1, W2) of a LoKr: W1 = w1 or w1a@w1b; W2 = w2, w2a@w2b (flat conv: [out_k, in_n·kh·kw]) or the Tucker
+    rebuild with t2 (w2a [r,out_k])."""
     left = w1 if w1 is not None else w1a @ w1b
     if w2 is not None:
         right = w2
@@ -57,9 +57,39 @@ def lokr_delta(w1: torch.Tensor | None, w1a: torch.Tensor | None, w1b: torch.Ten
         right = tucker_rebuild(t2, w2a, w2b)
     else:  # flat conv: w2b [r, in_n·kh·kw] (or [r, in_n, kh, kw]); the caller's shape restores the kernel
         right = w2a @ w2b.reshape(w2b.shape[0], -1)
+    return left, right
+
+
+def lokr_delta(w1: torch.Tensor | None, w1a: torch.Tensor | None, w1b: torch.Tensor | None,
+               w2: torch.Tensor | None, w2a: torch.Tensor | None, w2b: torch.Tensor | None,
+               t2: torch.Tensor | None = None, shape: Sequence[int] | None = None,
+               scale: float = 1.0) -> torch.Tensor:
+    """kron(W1, W2) of the factors (see `lokr_factors`), shaped `shape`."""
+    left, right = lokr_factors(w1, w1a, w1b, w2, w2a, w2b, t2)
     while left.ndim < right.ndim:
         left = left.unsqueeze(-1)
     return _finish(torch.kron(left, right.contiguous()), shape, scale)
+
+
+def kron_linear(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+    """x @ kron(W1, W2)ᵀ without building the Kronecker product: x [..., in_m·in_n] viewed [..., in_m, in_n],
+    W2 applied to the last axis, W1 to the one before (cost ~in_m·in_n·out_k + out_l·in_m·out_k per row)."""
+    in_m, in_n = w1.shape[1], w2.shape[1]
+    h = x.reshape(*x.shape[:-1], in_m, in_n) @ w2.transpose(0, 1)  # [..., in_m, out_k]
+    h = w1 @ h  # [..., out_l, out_k]
+    return h.reshape(*x.shape[:-1], -1)
+
+
+def kron_conv2d(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, stride: Sequence[int] | int = 1,
+                padding: Sequence[int] | int | str = 0, dilation: Sequence[int] | int = 1) -> torch.Tensor:
+    """conv2d(x, kron(W1, W2)) without building the kernel: W2 [out_k, in_n, kh, kw] convolves each of the in_m
+    channel groups, W1 [out_l, in_m] then mixes the groups (groups=1 convolutions only)."""
+    n, _, h, w = x.shape
+    in_m, in_n = w1.shape[1], w2.shape[1]
+    y = torch.nn.functional.conv2d(x.reshape(n * in_m, in_n, h, w), w2, None, stride, padding, dilation)
+    y = y.reshape(n, in_m, *y.shape[1:])  # [n, in_m, out_k, h', w']
+    y = torch.einsum("am,nm...->na...", w1, y)  # [n, out_l, out_k, h', w']
+    return y.reshape(n, -1, *y.shape[3:])
 
 
 def lokr_factorization(dim: int, factor: int = -1) -> tuple[int, int]:

@@ -12,6 +12,7 @@ class PretrainConfig:
 
     seed: int = 0
     pool: int = 8192  # captioned 64x64 scenes encoded once for the diffusion phase (flipped at random)
+    norm_pool: int = 512  # scenes whose latents set the VAE's latent shift and scale
     steps: int = 5000
     batch: int = 16
     lr: float = 1.5e-3

@@ -166,7 +166,7 @@ def pretrain(cfg: PretrainConfig, checkpoint: Callable[[ModelBundle, int, Losses
     bundle = build_models(cfg.seed)
     losses = Losses()
     block_average_vae(bundle.vae)
-    normalise_latents(bundle.vae, rng)
+    normalise_latents(bundle.vae, rng, cfg.norm_pool)
     for p in bundle.vae.parameters():
         p.requires_grad_(False)
     latents, captions = encode_pool(bundle, cfg, rng)

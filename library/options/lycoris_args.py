@@ -27,8 +27,6 @@ PRESETS = ("full", "full-lin", "attn-mlp", "attn-only", "unet-only", "unet-trans
 DEPRECATED = {"disable_conv_cp": "use_tucker", "use_cp": "use_tucker", "use_conv_cp": "use_tucker"}
 # accepted because LyCORIS takes them, without effect here (one warning each)
 WITHOUT_EFFECT = {
-    "bypass_mode": "the forward path is chosen per layer (same numbers either way)",
-    "use_scalar": "not implemented natively; train with lycoris.kohya for it",
     "train_norm": "norm layers are not trained natively; train with lycoris.kohya for it",
     "block_size": "DyLoRA only", "constraint": "OFT only", "rescaled": "OFT only", "train_t5xxl": "no T5 here",
 }
@@ -80,6 +78,10 @@ class LycorisArgs:
     rank_dropout_scale: bool = opt(bool, False, "rescale the rows kept by rank_dropout by 1/mean")
     module_dropout: float = opt(float, 0.0, "skip the whole module in a training step (probability)", check=_ratio)
     rs_lora: bool = opt(bool, False, "rank-stabilised scale alpha/sqrt(rank) (the file stores alpha*sqrt(rank))")
+    use_scalar: bool = opt(bool, False, "train a scalar (from 0) multiplying ΔW, every factor initialised non-zero; "
+                           "files hold it folded into one factor, as LyCORIS writes them")
+    bypass_mode: bool = opt(bool, False, "always run the layer as base(x) + ΔW·x, never with the weight W + ΔW "
+                            "(same numbers; LoCon and LoKr always run so). LoHa: more compute, no W+ΔW tensor")
     loraplus_lr_ratio: float | None = opt(float, None, "LoRA+: lr ratio of lora_up (LoCon) to the rest",
                                           check=_non_negative)
     loraplus_unet_lr_ratio: float | None = opt(float, None, "LoRA+ ratio for the U-Net", check=_non_negative)
