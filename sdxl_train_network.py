@@ -15,9 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from library.threads import tune_openmp_waiting  # noqa: E402
+from library.threads import tune_openmp_waiting, use_huge_pages  # noqa: E402
 
 tune_openmp_waiting()  # before torch starts OpenMP (library/threads.py)
+use_huge_pages()  # before torch allocates: checkpoints load faster (library/threads.py)
 
 from library.cli import run_main  # noqa: E402
 from library.options.parse import build_parser as _build_parser  # noqa: E402

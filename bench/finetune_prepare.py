@@ -6,8 +6,10 @@ and images, each run in its own process, alternating; then each toolkit reads th
 Images: the procedural sample set with mixed aspect ratios at 256 px (bench/out/, written once), captions merged by
 this toolkit's merge_captions_to_metadata.py. Both tools get `--max_resolution 256,256 --min_bucket_reso 128
 --max_bucket_reso 512 --batch_size 4 --flip_aug`. Printed: median whole-process wall time and peak RSS per tool,
-whether both chose the same `train_resolution` for every image, and whether sd-scripts accepts this toolkit's
-`.npz` files (its own is_disk_cached_latents_is_expected) and this toolkit accepts sd-scripts' (load_npz).
+the number of `.npz` files each wrote, whether both chose the same `train_resolution` for every image, and whether
+sd-scripts accepts this toolkit's `.npz` files (its own is_disk_cached_latents_is_expected) and this toolkit
+accepts sd-scripts' (load_npz). (Some sd-scripts snapshots write no `.npz` here: their `cache_batch_latents`
+has the disk write commented out; the count shows it.)
 """
 
 from __future__ import annotations
@@ -69,9 +71,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--images", type=int, default=16)
     args = parser.parse_args()
-    from train_speed import prepare
+    from train_speed import prepare_in_child
 
-    ckpt, _ = prepare("real", "sd1", 256)
+    ckpt, _ = prepare_in_child("real", "sd1", 256)
     folder = dataset(args.images)
     images, cap = folder / "images", folder / "meta_cap.json"
     sides = {
@@ -88,8 +90,9 @@ def main() -> None:
             out = folder / f"meta_lat_{name}.json"
             load = os.getloadavg()[0]
             results[name].append(run([*cmd, str(images), str(cap), str(out), str(ckpt), *TOOL_ARGS], cwd))
-            print(f"{name}: {results[name][-1][0]:.1f} s, {results[name][-1][1]:.0f} MiB (load {load:.1f})",
-                  flush=True)
+            written = len(list(images.glob("*.npz")))
+            print(f"{name}: {results[name][-1][0]:.1f} s, {results[name][-1][1]:.0f} MiB, {written} .npz written "
+                  f"(load {load:.1f})", flush=True)
             metas[name] = json.loads(out.read_text())
             shutil.copytree(images, folder / f"npz_{name}", dirs_exist_ok=True)
     for name, rows in results.items():

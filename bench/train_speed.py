@@ -35,6 +35,15 @@ sys.path.insert(0, str(ROOT))
 OUT = ROOT / "bench" / "out"
 
 
+def prepare_in_child(model: str, family: str = "sd1", resolution: int = 256) -> tuple[Path, Path]:
+    """`prepare` run in a child process. A benchmark that measures its children's peak RSS must not build a
+    checkpoint itself: on Linux a child's ru_maxrss starts from the RSS its parent had when it forked."""
+    code = f"import sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); from train_speed import prepare; " \
+           f"prepare({model!r}, {family!r}, {resolution})"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    return prepare(model, family, resolution)  # written: only the paths now
+
+
 def prepare(model: str, family: str = "sd1", resolution: int = 256) -> tuple[Path, Path]:
     """The checkpoint and a DreamBooth folder at `resolution` (written once)."""
     import torch

@@ -5,8 +5,8 @@
     python bench/vs_sd_scripts.py --peers $PEERS --family sdxl   # real-shape SDXL, 256 px, rank 8, 4 steps
     python bench/vs_sd_scripts.py --peers $PEERS --family sd1 --ours_rev 181f391^   # also an earlier commit
     taskset -c 1 python bench/vs_sd_scripts.py --peers $PEERS --threads 1       # one core, one thread each
-    python bench/vs_sd_scripts.py --peers $PEERS --family sdxl --precision fp8 --also_bf16 --runs 1
-        # both with --fp8_base --mixed_precision bf16, and this toolkit once more in plain bf16
+    python bench/vs_sd_scripts.py --peers $PEERS --family sdxl --precision fp8 --also_bf16 --also_peer_bf16 --runs 1
+        # both with --fp8_base --mixed_precision bf16, and each once more in plain bf16
     python bench/vs_sd_scripts.py --peers $PEERS --family sd1 --rank 8 --algo loha   # LyCORIS: lokr, dora too
 
 `--algo loha|lokr|dora` trains a LyCORIS network on both sides: sd-scripts with `--network_module lycoris.kohya`
@@ -111,12 +111,14 @@ def main() -> None:
                         help="no: fp32; bf16: --mixed_precision bf16; fp8: that and --fp8_base")
     parser.add_argument("--also_bf16", action="store_true", help="also run this toolkit in plain bf16 (the fp8 "
                         "memory target is under half of that)")
+    parser.add_argument("--also_peer_bf16", action="store_true", help="also run sd-scripts in plain bf16 (its "
+                        "--fp8_base stops on CPU: the s/step to compare an fp8 run with)")
     args = parser.parse_args()
-    from train_speed import OUT, prepare
+    from train_speed import OUT, prepare_in_child
 
     rank = args.rank or DEFAULTS[args.family]["rank"]
     steps = args.steps or DEFAULTS[args.family]["steps"]
-    ckpt, img = prepare("real", args.family, 256)
+    ckpt, img = prepare_in_child("real", args.family, 256)
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
     peer = args.peers / "sd-scripts"
@@ -131,6 +133,9 @@ def main() -> None:
     if args.also_bf16:
         tools["ours (bf16)"] = tools["ours"]
         precisions["ours (bf16)"] = "bf16"
+    if args.also_peer_bf16:
+        tools["sd-scripts (bf16)"] = tools["sd-scripts"]
+        precisions["sd-scripts (bf16)"] = "bf16"
     results: dict[str, list[dict]] = {name: [] for name in tools}
     for run in range(args.runs):
         for name, (python, path, extra, module) in tools.items():

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from train_fixtures import base_args, make_env  # noqa: E402
+from train_fixtures import base_args  # noqa: E402
 
 import train_network  # noqa: E402
 from finetune import merge_captions_to_metadata, merge_dd_tags_to_metadata, prepare_buckets_latents  # noqa: E402
@@ -36,8 +36,13 @@ BUCKETS = ["--enable_bucket", "--min_bucket_reso", "32", "--max_bucket_reso", "1
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory) -> dict[str, Path]:
-    return make_env(tmp_path_factory.mktemp("ft"))
+def env(tmp_path_factory, tiny_checkpoints) -> dict[str, Path]:  # noqa: ANN001
+    """The session's tiny SD1 and the 12 sample images of mixed aspect ratios (no masks: not used here)."""
+    from library.sample_data import make_sample_dataset
+
+    root = tmp_path_factory.mktemp("ft")
+    return {"ckpt": tiny_checkpoints["sd1"], "img": make_sample_dataset(root / "data", num_images=12, resolution=64,
+                                                                         seed=0)}
 
 
 @pytest.fixture(scope="module")

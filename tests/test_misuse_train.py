@@ -3,7 +3,6 @@ by one that fails the test), inputs byte-identical; or one warning for legal but
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -15,17 +14,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train_network  # noqa: E402
 from library.cli import run_main  # noqa: E402
 from library.train import loop  # noqa: E402
+from tests.train_fixtures import error_of, small_env  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, tiny_checkpoints) -> dict[str, Path]:  # noqa: ANN001
-    from library.sample_data import make_sample_dataset
-
-    root = tmp_path_factory.mktemp("misuse_train")
-    return {"root": root, "ckpt": tiny_checkpoints["sd1"], "sdxl": tiny_checkpoints["sdxl"],
-            "img": make_sample_dataset(root / "data", num_images=2, resolution=64, seed=0, aspect_ratios=False)}
+    return small_env(tmp_path_factory.mktemp("misuse_train"), tiny_checkpoints, 2)
 
 
 @pytest.fixture(autouse=True)
@@ -39,21 +35,6 @@ def args(env: dict, out: Path, *extra: str, ckpt: Path | None = None) -> list[st
     return ["--pretrained_model_name_or_path", str(ckpt or env["ckpt"]), "--train_data_dir", str(env["img"]),
             "--resolution", "64", "--output_dir", str(out), "--output_name", "lora", "--max_train_steps", "2",
             "--network_dim", "4", "--max_data_loader_n_workers", "0", *extra]
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest() if Path(path).is_file() else "folder"
-
-
-def error_of(capsys, argv: list[str], inputs: list[Path] = ()) -> str:  # noqa: ANN001
-    """Exit 2 with one error line, the last of stderr, no traceback, inputs unchanged."""
-    before = {p: digest(p) for p in inputs}
-    assert run_main(train_network.main, argv) == 2
-    err = capsys.readouterr().err
-    errors = [ln for ln in err.splitlines() if ln.startswith("error: ")]
-    assert len(errors) == 1 and "Traceback" not in err and err.strip().splitlines()[-1] == errors[0], err
-    assert {p: digest(p) for p in inputs} == before
-    return errors[0]
 
 
 def test_network_args_names_and_values(env, tmp_path, capsys) -> None:  # noqa: ANN001

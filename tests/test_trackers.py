@@ -1,6 +1,7 @@
 """--log_with wandb|all: offline by default, a run folder holding the same loss history TensorBoard gets, the sample
 images, the run's options without secrets; one-line refusals. --torch_compile: compiles with a working backend,
-one warning line and an uncompiled run with one that cannot work (a tiny module: tracing the U-Net takes minutes)."""
+one warning line and an uncompiled run with one that cannot work (a tiny module: tracing the U-Net takes minutes;
+a training run without a compiler: the wandb run)."""
 
 from __future__ import annotations
 
@@ -56,7 +57,14 @@ def wandb_records(path: Path) -> list:
     return records
 
 
-def test_wandb_offline_run_holds_loss_history_and_samples(env, tmp_path, monkeypatch):
+def test_wandb_offline_run_holds_loss_history_and_samples(env, tmp_path, monkeypatch, capsys):
+    """The same run also asks for --torch_compile on a machine without a C++ compiler (inductor cannot work on
+    CPU): one warning line, and it trains uncompiled."""
+    import shutil
+
+    which = shutil.which
+    monkeypatch.setattr("shutil.which", lambda name, *a, **k: None if name in ("c++", "g++", "clang++")
+                        else which(name, *a, **k))
     for var in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
@@ -68,7 +76,10 @@ def test_wandb_offline_run_holds_loss_history_and_samples(env, tmp_path, monkeyp
     train_network.main(base_args(env, tmp_path / "out", 3, "--cache_latents", "--network_train_unet_only",
                                  "--log_with", "all", "--logging_dir", str(logs), "--wandb_run_name", "r1",
                                  "--log_tracker_name", "proj", "--log_config", "--sample_prompts", str(prompts),
-                                 "--sample_every_n_steps", "3"))
+                                 "--sample_every_n_steps", "3", "--torch_compile"))
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "--torch_compile" in ln]
+    assert lines == ["WARNING: --torch_compile: inductor on CPU needs a C++ compiler (c++/g++/clang++), none is on PATH; "
+                     "training continues uncompiled"]
     runs = list((logs / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, list(logs.rglob("*"))[:20]
     history: dict[str, dict[int, object]] = {}
@@ -133,13 +144,3 @@ def test_compile_unet_compiles_and_falls_back_in_one_line(caplog):
     failed = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
     assert failed == ["--torch_compile: compiling the U-Net with failing_backend failed (RuntimeError: no code "
                       "generator); training continues uncompiled"]
-
-
-def test_torch_compile_without_compiler_runs_uncompiled(env, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("shutil.which", lambda name: None)  # no C++ compiler: inductor cannot work on CPU
-    path = train_network.main(base_args(env, tmp_path / "n", 1, "--cache_latents", "--network_train_unet_only",
-                                        "--torch_compile"))
-    lines = [ln for ln in capsys.readouterr().err.splitlines() if "--torch_compile" in ln]
-    assert lines == ["WARNING: --torch_compile: inductor on CPU needs a C++ compiler (c++/g++/clang++), none is on PATH; "
-                     "training continues uncompiled"]
-    assert path.exists()

@@ -5,7 +5,6 @@ loss; a third-party network module's files get normal permissions; a run killed 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -22,41 +21,24 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import train_network  # noqa: E402
-from library.cli import run_main  # noqa: E402
 from library.lora_io import modules_to_state_dict, save_lora  # noqa: E402
 from library.random_lora import random_lora  # noqa: E402
+from tests.train_fixtures import error_of, small_env  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, tiny_checkpoints) -> dict[str, Path]:  # noqa: ANN001
-    from library.sample_data import make_sample_dataset
-
-    root = tmp_path_factory.mktemp("guards")
-    return {"root": root, "ckpt": tiny_checkpoints["sd1"], "sdxl": tiny_checkpoints["sdxl"],
-            "img": make_sample_dataset(root / "data", num_images=4, resolution=64, seed=0, aspect_ratios=False)}
+    return small_env(tmp_path_factory.mktemp("guards"), tiny_checkpoints, 4)
 
 
 def args(env: dict, out: Path, steps: int = 2, *extra: str) -> list[str]:
+    """Short runs encode their few batches as they go: caching the latents first costs more than it saves."""
     return ["--pretrained_model_name_or_path", str(env["ckpt"]), "--train_data_dir", str(env["img"]),
             "--resolution", "64", "--output_dir", str(out), "--output_name", "lora", "--max_train_steps", str(steps),
             "--learning_rate", "5e-3", "--network_dim", "4", "--network_alpha", "4", "--seed", "1",
-            "--max_data_loader_n_workers", "0", "--cache_latents", *extra]
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def error_of(capsys, argv: list[str], inputs: list[Path]) -> str:  # noqa: ANN001
-    before = {p: digest(p) for p in inputs}
-    assert run_main(train_network.main, argv) == 2
-    err = capsys.readouterr().err
-    errors = [ln for ln in err.splitlines() if ln.startswith("error: ")]
-    assert len(errors) == 1 and "Traceback" not in err, err
-    assert {p: digest(p) for p in inputs} == before
-    return errors[0]
+            "--max_data_loader_n_workers", "0", *extra]
 
 
 def test_unusable_output_dir_fails_before_loading_anything(env, tmp_path, capsys) -> None:  # noqa: ANN001
@@ -70,15 +52,23 @@ def test_unusable_output_dir_fails_before_loading_anything(env, tmp_path, capsys
     assert time.perf_counter() - started < 20  # refused at start, not at the first save
 
 
-def test_network_weights_with_nan_or_for_another_model_are_refused(env, tmp_path, capsys) -> None:  # noqa: ANN001
+def test_network_weights_with_nan_or_for_another_model_are_refused(env, tmp_path, capsys, monkeypatch) -> None:  # noqa: ANN001
     sd = modules_to_state_dict(random_lora(env["ckpt"], rank=4, seed=5))
     key = sorted(k for k in sd if k.endswith("lora_down.weight"))[3]
     sd[key][1, 1] = float("nan")
     nan = tmp_path / "nan.safetensors"
     save_file(sd, nan)  # save_lora refuses NaN
     out = tmp_path / "out"
+    from library.train import loop
+
+    real_load = loop.load_training_models
+
+    def refuse(*a, **k) -> None:  # noqa: ANN002, ANN003
+        raise AssertionError("the model was loaded before the damaged file was found")
+    monkeypatch.setattr(loop, "load_training_models", refuse)
     line = error_of(capsys, args(env, out, 2, "--network_weights", str(nan)), [nan])
     assert line.startswith(f"error: {nan}: tensor {key} holds NaN or Inf values")
+    monkeypatch.setattr(loop, "load_training_models", real_load)
     # an SDXL LoRA on the SD1 model: nothing of the file loads
     sdxl = tmp_path / "sdxl.safetensors"
     save_lora(sdxl, modules_to_state_dict(random_lora(env["sdxl"], rank=4, seed=6)))
@@ -144,28 +134,28 @@ def test_third_party_module_files_get_normal_permissions(env, tmp_path, monkeypa
 
 
 def test_sigkill_after_a_saved_state_resumes_to_the_same_lora(env, tmp_path) -> None:  # noqa: ANN001
+    """The killed run saves a state at step 2 and its LoRA at step 4, then dies by SIGKILL; resumed from the step-2
+    state, a new run reaches step 4 with exactly the LoRA the killed run had there before it was killed."""
     extra = ["--save_state", "--save_every_n_steps", "2", "--optimizer_type", "AdamW", "--flip_aug"]
     killed = tmp_path / "killed"
+    at_4 = killed / "lora-step00000004.safetensors"
     cmd = [sys.executable, str(ROOT / "train_network.py"), *args(env, killed, 100000, *extra)]
     proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 240
-        while not list(killed.glob("lora-step*-state")) and time.time() < deadline and proc.poll() is None:
+        while not at_4.exists() and time.time() < deadline and proc.poll() is None:
             time.sleep(0.05)
         time.sleep(0.3)  # let it work on past the save: the kill lands mid-run
     finally:
         proc.send_signal(signal.SIGKILL)  # no handler runs
         proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
-    states = sorted(killed.glob("lora-step*-state"))
-    assert states, "no state was saved before the kill"
-    state = states[-1]
-    step = json.loads((state / "train_state.json").read_text())["current_step"]
-    total = step + 3
-    resumed = train_network.main(args(env, tmp_path / "resumed", total, *extra, "--resume", str(state)))
-    straight = train_network.main(args(env, tmp_path / "straight", total, *extra))
-    a, b = load_file(resumed), load_file(straight)
+    assert at_4.exists(), "the killed run never reached step 4"
+    state = killed / "lora-step00000002-state"
+    assert json.loads((state / "train_state.json").read_text())["current_step"] == 2
+    resumed = train_network.main(args(env, tmp_path / "resumed", 4, *extra, "--resume", str(state)))
+    a, b = load_file(resumed), load_file(at_4)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert any(v.abs().sum() > 0 for k, v in a.items() if "lora_up" in k)

@@ -1,8 +1,9 @@
-"""Shared inputs of the training-feature tests: the tiny SD1 checkpoint, the sample dataset with its masks, and
-the command line every run starts from."""
+"""Shared inputs of the training-feature tests: the tiny SD1 checkpoint, the sample dataset with its masks, the
+command line every run starts from, and the one-line-refusal check of the misuse tests."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 
@@ -36,3 +37,32 @@ def tb_scalars(logdir: Path, tag: str) -> list[tuple[int, float]]:
     if tag not in acc.Tags()["scalars"]:
         return []
     return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def small_env(root: Path, tiny_checkpoints: dict[str, Path], num_images: int) -> dict[str, Path]:
+    """The session's tiny SD1 and SDXL checkpoints and a square sample dataset of `num_images` at 64 px."""
+    from library.sample_data import make_sample_dataset
+
+    return {"root": root, "ckpt": tiny_checkpoints["sd1"], "sdxl": tiny_checkpoints["sdxl"],
+            "img": make_sample_dataset(root / "data", num_images=num_images, resolution=64, seed=0,
+                                       aspect_ratios=False)}
+
+
+def digest(path: Path) -> str:
+    """A file's sha256 ("folder" for a folder): inputs must come out of a refused run byte-identical."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest() if Path(path).is_file() else "folder"
+
+
+def error_of(capsys, argv: list[str], inputs: list[Path] = ()) -> str:  # noqa: ANN001
+    """Run train_network.py's main: exit 2 with one `error:` line, the last of stderr, no traceback, `inputs`
+    unchanged. Returns the line."""
+    import train_network
+    from library.cli import run_main
+
+    before = {p: digest(p) for p in inputs}
+    assert run_main(train_network.main, argv) == 2
+    err = capsys.readouterr().err
+    errors = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in err and err.strip().splitlines()[-1] == errors[0], err
+    assert {p: digest(p) for p in inputs} == before
+    return errors[0]

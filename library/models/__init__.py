@@ -10,7 +10,13 @@ from library.errors import ToolkitError
 from library.models import fp8
 from library.models.bundle import ModelBundle
 from library.models.diffusers_dir import is_diffusers_dir, load_diffusers_dir, save_diffusers_dir
-from library.models.single_file import load_single_file, load_vae_file, save_single_file, to_original_state_dict
+from library.models.single_file import (
+    load_single_file,
+    load_unet_file,
+    load_vae_file,
+    save_single_file,
+    to_original_state_dict,
+)
 
 
 def family_from_flags(v2: bool = False, sdxl: bool = False) -> str | None:
@@ -23,13 +29,16 @@ def family_from_flags(v2: bool = False, sdxl: bool = False) -> str | None:
 def load_models(path: str | Path, family: str | None = None, v_parameterization: bool = False,
                 dtype: torch.dtype | None = torch.float32, variant: str | None = None,
                 progress: bool = False, keep_extra: bool = True, vae_dtype: torch.dtype | None = None,
-                unet_dtype: torch.dtype | None = None, te_dtype: torch.dtype | None = None) -> ModelBundle:
+                unet_dtype: torch.dtype | None = None, te_dtype: torch.dtype | None = None,
+                with_unet: bool = True) -> ModelBundle:
     """Load a single-file checkpoint or a Diffusers folder; the family is detected unless given.
 
     `dtype=None` keeps the stored dtypes; `variant` (Diffusers folders) picks `*.<variant>.safetensors` weights;
     `progress` shows a bar while a single file is read (Diffusers' loaders show their own); `vae_dtype` (default
     `dtype`) lets a half-precision model keep a float32 VAE; `keep_extra=False` drops keys no model uses;
     `unet_dtype`/`te_dtype` store those parts otherwise (float8_e4m3fn: `library.models.fp8`).
+    `with_unet=False`: a single file leaves the U-Net out (`unet` None; `load_unet_file` reads it later), a
+    Diffusers folder loads it anyway.
     """
     path = Path(path)
     if path.is_dir():
@@ -44,7 +53,7 @@ def load_models(path: str | Path, family: str | None = None, v_parameterization:
         raise ToolkitError(f"{path}: model not found (give a .safetensors/.ckpt file or a Diffusers folder; "
                            "nothing is downloaded)")
     return load_single_file(path, family, v_parameterization, dtype, progress, keep_extra, vae_dtype, unet_dtype,
-                            te_dtype)
+                            te_dtype, with_unet)
 
 
 SINGLE_FILE_EXTS = (".safetensors", ".ckpt", ".pt", ".pth")
@@ -85,4 +94,4 @@ def save_models(bundle: ModelBundle, path: str | Path, dtype: torch.dtype | None
 
 
 __all__ = ["ModelBundle", "family_from_flags", "is_diffusers_dir", "is_single_file_path", "load_models",
-           "load_vae_file", "peek_family", "save_models", "to_original_state_dict"]
+           "load_unet_file", "load_vae_file", "peek_family", "save_models", "to_original_state_dict"]

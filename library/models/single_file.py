@@ -166,10 +166,16 @@ class _CastingView(Mapping):
         return len(self.source)
 
 
+def _close(source: Mapping) -> None:
+    """Close a streamed safetensors file now (a `.ckpt` is a plain dict)."""
+    if isinstance(source, LazySafetensors):
+        source.close()
+
+
 def load_single_file(path: str | Path, family: str | None = None, v_parameterization: bool = False,
                      dtype: torch.dtype | None = torch.float32, progress: bool = False, keep_extra: bool = True,
                      vae_dtype: torch.dtype | None = None, unet_dtype: torch.dtype | None = None,
-                     te_dtype: torch.dtype | None = None) -> ModelBundle:
+                     te_dtype: torch.dtype | None = None, with_unet: bool = True) -> ModelBundle:
     """Load an original-layout checkpoint; `family` ("sd1"/"sd2"/"sdxl") overrides detection.
 
     Tensors are read one at a time without mmap, each cast to `dtype` (`vae_dtype` for the VAE, default the
@@ -178,7 +184,9 @@ def load_single_file(path: str | Path, family: str | None = None, v_parameteriza
     2 GiB above the loaded models). `keep_extra=False` skips the keys no model uses (EMA copies and such), which
     only a faithful re-save needs; `progress` shows a tqdm bar over the tensors read. `unet_dtype`/`te_dtype`
     (default `dtype`) store those parts differently: float8_e4m3fn for `--fp8_base`, `dtype` then being the
-    compute dtype of the tensors that stay wide.
+    compute dtype of the tensors that stay wide. `with_unet=False` leaves the U-Net out (`unet` None): a trainer
+    that caches what the VAE and text encoders give, then frees them, loads it afterwards (`load_unet_file`), so
+    the models never all sit in memory at once.
     """
     from tqdm import tqdm
 
@@ -190,8 +198,10 @@ def load_single_file(path: str | Path, family: str | None = None, v_parameteriza
     sd = _CastingView(raw, dtype, bar)
     used = {UNET_PREFIX, VAE_PREFIX, *(s.ckpt_prefix for s in te_specs(family))}
     extra = {k: sd[k] for k in keys_ if keep_extra and not any(k.startswith(p) for p in used)}
-    unet_sd = _CastingView(raw, unet_dtype or dtype, bar, dtype)
-    unet = _build_unet(_strip(unet_sd, UNET_PREFIX), family, v_parameterization, path, _pooled_dim(raw, family))
+    unet = None
+    if with_unet:
+        unet_sd = _CastingView(raw, unet_dtype or dtype, bar, dtype)
+        unet = _build_unet(_strip(unet_sd, UNET_PREFIX), family, v_parameterization, path, _pooled_dim(raw, family))
     if not any(k.startswith(VAE_PREFIX) for k in keys_):
         raise ToolkitError(f"{path}: no VAE weights (first_stage_model.*) in the checkpoint")
     vae_sd = _CastingView(raw, dtype if vae_dtype is None else vae_dtype, bar)
@@ -208,9 +218,23 @@ def load_single_file(path: str | Path, family: str | None = None, v_parameteriza
             extra.update({spec.ckpt_prefix + k: v for k, v in unused.items()})
     if bar is not None:
         bar.close()
+    _close(raw)
     from library.tokenizer import load_tokenizers
 
     return ModelBundle(family, unet, vae, tes, load_tokenizers(family), extra, path, v_parameterization)
+
+
+def load_unet_file(path: str | Path, family: str, v_parameterization: bool = False,
+                   dtype: torch.dtype | None = torch.float32, unet_dtype: torch.dtype | None = None
+                   ) -> UNet2DConditionModel:
+    """The U-Net of a single-file checkpoint on its own, read and cast as `load_single_file` reads it."""
+    path = Path(path)
+    raw, _ = open_streaming(path)
+    try:
+        unet_sd = _CastingView(raw, unet_dtype or dtype, None, dtype)
+        return _build_unet(_strip(unet_sd, UNET_PREFIX), family, v_parameterization, path, _pooled_dim(raw, family))
+    finally:
+        _close(raw)
 
 
 def to_original_state_dict(bundle: ModelBundle) -> dict[str, torch.Tensor]:

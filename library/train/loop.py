@@ -41,6 +41,7 @@ from library.train.setup import (
     check_text_cache,
     give_back_memory,
     load_training_models,
+    load_training_unet,
     resolve_precision,
 )
 from library.train.state import load_state, read_position, save_state
@@ -169,6 +170,7 @@ class Trainer:
             if self.validator:
                 cache_dataset_text(a, self.validator.dataset, self.bundle, self.text, self.dist, p)
             self._release_text_encoders()
+        load_training_unet(a, p, self.bundle)  # after the caches: the freed models make room for it
         torch.manual_seed(self.seed)  # identical LoRA initialisation on every rank
         self.network, self.train_unet, self.train_te = build_network(a, self.bundle)
         if self.precision.full_half:

@@ -16,7 +16,7 @@ from library.data.config import datasets_from_config, datasets_from_folders, dat
 from library.data.dataset import TrainDataset
 from library.data.latents import SDXL_SUFFIX, SUFFIX, cache_latents, load_cached
 from library.errors import ToolkitError
-from library.models import ModelBundle, fp8, load_models, load_vae_file, peek_family
+from library.models import ModelBundle, fp8, load_models, load_unet_file, load_vae_file, peek_family
 from library.models.arch import vae_scale_factor
 from library.network_args import parse_network_args
 from library.network_module import import_network_module
@@ -78,7 +78,11 @@ def resolve_precision(cfg: TrainConfig, device: torch.device) -> Precision:
 
 
 def load_training_models(cfg: TrainConfig, precision: Precision, sdxl_script: bool = False) -> ModelBundle:
-    """Load the base model (SD1/SD2/SDXL), swap in `--vae`, freeze everything and move it to the device."""
+    """Load the base model (SD1/SD2/SDXL), swap in `--vae`, freeze everything and move it to the device.
+
+    A single file without `--base_weights` comes without its U-Net (`bundle.unet` None): the trainer caches what
+    it needs from the VAE and the text encoders, frees them, and only then calls `load_training_unet`, so the
+    peak holds the U-Net or the other models, not all of them (real-shape SDXL in bf16: 1.9 GiB less)."""
     if not cfg.pretrained_model_name_or_path:
         raise ToolkitError("--pretrained_model_name_or_path is required (a .safetensors/.ckpt file or a "
                            "Diffusers folder)")
@@ -87,7 +91,8 @@ def load_training_models(cfg: TrainConfig, precision: Precision, sdxl_script: bo
     # (with --base_weights the merge needs wide weights: those runs narrow to fp8 after merging)
     storage = {} if cfg.base_weights else {"unet_dtype": precision.unet_dtype, "te_dtype": precision.te_dtype}
     bundle = load_models(cfg.pretrained_model_name_or_path, forced, cfg.v_parameterization,
-                         precision.weight_dtype, keep_extra=False, vae_dtype=precision.vae_dtype, **storage)
+                         precision.weight_dtype, keep_extra=False, vae_dtype=precision.vae_dtype,
+                         with_unet=bool(cfg.base_weights), **storage)
     check_family(cfg, bundle.family, sdxl_script)
     if bundle.is_sdxl and not sdxl_script:
         log.info("%s is an SDXL model: training it as SDXL (as sdxl_train_network.py does)",
@@ -106,14 +111,33 @@ def load_training_models(cfg: TrainConfig, precision: Precision, sdxl_script: bo
         else:
             bundle.vae = load_vae_file(vae_path, bundle.family)
         log.info("VAE replaced by %s", cfg.vae)
-    for model in (bundle.unet, bundle.vae, *bundle.text_encoders):
-        model.requires_grad_(False)
-        model.eval()
-    for model, dtype in ((bundle.unet, precision.unet_dtype), (bundle.vae, precision.vae_dtype),
-                         *((te, precision.te_dtype) for te in bundle.text_encoders)):
-        _move(model, precision.device, dtype or precision.weight_dtype, precision.weight_dtype)
-    _attention(cfg, bundle.unet)
+    for model, dtype in ((bundle.vae, precision.vae_dtype), *((te, precision.te_dtype) for te in bundle.text_encoders)):
+        _freeze(model, precision, dtype)
+    if bundle.unet is not None:
+        _freeze_unet(cfg, bundle.unet, precision)
     return bundle
+
+
+def load_training_unet(cfg: TrainConfig, precision: Precision, bundle: ModelBundle) -> None:
+    """The U-Net `load_training_models` left out, read from the same file in its training precision."""
+    if bundle.unet is not None:
+        return
+    unet = load_unet_file(cfg.pretrained_model_name_or_path, bundle.family, cfg.v_parameterization,
+                          precision.weight_dtype, precision.unet_dtype)
+    bundle.unet = _freeze_unet(cfg, unet, precision)
+
+
+def _freeze(model: torch.nn.Module, precision: Precision, dtype: torch.dtype | None) -> torch.nn.Module:
+    model.requires_grad_(False)
+    model.eval()
+    _move(model, precision.device, dtype or precision.weight_dtype, precision.weight_dtype)
+    return model
+
+
+def _freeze_unet(cfg: TrainConfig, unet: torch.nn.Module, precision: Precision) -> torch.nn.Module:
+    _freeze(unet, precision, precision.unet_dtype)
+    _attention(cfg, unet)
+    return unet
 
 
 def check_family(cfg: TrainConfig, family: str | None, sdxl_script: bool) -> None:
