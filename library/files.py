@@ -155,7 +155,20 @@ class LazySafetensors(Mapping):
             self._scratch = None  # free the old one first
             self._scratch = torch.empty(end - start, dtype=torch.uint8)
         t = self._read(key, self._scratch[: end - start], bounds=cast is not None)
-        return cast(t, dtype) if cast is not None else t.to(dtype)
+        return cast(t, dtype) if cast is not None else self._narrowed(key, t, t.to(dtype))
+
+    def _narrowed(self, key: str, src: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """`out` (`src` cast) once finite; a finite stored value that only overflowed in a narrowing cast is
+        named as that (`NarrowingError`), not as a damaged file."""
+        if not self.check_finite or out.element_size() >= src.element_size():
+            return out
+        try:
+            self.last_bounds = check_finite(out, self.path, key, bounds=False)
+        except ToolkitError:
+            bounds = check_finite(src, self.path, key)  # a NaN or Inf in the file itself: that error
+            top = max(-bounds[0], bounds[1]) if isinstance(bounds, tuple) else math.inf
+            raise NarrowingError(self.path, key, out.dtype, top) from None
+        return out
 
     def _cast_mapped(self, key: str, dtype: torch.dtype,
                      cast: Callable[[torch.Tensor, torch.dtype], torch.Tensor] | None) -> torch.Tensor:
@@ -175,6 +188,8 @@ class LazySafetensors(Mapping):
                     self.last_bounds = check_finite(src, self.path, key)
                 return cast(src, dtype)
             out = src.to(dtype)
+            if self.check_finite and out.element_size() < src.element_size():
+                return self._narrowed(key, src, out)
             if self.check_finite:
                 self.last_bounds = check_finite(out, self.path, key, bounds=False)
             return out
@@ -219,6 +234,17 @@ class LazySafetensors(Mapping):
 
     def dtype(self, key: str) -> torch.dtype:
         return _ST_NAMES[self._info[key]["dtype"]]
+
+
+class NarrowingError(ToolkitError):
+    """A finite stored tensor with values beyond the range of the narrower dtype it was read in (fp32 -> fp16):
+    the tools that read to save turn it into their output's "exceeds the fp16 range" line."""
+
+    def __init__(self, path: str | os.PathLike, key: str, dtype: torch.dtype, top: float) -> None:
+        name = _DTYPE_NAMES.get(dtype, str(dtype))
+        self.key, self.dtype_name, self.top = key, name, top
+        super().__init__(f"{path}: tensor {key} exceeds the {name} range (max |x| = {top:.6g}); read it as bf16 or "
+                         "fp32")
 
 
 def _private_map(raw) -> _mmap.mmap | None:  # noqa: ANN001 - an open binary file

@@ -293,3 +293,23 @@ def test_a_full_disk_names_the_output_not_the_temporary_file(tmp_path, capsys) -
     assert run_main(lambda argv: write()) == 2
     assert capsys.readouterr().err == f"error: {out}: No space left on device\n"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_checkpoint_conversion_to_fp16_names_the_overflow(tiny_checkpoints, tmp_path, capsys) -> None:  # noqa: ANN001
+    """A finite fp32 checkpoint with a weight beyond 65504, converted with --fp16: the output's "exceeds the fp16
+    range" line (the cast overflowed; the file is not damaged), nothing written; bf16 still converts."""
+    from safetensors.torch import save_file
+
+    from tools import convert_diffusers20_original_sd as convert
+
+    sd = load_file(tiny_checkpoints["sd1"])
+    key = next(k for k in sd if k.startswith("model.diffusion_model.") and k.endswith(".weight"))
+    sd[key] = sd[key].float().clone()
+    sd[key].view(-1)[0] = 1e6
+    src = tmp_path / "big.safetensors"
+    save_file(sd, src)
+    out = tmp_path / "out.safetensors"
+    line = fails(capsys, convert.main, [src, out, "--fp16"], [src], tmp_path)
+    assert line == f"error: {out}: {key} exceeds the fp16 range (max |x| = 1e+06); save as bf16 or fp32 " \
+                   "(nothing written)", line
+    assert run_main(convert.main, [str(src), str(out), "--bf16"]) == 0 and out.is_file()

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     src, dst = Path(args.model_to_load), Path(args.model_to_save)
     if not src.exists():
         raise ToolkitError(f"{src}: not found (give a .safetensors/.ckpt file or a Diffusers folder)")
-    from library.files import check_output_file, check_output_folder, read_metadata
+    from library.files import NarrowingError, check_output_file, check_output_folder, read_metadata
     from library.models import is_diffusers_dir, is_single_file_path, load_models, save_models
 
     if src.is_dir() and not is_diffusers_dir(src):
@@ -70,7 +70,11 @@ def main(argv: list[str] | None = None) -> None:
         reference = None
     v_param = src.is_file() and read_metadata(src).get("modelspec.prediction_type") == "v"
     log.info("loading %s: %s", "Diffusers folder" if src.is_dir() else "checkpoint", src)
-    bundle = load_models(src, family, v_param, dtype=dtype, variant=args.variant, progress=True)
+    try:
+        bundle = load_models(src, family, v_param, dtype=dtype, variant=args.variant, progress=True)
+    except NarrowingError as e:  # the precision asked for the output cannot hold the model
+        raise ToolkitError(f"{dst}: {e.key} exceeds the {e.dtype_name} range "
+                           f"(max |x| = {e.top:.6g}); save as bf16 or fp32 (nothing written)") from None
     if to_file and bundle.v_parameterization and dst.suffix.lower() == ".safetensors":
         metadata = {"modelspec.prediction_type": "v", **(metadata or {})}
     log.info("%s model; saving as %s: %s", bundle.family, "checkpoint" if to_file else "Diffusers folder", dst)
