@@ -25,7 +25,7 @@ from library.gui.generate_run import (
     new_outdir,
     parse_lora_lines,
 )
-from library.gui.tools_run import ScriptRun, command_text, stream_script
+from library.gui.tools_run import checked_run, command_text
 from library.options.generate import gen_options
 from library.options.spec import GEN
 
@@ -125,23 +125,28 @@ def _preview(panel: GeneratePanel, values: tuple) -> str:
 def _generate(ctx: GuiContext, panel: GeneratePanel, values: tuple):  # noqa: ANN202 - a generator of updates
     """Check the command line (a bad one: its error, nothing started), then generate and show the images."""
     outdir = new_outdir(ctx.output_dir("generate"))
-    try:
+
+    def argv_of() -> list[str]:
         argv = panel.argv(values, outdir)
         check_generation_argv(argv)
-    except ToolkitError as e:
-        yield gr.update(value=f"error: {e}", visible=True), gr.update(), "not started: fix the command line", \
-            gr.update(), gr.update(), ""
-        return
-    command = command_text(GEN_SCRIPT, argv)
-    run = ScriptRun(argv)
-    yield gr.update(value="", visible=False), command, "starting", [], "", ""
-    for run in stream_script(ctx.root, GEN_SCRIPT, argv):
-        if run.returncode is None:  # the last one (exit code) comes below, with the images
-            yield gr.update(value="", visible=False), command, run.status(), gr.update(), gr.update(), run.output
-    images = sorted(outdir.glob("*.png")) if outdir.is_dir() else []
-    shown = [(ctx.served.check(p), _caption(image_parameters(p))) for p in images]
-    params = "\n\n".join(f"{p.name}\n{image_parameters(p)}" for p in images)
-    yield gr.update(value=run.error, visible=bool(run.error)), command, run.status(), shown, params, run.output
+        return argv
+
+    hidden = gr.update(value="", visible=False)
+    for step in checked_run(ctx.root, GEN_SCRIPT, argv_of):
+        run = step.run
+        if step.error:
+            yield gr.update(value=step.error, visible=True), gr.update(), "not started: fix the command line", \
+                gr.update(), gr.update(), ""
+        elif run is None:
+            yield hidden, step.command, "starting", [], "", ""
+        elif run.returncode is None:
+            yield hidden, step.command, run.status(), gr.update(), gr.update(), run.output
+        else:  # ended: the images with their parameters
+            images = sorted(outdir.glob("*.png")) if outdir.is_dir() else []
+            shown = [(ctx.served.check(p), _caption(image_parameters(p))) for p in images]
+            params = "\n\n".join(f"{p.name}\n{image_parameters(p)}" for p in images)
+            yield gr.update(value=run.error, visible=bool(run.error)), step.command, run.status(), shown, params, \
+                run.output
 
 
 def _caption(parameters: str) -> str:

@@ -9,10 +9,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from library.errors import ToolkitError
 from library.gui.forms import OptionForm, form_argv, split_words
 
 REFRESH_S = 1.0  # how often a running script's output reaches the page
@@ -94,6 +95,30 @@ def stream_script(root: Path, script: str, argv: list[str]) -> Iterator[ScriptRu
     run.seconds = time.time() - run.started
     run.output, run.returncode = clean_output(b"".join(chunks).decode(errors="replace")), proc.returncode
     yield run
+
+
+@dataclass
+class RunStep:
+    """One moment of a script started from the page: refused (`error` set, nothing started), starting (`run`
+    None), running, or ended (`run.returncode` set)."""
+
+    command: str = ""
+    run: ScriptRun | None = None
+    error: str = ""
+
+
+def checked_run(root: Path, script: str, argv_of: Callable[[], list[str]]) -> Iterator[RunStep]:
+    """The life of a Tools or Generate run: `argv_of` builds and checks the command line (its ToolkitError is the
+    one refused step: the command line's own error text), then the script's steps as `stream_script` gives them."""
+    try:
+        argv = argv_of()
+    except ToolkitError as e:
+        yield RunStep(error=f"error: {e}")
+        return
+    command = command_text(script, argv)
+    yield RunStep(command)
+    for run in stream_script(root, script, argv):
+        yield RunStep(command, run)
 
 
 def _read_all(stream: object, chunks: list[bytes]) -> None:

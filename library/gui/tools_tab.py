@@ -14,7 +14,7 @@ from library.errors import ToolkitError
 from library.gui.context import GuiContext
 from library.gui.forms import OptionForm, build_form, mark_error_js
 from library.gui.tools_check import HEADERS, module_table
-from library.gui.tools_run import ScriptRun, command_text, new_files, script_argv, stream_script
+from library.gui.tools_run import checked_run, command_text, new_files, script_argv
 from library.options.tools import TOOLS, Tool, check_tool_args
 from library.options.tools_lora import CHECK
 
@@ -101,23 +101,25 @@ def _preview(panel: ToolPanel, values: tuple) -> str:
 def _run(ctx: GuiContext, panel: ToolPanel, values: tuple):  # noqa: ANN202 - a generator of gradio updates
     """Check the command line (a bad one: its error, nothing started), then run the tool and stream its output."""
     tool = panel.tool
-    try:
+
+    def argv_of() -> list[str]:
         argv = script_argv(panel.form, panel.form.read(values))
         check_tool_args(tool.name, argv)
-    except ToolkitError as e:
-        yield _updates(panel, error=f"error: {e}", status="not started: fix the command line")
-        return
-    command = command_text(tool.script, argv)
-    run = ScriptRun(argv)
-    yield _updates(panel, command=command, status="starting")
-    for run in stream_script(ctx.root, tool.script, argv):
-        if run.returncode is None:  # the last one (exit code) comes below, with the files and the table
-            yield _updates(panel, command=command, status=run.status(), output=run.output)
-    tools_dir = ctx.output_dir("tools")
-    files = [ctx.served.check(p) for p in new_files(tools_dir, run.started)]
-    table = _check_table(ctx, argv) if panel.table is not None and run.returncode in (0, 1) else None
-    yield _updates(panel, error=run.error, command=command, status=run.status(), output=run.output,
-                   files=files or None, table=table)
+        return argv
+
+    for step in checked_run(ctx.root, tool.script, argv_of):
+        run = step.run
+        if step.error:
+            yield _updates(panel, error=step.error, status="not started: fix the command line")
+        elif run is None:
+            yield _updates(panel, command=step.command, status="starting")
+        elif run.returncode is None:
+            yield _updates(panel, command=step.command, status=run.status(), output=run.output)
+        else:  # ended: with the files it wrote and, for the check tool, its table
+            files = [ctx.served.check(p) for p in new_files(ctx.output_dir("tools"), run.started)]
+            table = _check_table(ctx, run.argv) if panel.table is not None and run.returncode in (0, 1) else None
+            yield _updates(panel, error=run.error, command=step.command, status=run.status(), output=run.output,
+                           files=files or None, table=table)
 
 
 def _check_table(ctx: GuiContext, argv: list[str]) -> list[list[object]] | None:
