@@ -53,7 +53,7 @@ def gui_server(tmp_path_factory) -> Iterator[dict]:  # noqa: ANN001
     Skips, with the reason, where chromium or playwright is missing; with CI=true it must run."""
     import subprocess
 
-    from gui_helpers import browser_missing, gui_server
+    from tools.gui_browser import browser_missing, gui_server
 
     missing = browser_missing()
     if missing:
@@ -73,7 +73,7 @@ def gui_server(tmp_path_factory) -> Iterator[dict]:  # noqa: ANN001
 @pytest.fixture(scope="session")
 def gui_page(gui_server) -> Iterator[object]:  # noqa: ANN001
     """One chromium page on `gui_server` for the session (tests select the tab they need)."""
-    from gui_helpers import browser_page
+    from tools.gui_browser import browser_page
 
     with browser_page(gui_server["url"]) as page:
         yield page

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 import toml
-from gui_helpers import box, field, load_config, open_group, preview, set_field, tab, wait_text
+
+from tools.gui_browser import box, field, load_config, open_group, preview, set_field, tab, wait_text
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,11 +5,11 @@ Plus the argv and error plumbing without a browser."""
 from __future__ import annotations
 
 import pytest
-from gui_helpers import box, tab, wait_value
 
 from library.errors import ToolkitError
 from library.gui.generate_run import check_generation_argv, lora_argv, parse_lora_lines
 from library.gui.tools_run import clean_output, error_line
+from tools.gui_browser import box, tab, wait_value
 
 
 # ---- without a browser ---------------------------------------------------------------------------------------

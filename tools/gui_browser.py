@@ -1,6 +1,6 @@
-"""The browser tests' shared part (tests/test_gui.py, tests/test_gui_tools.py, tools/gui_screenshots*.py): one
-`python gui.py` server started as a user starts it, Debian's chromium driven by playwright, and the page helpers
-(fields by option name, groups opened, text awaited). The tests share one server and one page per session
+"""Driving the web UI in a real browser, shared by its tests (tests/test_gui*.py) and tools/gui_screenshots.py:
+one `python gui.py` server started as a user starts it, Debian's chromium driven by playwright, and the page
+helpers (fields by option name, groups opened, text awaited). The tests share one server and one page per session
 (`gui_server`, `gui_page` in tests/conftest.py): starting them is most of a browser test's cost."""
 
 from __future__ import annotations
