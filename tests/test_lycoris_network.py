@@ -224,7 +224,7 @@ def test_use_scalar_and_bypass_mode():
         layer = nn.Linear(48, 32)
         args = LycorisArgs(algo=algo, factor=4, use_scalar=True)
         m = lycoris.MODULES[algo]("m", layer, 1.0, 4, 2.0, args)
-        assert float(m.scalar) == 0 and all(p.abs().sum() > 0 for n, p in m.named_parameters() if n != "scalar")
+        assert float(m.scalar.detach()) == 0 and all(p.abs().sum() > 0 for n, p in m.named_parameters() if n != "scalar")
         with torch.no_grad():
             base = layer(x)
             m.apply_to()
