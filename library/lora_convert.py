@@ -176,10 +176,20 @@ def read_lora(path: str | os.PathLike, rank: int | None = None, base: BaseLookup
 
     kohya-named LyCORIS modules (LoHa, LoKr, Tucker LoCon, full, DoRA with `base`) become plain LoRAs: exact, or
     the best rank-`rank` approximation (`LoRAFile.conversion` says what that cost)."""
+    path = _existing(path)
+    return _lora_file(path, *_read_tensors(path), rank, base)
+
+
+def _existing(path: str | os.PathLike) -> Path:
     path = Path(path)
     if not path.exists():
         raise ToolkitError(f"{path}: file not found")
-    sd, metadata, adapter_config = _read_tensors(path)
+    return path
+
+
+def _lora_file(path: Path, sd: dict[str, torch.Tensor], metadata: dict[str, str], adapter_config: dict | None,
+               rank: int | None, base: BaseLookup | None) -> LoRAFile:
+    """`read_lora` of tensors already read from `path`."""
     sd = _kohya_from_peft_lycoris(sd, metadata, adapter_config, path)
     conversion = None
     if needs_lora_form(sd) and any(re.match(r"lora_(unet|te[12]?)_", k) for k in sd):
@@ -220,10 +230,13 @@ def read_lora(path: str | os.PathLike, rank: int | None = None, base: BaseLookup
     return LoRAFile(entries, metadata, fmt, sdxl, ignored, conversion)
 
 
+# a tensor of every LoHa or LoKr module, whatever its variant
+LOHA_LOKR_KEYS = (".hada_w1_a", ".lokr_w1", ".lokr_w1_a")
+
+
 def _is_peft_lycoris(sd: Mapping[str, torch.Tensor]) -> bool:
     """PEFT-named LoHa/LoKr tensors (`<path>.hada_w1_a`, `<path>.lokr_w1` …, not kohya `lora_unet_…` names)."""
-    return any(k.endswith((".hada_w1_a", ".lokr_w1", ".lokr_w1_a")) and not re.match(r"lora_(unet|te[12]?)_", k)
-               for k in sd)
+    return any(k.endswith(LOHA_LOKR_KEYS) and not re.match(r"lora_(unet|te[12]?)_", k) for k in sd)
 
 
 def _kohya_from_peft_lycoris(sd: dict[str, torch.Tensor], metadata: Mapping[str, str], adapter_config: dict | None,
@@ -292,27 +305,23 @@ def _write_peft_lycoris(sd: Mapping[str, torch.Tensor], dst: Path, metadata: Map
     return len(groups)
 
 
-def _lycoris_kept(src: str | os.PathLike, dst: Path, to: str, dtype: torch.dtype | None, rank: int | None
-                  ) -> tuple[LoRAFile, int] | None:
+def _lycoris_kept(path: Path, sd: dict[str, torch.Tensor], metadata: dict[str, str], adapter_config: dict | None,
+                  dst: Path, to: str, dtype: torch.dtype | None, rank: int | None) -> tuple[LoRAFile, int] | None:
     """kohya LoHa/LoKr -> PEFT LoHa/LoKr, PEFT LoHa/LoKr -> kohya LoHa/LoKr, keeping the algorithm (no --rank);
     None when the conversion goes through a plain LoRA instead."""
     if rank is not None or to == "diffusers":
         return None
-    path = Path(src)
-    if not path.exists():
-        raise ToolkitError(f"{path}: file not found")
-    sd, metadata, adapter_config = _read_tensors(path)
     from_peft = _is_peft_lycoris(sd)
     if to == "kohya" and from_peft:
         sd = _kohya_from_peft_lycoris(sd, metadata, adapter_config, path)
         meta = {k: v for k, v in metadata.items() if k not in (ADAPTER_META, "format") and not k.startswith("sshs_")}
-        algo = adapters.algorithm_of(next(iter(adapters.group_modules(sd).values())))
+        groups = adapters.group_modules(sd)
         meta.setdefault("ss_network_module", "lycoris.kohya")
-        meta.setdefault("ss_network_args", json.dumps({"algo": algo}))
+        meta.setdefault("ss_network_args", json.dumps({"algo": adapters.algorithm_of(next(iter(groups.values())))}))
         save_lora(dst, sd, meta, dtype)
-        count = len(adapters.group_modules(sd))
-    elif to == "peft" and not from_peft and any(k.endswith((".hada_w1_a", ".lokr_w1", ".lokr_w1_a")) for k in sd):
-        count = _write_peft_lycoris(sd, dst, metadata, dtype, src)
+        count = len(groups)
+    elif to == "peft" and not from_peft and any(k.endswith(LOHA_LOKR_KEYS) for k in sd):
+        count = _write_peft_lycoris(sd, dst, metadata, dtype, path)
         if count is None:
             return None
     else:
@@ -429,10 +438,12 @@ def convert_lora(src: str | os.PathLike, dst: str | os.PathLike, to: str, dtype:
         raise ToolkitError(f"{dst}: a {to} LoRA keeps its alphas in the safetensors header: use a .safetensors name")
     if rank is not None and rank < 1:
         raise ToolkitError(f"--rank {rank}: must be at least 1")
-    kept = _lycoris_kept(src, dst, to, dtype, rank)
+    path = _existing(src)
+    tensors = _read_tensors(path)  # read once: kept as LoHa/LoKr, or read as a LoRA
+    kept = _lycoris_kept(path, *tensors, dst, to, dtype, rank)
     if kept is not None:
         return kept
-    lora = read_lora(src, rank, base)
+    lora = _lora_file(path, *tensors, rank, base)
     written = _plan(lora, to, src)
     if to == "kohya":
         modules = {name: e.factors for name, e in written.items()}
