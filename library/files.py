@@ -23,12 +23,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save as st_save
 
 from library.errors import ToolkitError
+from library.finite import NarrowingError, cast_for_save, check_finite
 
 SAFETENSORS_EXT = ".safetensors"
 PICKLE_EXTS = (".ckpt", ".pt", ".pth", ".bin")  # torch.save containers
@@ -135,80 +135,75 @@ class LazySafetensors(Mapping):
                 self.last_bounds = check_finite(t, self.path, key, bounds=False)
             return t
         start, end = self._info[key]["data_offsets"]
-        return self._read(key, torch.empty(end - start, dtype=torch.uint8), bounds=False)
+        return self._read(key, torch.empty(end - start, dtype=torch.uint8))
 
     def get_as(self, key: str, dtype: torch.dtype | None,
                cast: Callable[[torch.Tensor, torch.dtype], torch.Tensor] | None = None) -> torch.Tensor:
-        """The tensor cast to `dtype` (None: as stored). Without mmap a cast reads into one reused scratch buffer,
-        so only the cast result is fresh memory (half the page faults of reading a new buffer each time).
-        `cast(tensor, dtype)` replaces the plain `.to` (fp8 narrowing); it may change the tensor it gets in place."""
+        """The tensor cast to `dtype` (None: as stored). Without mmap a cast reads straight from a private map of
+        the file (or, where there is none, into one reused scratch buffer), so only the cast result is fresh
+        memory. `cast(tensor, dtype)` replaces the plain `.to` (fp8 narrowing); it may change the tensor it gets
+        in place."""
         if self._file is not None or dtype is None or key not in self._info or self.dtype(key) == dtype \
                 or not self.dtype(key).is_floating_point:
             t = self[key]
             if dtype is None or not t.is_floating_point() or t.dtype == dtype:
                 return t
-            return cast(t, dtype) if cast is not None else t.to(dtype)
+            return self._cast_checked(key, t, dtype, cast)
         if self._map is not None:
             return self._cast_mapped(key, dtype, cast)
         start, end = self._info[key]["data_offsets"]
         if self._scratch is None or self._scratch.numel() < end - start:
             self._scratch = None  # free the old one first
             self._scratch = torch.empty(end - start, dtype=torch.uint8)
-        t = self._read(key, self._scratch[: end - start], bounds=cast is not None)
-        return cast(t, dtype) if cast is not None else self._narrowed(key, t, t.to(dtype))
+        return self._cast_checked(key, self._read(key, self._scratch[: end - start], check=False), dtype, cast)
 
-    def _narrowed(self, key: str, src: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """`out` (`src` cast) once finite; a finite stored value that only overflowed in a narrowing cast is
-        named as that (`NarrowingError`), not as a damaged file."""
-        if not self.check_finite or out.element_size() >= src.element_size():
-            return out
-        try:
-            self.last_bounds = check_finite(out, self.path, key, bounds=False)
-        except ToolkitError:
-            bounds = check_finite(src, self.path, key)  # a NaN or Inf in the file itself: that error
-            top = max(-bounds[0], bounds[1]) if isinstance(bounds, tuple) else math.inf
-            raise NarrowingError(self.path, key, out.dtype, top) from None
+    def _cast_checked(self, key: str, src: torch.Tensor, dtype: torch.dtype,
+                      cast: Callable[[torch.Tensor, torch.dtype], torch.Tensor] | None) -> torch.Tensor:
+        """`src` cast to `dtype` and checked: the source first where `cast` needs its range (fp8 narrowing),
+        else the result (one fast pass). A result that fails where the source passes holds a finite stored value
+        beyond the narrower dtype: `NarrowingError`, not the damaged-file error."""
+        if cast is not None:
+            if self.check_finite:
+                self.last_bounds = check_finite(src, self.path, key)
+            return cast(src, dtype)
+        out = src.to(dtype)
+        if self.check_finite:
+            try:
+                self.last_bounds = check_finite(out, self.path, key, bounds=False)
+            except ToolkitError:
+                bounds = check_finite(src, self.path, key)  # a NaN or Inf in the file itself: that error
+                top = max(-bounds[0], bounds[1]) if isinstance(bounds, tuple) else math.inf
+                raise NarrowingError(self.path, key, out.dtype, top) from None
         return out
 
     def _cast_mapped(self, key: str, dtype: torch.dtype,
                      cast: Callable[[torch.Tensor, torch.dtype], torch.Tensor] | None) -> torch.Tensor:
         """Cast straight from the file's pages (no copy into a buffer first), then drop those pages from this
-        process (MADV_DONTNEED): resident memory stays at the cast tensors plus one source tensor. The finite
-        check reads the cast result (fast, `bounds=False`) unless `cast` needs the source's range (fp8)."""
+        process (MADV_DONTNEED): resident memory stays at the cast tensors plus one source tensor."""
         start, end = self._info[key]["data_offsets"]
         first, last = self._data_start + start, self._data_start + end
         if last > len(self._map):
             raise ToolkitError(f"{self.path}: truncated while reading {key}")
         src = torch.frombuffer(self._map, dtype=torch.uint8, count=end - start, offset=first) if end > start \
             else torch.empty(0, dtype=torch.uint8)
-        src = src.view(self.dtype(key)).reshape(self.shape(key))
         try:
-            if cast is not None:
-                if self.check_finite:
-                    self.last_bounds = check_finite(src, self.path, key)
-                return cast(src, dtype)
-            out = src.to(dtype)
-            if self.check_finite and out.element_size() < src.element_size():
-                return self._narrowed(key, src, out)
-            if self.check_finite:
-                self.last_bounds = check_finite(out, self.path, key, bounds=False)
-            return out
+            return self._cast_checked(key, src.view(self.dtype(key)).reshape(self.shape(key)), dtype, cast)
         finally:
             del src
             page = first - first % _mmap.PAGESIZE
             if last > page:
                 self._map.madvise(_mmap.MADV_DONTNEED, page, last - page)
 
-    def _read(self, key: str, buf: torch.Tensor, bounds: bool = True) -> torch.Tensor:
-        """Read `key`'s bytes into `buf` (uint8, exactly its size), checked, as a tensor viewing `buf`;
-        `bounds=False`: `last_bounds` may be left None (a faster check)."""
+    def _read(self, key: str, buf: torch.Tensor, check: bool = True) -> torch.Tensor:
+        """Read `key`'s bytes into `buf` (uint8, exactly its size) as a tensor viewing `buf`; checked finite (the
+        fast check: `last_bounds` may be left None) unless `check=False` (the caller checks)."""
         start, end = self._info[key]["data_offsets"]
         self._raw.seek(self._data_start + start)
         if self._raw.readinto(buf.numpy()) != end - start:
             raise ToolkitError(f"{self.path}: truncated while reading {key}")
         t = buf.view(self.dtype(key)).reshape(self.shape(key))
-        if self.check_finite:
-            self.last_bounds = check_finite(t, self.path, key, bounds)
+        if check and self.check_finite:
+            self.last_bounds = check_finite(t, self.path, key, bounds=False)
         return t
 
     def __iter__(self) -> Iterator[str]:
@@ -236,17 +231,6 @@ class LazySafetensors(Mapping):
         return _ST_NAMES[self._info[key]["dtype"]]
 
 
-class NarrowingError(ToolkitError):
-    """A finite stored tensor with values beyond the range of the narrower dtype it was read in (fp32 -> fp16):
-    the tools that read to save turn it into their output's "exceeds the fp16 range" line."""
-
-    def __init__(self, path: str | os.PathLike, key: str, dtype: torch.dtype, top: float) -> None:
-        name = _DTYPE_NAMES.get(dtype, str(dtype))
-        self.key, self.dtype_name, self.top = key, name, top
-        super().__init__(f"{path}: tensor {key} exceeds the {name} range (max |x| = {top:.6g}); read it as bf16 or "
-                         "fp32")
-
-
 def _private_map(raw) -> _mmap.mmap | None:  # noqa: ANN001 - an open binary file
     """A copy-on-write map of the whole file for casting tensors straight from its pages, where pages can be
     dropped after use (MADV_DONTNEED: Linux, macOS); None elsewhere (plain reads then)."""
@@ -263,45 +247,6 @@ def _first_line(e: BaseException) -> str:
     return (text.splitlines()[0] if text else type(e).__name__)[:160]
 
 
-def check_finite(t: torch.Tensor, path: str | os.PathLike, key: str, bounds: bool = True
-                 ) -> tuple[float, float] | None:
-    """Refuse a tensor holding NaN or Inf, naming the file and the tensor (a damaged input must not flow into
-    a merge, a training run or an image). Returns the tensor's (min, max) when they came with the check (fp8
-    narrowing uses them for its range check), else None; `bounds=False` lets the check skip them."""
-    if not t.is_floating_point() or t.numel() == 0:
-        return None
-    bounds = _finite_bounds(t.detach().cpu().reshape(-1), bounds)
-    if bounds is None:
-        raise ToolkitError(f"{path}: tensor {key} holds NaN or Inf values (a damaged file, or a training run "
-                           "that diverged); refusing to use it")
-    return None if bounds is True else bounds
-
-_DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64",
-                torch.float8_e4m3fn: "fp8 (e4m3fn)", torch.float8_e5m2: "fp8 (e5m2)"}
-
-
-def cast_for_save(t: torch.Tensor, dtype: torch.dtype | None, output: str | os.PathLike, key: str,
-                  advice: str = "save as") -> torch.Tensor:
-    """`t` as it is written to `output`: cast to `dtype` (floating tensors; None keeps the dtype) after checking
-    that every value is finite and fits `dtype`'s range. Every writer goes through here, so no file is ever given
-    an Inf made by a narrowing cast, nor a NaN or Inf made by the math before it."""
-    if not t.is_floating_point():
-        return t
-    dtype = dtype or t.dtype
-    if t.numel():
-        data = t.detach()
-        lo, hi = (float(v) for v in torch.aminmax(data if data.element_size() > 1 else data.float()))
-        if not (math.isfinite(lo) and math.isfinite(hi)):  # aminmax propagates NaN
-            raise ToolkitError(f"{output}: {key} holds NaN or Inf values; refusing to write them (nothing written)")
-        top = max(-lo, hi)
-        if top > torch.finfo(dtype).max:
-            wider = [n for d, n in _DTYPE_NAMES.items() if d.itemsize >= 2 and torch.finfo(d).max >= top
-                     and d != torch.float64]
-            raise ToolkitError(f"{output}: {key} exceeds the {_DTYPE_NAMES.get(dtype, dtype)} range (max |x| = "
-                               f"{top:.6g}); {advice} {' or '.join(wider) or 'fp32'}")
-    return t.to(dtype) if t.dtype != dtype else t
-
-
 def _torch_load(path: Path, mmap: bool) -> object:
     """torch.load; with mmap, None when the file is not in the zip format (mmap needs it)."""
     try:
@@ -310,29 +255,6 @@ def _torch_load(path: Path, mmap: bool) -> object:
         if mmap and "mmap" in str(e):
             return None
         raise
-
-
-# bits that are all set in a NaN or Inf, for the float8 types (no min/max kernels for them)
-_NON_FINITE_BITS = {torch.float8_e5m2: (torch.int8, 0x7C, 0x7C), torch.float8_e4m3fn: (torch.int8, 0x7F, 0x7F)}
-
-
-def _finite_bounds(flat: torch.Tensor, bounds: bool = True) -> tuple[float, float] | bool | None:
-    """(min, max) of `flat` when every value is finite, None when one is NaN or Inf (True: finite, bounds not
-    computed). With `bounds`, one `aminmax` pass: NaN and +-Inf propagate into the min or the max, it allocates
-    nothing and reads half-precision directly. Without, a plain sum in the tensor's dtype first (half the time
-    of `aminmax`, measured on fp16): a NaN or Inf anywhere makes it non-finite, so a finite sum proves the tensor
-    finite; a sum that overflowed, or a real NaN, is settled by `aminmax`. An exponent-bits test for float8."""
-    if flat.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-        if not bounds and math.isfinite(float(flat.sum())):
-            return True
-        low, high = (float(v) for v in torch.aminmax(flat))
-        return (low, high) if math.isfinite(low) and math.isfinite(high) else None
-    if flat.dtype not in _NON_FINITE_BITS:
-        return True if bool(torch.isfinite(flat.float()).all()) else None
-    int_type, mask, pattern = _NON_FINITE_BITS[flat.dtype]
-    bits = flat.view(int_type).numpy()
-    step = 1 << 22
-    return None if any(np.any((bits[i:i + step] & mask) == pattern) for i in range(0, bits.size, step)) else True
 
 
 def _load_torch(path: Path, finite: bool = True) -> dict[str, torch.Tensor]:

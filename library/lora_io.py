@@ -18,13 +18,13 @@ import torch
 from library.adapters import MODULE_SUFFIXES, lora_delta
 from library.errors import ToolkitError
 from library.files import (
-    cast_for_save,
     load_state_dict,
     replace_metadata,
     safetensors_parts,
     save_state_dict,
     write_parts,
 )
+from library.finite import cast_for_save
 
 DOWN, UP, ALPHA = "lora_down.weight", "lora_up.weight", "alpha"
 

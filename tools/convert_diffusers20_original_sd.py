@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> None:
     src, dst = Path(args.model_to_load), Path(args.model_to_save)
     if not src.exists():
         raise ToolkitError(f"{src}: not found (give a .safetensors/.ckpt file or a Diffusers folder)")
-    from library.files import NarrowingError, check_output_file, check_output_folder, read_metadata
+    from library.files import check_output_file, check_output_folder, read_metadata
+    from library.finite import NarrowingError
     from library.models import is_diffusers_dir, is_single_file_path, load_models, save_models
 
     if src.is_dir() and not is_diffusers_dir(src):

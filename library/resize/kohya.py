@@ -17,7 +17,7 @@ import torch
 
 from library.adapters.equivalent import lora_state_dict, needs_lora_form
 from library.errors import ToolkitError
-from library.files import cast_for_save
+from library.finite import cast_for_save
 from library.lora_io import LoRAFactors, save_lora
 from library.options.choices import DYNAMIC_METHODS
 from library.resize.decompose import Decomposed, decompose, parallel_map
