@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from library.errors import ToolkitError
-from library.files import check_input_file, check_output_dir, open_streaming
+from library.files import check_input_file, check_output_dir, load_state_dict
 from library.network_args import check_network_args, parse_network_args
 from library.network_module import import_network_module
 from library.train.state import STATE_FILE, STATE_FILES, read_state_file
@@ -30,21 +30,11 @@ def check_inputs(cfg: TrainConfig, family: str | None = None) -> None:
     check_network(cfg)
     if cfg.network_weights:
         check_input_file(cfg.network_weights, "--network_weights")
-        check_all_finite(cfg.network_weights)
+        load_state_dict(cfg.network_weights)  # every tensor read once: NaN/Inf refused before the base model loads
     if cfg.resume:
         check_resume(cfg)
     if cfg.logging_dir:
         check_output_dir(cfg.logging_dir, "--logging_dir")
-
-
-def check_all_finite(path: str) -> None:
-    """Read every tensor of a (small) weights file once, tensor by tensor: one holding NaN/Inf is refused with its
-    name before the base model loads, not after."""
-    tensors, _ = open_streaming(path)
-    for key in tensors:
-        tensors[key]
-    if hasattr(tensors, "close"):
-        tensors.close()
 
 
 def check_family_options(cfg: TrainConfig, family: str | None) -> None:
