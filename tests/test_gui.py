@@ -87,7 +87,7 @@ def test_saved_and_loaded_configs_agree_with_the_command_line(gui_page, tmp_path
     page.locator("#opt-train_network-gradient_checkpointing input[type=checkbox]").check()
     set_field(page, "networks.lora", "conv_dim", "4")
     set_field(page, "train_network", "network_args", "foo=bar")
-    argv = preview(page, "foo=bar")
+    argv = preview(page, ("--network_dim 12", "--learning_rate 2e-3", "--gradient_checkpointing", "foo=bar"))
     assert argv[argv.index("--network_args"):][:3] == ["--network_args", "conv_dim=4", "foo=bar"]
     saved = tmp_path / "saved.toml"
     box(page, "config-path").fill(str(saved))

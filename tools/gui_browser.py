@@ -111,17 +111,32 @@ def open_group(page, script: str, name: str) -> None:  # noqa: ANN001
     field(page, script, name).wait_for(timeout=30_000)
 
 
-def set_field(page, script: str, name: str, value: str) -> None:  # noqa: ANN001
+def set_field(page, script: str, name: str, value: str, timeout: float = 30) -> None:  # noqa: ANN001
+    """Type `value` into an option's field, opening its group first. A group opened just now may still be
+    mounting its fields, and the mount puts back the value the page was built with: typed again until the value
+    holds over two reads."""
     open_group(page, script, name)
-    field(page, script, name).fill(value)
+    box = field(page, script, name)
+    end = time.time() + timeout
+    box.fill(value)
+    while time.time() < end:
+        page.wait_for_timeout(250)
+        if box.input_value() == value:
+            page.wait_for_timeout(250)
+            if box.input_value() == value:
+                return
+        box.fill(value)
+    raise AssertionError(f"{script} {name}: the field does not keep {value!r}")
 
 
-def preview(page, until: str | None = None, timeout: float = 60) -> list[str]:  # noqa: ANN001
-    """The command line the Train tab shows (once it contains `until`), without `python <script>.py`."""
+def preview(page, until: str | tuple[str, ...] | None = None, timeout: float = 60) -> list[str]:  # noqa: ANN001
+    """The command line the Train tab shows (once it contains `until`: a string, or each of several), without
+    `python <script>.py`."""
+    wanted = (until,) if isinstance(until, str) else tuple(until or ())
     end = time.time() + timeout
     while True:
         text = _read(lambda: page.locator("#cmd-preview textarea").input_value(timeout=10_000))
-        if (text is not None and (until is None or until in text)) or time.time() > end:
+        if (text is not None and all(w in text for w in wanted)) or time.time() > end:
             return shlex.split(text or "")[2:]
         page.wait_for_timeout(100)
 
