@@ -19,7 +19,10 @@ cached text-encoder outputs. Models are real-shape checkpoints with random weigh
 (bench/out/, written once). Each run is its own process, alternating ours / sd-scripts `--runs` times;
 bench/step_clock.py stamps each step from the same tqdm "steps" bar in both, and the kernel's rusage of the
 finished process gives its peak RSS. Printed: median s/step (wall and CPU, first step left out), whole-process
-wall time and peak RSS, median over the runs, and the load average before each run.
+wall time and peak RSS, median over the runs, the load average before each run and the share of CPU time the
+hypervisor took from this machine during it (steal: on a shared VM, a run with high steal is slower for reasons
+of its own). Before each run the checkpoint is read once into the page cache: a 20 GiB sd-scripts run evicts
+it, and the next run would otherwise pay for the disk.
 """
 
 from __future__ import annotations
@@ -68,11 +71,25 @@ def settings(family: str, ckpt: Path, img: Path, out: Path, rank: int, steps: in
     return args
 
 
+def warm(path: Path) -> None:
+    """Read `path` once so that it sits in the page cache (if memory allows) for the next run, whoever ran before."""
+    with open(path, "rb") as f:
+        while f.read(1 << 26):
+            pass
+
+
+def cpu_times() -> list[int]:
+    """The machine's CPU time counters (user, nice, system, idle, iowait, irq, softirq, steal) in ticks."""
+    with open("/proc/stat") as f:
+        return [int(v) for v in f.readline().split()[1:9]]
+
+
 def run_one(python: str, script: Path, args: list[str]) -> dict:
     """One training process under the step clock: its step stamps, wall time and peak RSS (rusage of the child)."""
     with tempfile.TemporaryDirectory() as tmp:
         stamps_file, log = Path(tmp) / "stamps.json", Path(tmp) / "log.txt"
-        load = os.getloadavg()[0]
+        warm(Path(args[args.index("--pretrained_model_name_or_path") + 1]))
+        load, before = os.getloadavg()[0], cpu_times()
         start = time.perf_counter()
         with open(log, "w") as sink:
             proc = subprocess.Popen([python, str(CLOCK), str(stamps_file), str(script), *args], stdout=sink,
@@ -80,13 +97,15 @@ def run_one(python: str, script: Path, args: list[str]) -> dict:
             _, status, usage = os.wait4(proc.pid, 0)  # reap it here: the kernel's rusage of that process
             proc.returncode = os.waitstatus_to_exitcode(status)
         wall = time.perf_counter() - start
+        ticks = [b - a for a, b in zip(before, cpu_times())]
         if proc.returncode or not stamps_file.exists():
             raise SystemExit(f"{script} failed (exit {proc.returncode}):\n{log.read_text()[-4000:]}")
         stamps = json.loads(stamps_file.read_text())["stamps"]  # step 1 (warm-up) has no start stamp: left out
     walls = [b[0] - a[0] for a, b in zip(stamps, stamps[1:])]
     cpus = [b[1] - a[1] for a, b in zip(stamps, stamps[1:])]
     return {"wall_step": statistics.median(walls), "cpu_step": statistics.median(cpus), "wall": wall,
-            "peak_mib": usage.ru_maxrss / 1024, "load": load, "steps": len(stamps)}
+            "peak_mib": usage.ru_maxrss / 1024, "load": load, "steps": len(stamps),
+            "steal": ticks[7] / max(1, sum(ticks))}
 
 
 def worktree_at(rev: str, where: Path) -> Path:
@@ -148,7 +167,8 @@ def main() -> None:
                     continue
             results[name].append(r)
             print(f"run {run + 1} {name:22} {r['wall_step']:7.2f} s/step  cpu {r['cpu_step']:7.2f}  "
-                  f"wall {r['wall']:7.1f} s  peak {r['peak_mib']:7.0f} MiB  (load {r['load']:.1f})", flush=True)
+                  f"wall {r['wall']:7.1f} s  peak {r['peak_mib']:7.0f} MiB  (load {r['load']:.1f}, steal "
+                  f"{100 * r['steal']:.0f}%)", flush=True)
     what = {"no": "fp32", "bf16": "bf16", "fp8": "fp8 base + bf16"}[args.precision]
     algo = f"LyCORIS {' '.join(ALGO_ARGS[args.algo])}, " if args.algo else ""
     print(f"\n{algo}{args.family}, real shape, 256 px, batch 1, rank {rank}, {steps} steps, {what}, U-Net only, cached latents"

@@ -69,12 +69,13 @@ def fp8_run(env, tmp_path_factory) -> dict:
         trainer = _trainer(base_args(env, tmp / "out", 12, "--mixed_precision", "bf16", "--fp8_base",
                                      "--logging_dir", str(tmp / "logs"), *FP8_RUN))
     unet, te = trainer.bundle.unet, trainer.bundle.text_encoders[0]
+    wrapped = [m.org_forward for m in trainer.network.modules() if getattr(m, "org_forward", None) is not None]
     dtypes = {"unet": {n: (p.dtype, p.ndim) for n, p in unet.named_parameters()},
               "te": {n: (p.dtype, p.ndim) for n, p in te.named_parameters()},
               "te_embedding": te.get_input_embeddings().weight.dtype,
               "lora": [p.dtype for p in trainer.network.parameters()]}
     path = trainer.run()
-    return {"dtypes": dtypes, "staged": staged, "losses": [v for _, v in tb_scalars(tmp / "logs", "loss/current")], "path": path}
+    return {"dtypes": dtypes, "staged": staged, "wrapped": wrapped, "losses": [v for _, v in tb_scalars(tmp / "logs", "loss/current")], "path": path}
 
 
 def test_fp8_weights_stored_lora_not_and_loss_falls(fp8_run):
@@ -87,6 +88,11 @@ def test_fp8_weights_stored_lora_not_and_loss_falls(fp8_run):
     # the U-Net was read after the latents were cached and the VAE freed: the two never shared memory
     assert fp8_run["staged"] == {"unet": None, "vae": None}
     assert dtypes["lora"] and all(d == torch.float32 for d in dtypes["lora"])
+    # every layer the LoRA wraps (all hold fp8 weights) computes through the widening forward, not autocast's cast
+    from library.models import fp8
+
+    wrapped = fp8_run["wrapped"]
+    assert wrapped and all(getattr(f, "func", None) in (fp8._linear_forward, fp8._conv_forward) for f in wrapped)
     losses = fp8_run["losses"]
     assert statistics.mean(losses[-4:]) < 0.8 * statistics.mean(losses[:4]), losses  # measured 1.10 -> 0.64
     from safetensors import safe_open
@@ -131,3 +137,49 @@ def test_loading_saturates_at_fp8_range(env, tmp_path, caplog):
     assert got[0, 0, 0, 0].float() == 448 and got[0, 0, 0, 1].float() == -448
     assert torch.isfinite(got.float()).all()
     assert "clamped to +-448" in caplog.text
+
+
+def test_widen_is_exact_for_every_code(monkeypatch):
+    from library.models import fp8
+
+    codes = torch.arange(256, dtype=torch.uint8)
+    codes = codes[(codes & 0x7F) != 0x7F].view(FP8)  # the 254 finite codes: +-0, subnormals, normals up to 448
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        assert torch.equal(fp8.widen(codes, dtype), codes.to(dtype)), dtype
+    monkeypatch.setattr(fp8, "CHUNK", 1000)  # several chunks and a short last one
+    w = (torch.randn(50, 53, generator=torch.Generator().manual_seed(0)) * 0.05).to(FP8)
+    assert torch.equal(fp8.widen(w, torch.bfloat16), w.to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_fp8_layers_match_autocast_and_save_only_fp8(kind):
+    """The widening forward gives autocast's output and input gradient exactly, and keeps no wide weight for
+    backward (autocast's cast is saved by the matmul)."""
+    from library.models import fp8
+
+    torch.manual_seed(0)
+    make = (lambda: torch.nn.Linear(40, 24)) if kind == "linear" else (lambda: torch.nn.Conv2d(6, 8, 3, 2, 1))
+    ours, ref = make(), make()
+    ours.weight.data = ours.weight.data.to(FP8)
+    ref.load_state_dict(ours.state_dict())  # the same fp8 values, widened to float32
+    for m in (ours, ref):
+        m.weight.requires_grad_(False)
+    fp8.fast_forward(ours)
+    x = torch.randn(2, 5, 40) if kind == "linear" else torch.randn(2, 6, 13, 10)  # odd size: stride 2 rounds
+    saved = []
+    results = []
+    for m in (ours, ref):
+        xi = x.clone().requires_grad_()
+        with torch.autograd.graph.saved_tensors_hooks(lambda t, m=m: saved.append((m, t.dtype, t.numel())) or t,
+                                                      lambda t: t):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                y = m(xi)
+        y.float().square().sum().backward()
+        results.append((y, xi.grad, m.bias.grad))
+    (y, gx, gb), (y_ref, gx_ref, gb_ref) = results
+    assert y.dtype == torch.bfloat16 and torch.equal(y, y_ref)
+    assert torch.equal(gx, gx_ref) and torch.allclose(gb, gb_ref, rtol=1e-2, atol=1e-2)
+    size = ours.weight.numel()  # (a linear may save its weight transposed)
+    assert any(m is ref and d == torch.bfloat16 and n == size for m, d, n in saved)  # autocast keeps a wide copy
+    assert not any(m is ours and d != FP8 and n == size for m, d, n in saved)  # ours only the fp8 weight
+    assert any(m is ours and d == FP8 for m, d, n in saved)

@@ -92,22 +92,29 @@ def field(page, script: str, name: str):  # noqa: ANN001, ANN201
     return box(page, elem_id(script, name))
 
 
+def expand(accordion) -> None:  # noqa: ANN001
+    """Open a gradio accordion unless it is open already (a click toggles: its header carries the class `open`
+    while open, which a field still mounting would not show yet)."""
+    header = accordion.locator(".label-wrap").first
+    header.wait_for(timeout=30_000)
+    if "open" not in (header.get_attribute("class") or "").split():
+        header.click()
+
+
 def open_group(page, script: str, name: str) -> None:  # noqa: ANN001
     """Open the accordion of an option's group (gradio renders a closed accordion's fields only once opened)."""
     from library.gui.forms import elem_id
     from library.options.network_args import network_arg_options
     from library.options.train import train_options
 
-    if field(page, script, name).count():
+    if field(page, script, name).is_visible():
         return
     train = script.endswith("train_network")
     if not train:  # a network module's fields: inside the network_args accordion
-        page.locator("#netargs-box").locator("button").first.click()
-        if field(page, script, name).count():
-            return
+        expand(page.locator("#netargs-box"))
     opts = train_options(script) if train else network_arg_options(script)
     group = next(o.group for o in opts if o.name == name)
-    page.locator(f"#{elem_id(script, group, 'grp')}").locator("button").first.click()
+    expand(page.locator(f"#{elem_id(script, group, 'grp')}"))
     field(page, script, name).wait_for(timeout=30_000)
 
 

@@ -219,6 +219,9 @@ def load_single_file(path: str | Path, family: str | None = None, v_parameteriza
     if bar is not None:
         bar.close()
     _close(raw)
+    for model in (unet, *tes):
+        if model is not None:
+            fp8.fast_forward(model)  # a no-op unless stored in fp8
     from library.tokenizer import load_tokenizers
 
     return ModelBundle(family, unet, vae, tes, load_tokenizers(family), extra, path, v_parameterization)
@@ -232,7 +235,8 @@ def load_unet_file(path: str | Path, family: str, v_parameterization: bool = Fal
     raw, _ = open_streaming(path)
     try:
         unet_sd = _CastingView(raw, unet_dtype or dtype, None, dtype)
-        return _build_unet(_strip(unet_sd, UNET_PREFIX), family, v_parameterization, path, _pooled_dim(raw, family))
+        unet = _build_unet(_strip(unet_sd, UNET_PREFIX), family, v_parameterization, path, _pooled_dim(raw, family))
+        return fp8.fast_forward(unet)
     finally:
         _close(raw)
 

@@ -152,6 +152,7 @@ class Trainer:
     def setup(self) -> None:
         a, p = self.cfg, self.precision
         self.feed.emit("setup")
+        hashes = saving.ModelHashes(a)  # in the background while the models load and the caches fill
         self.dataset = build_dataset(a, self.seed, self.family)
         check_text_cache(a, self.dataset, self.family)
         self.bundle = load_training_models(a, p, self.sdxl_script)
@@ -192,7 +193,7 @@ class Trainer:
         self._schedule()
         self.scaler = LossScaler(p.mixed == "fp16")
         self.metadata = saving.MetadataBuilder(a, self.bundle.family, self.dataset, self.dataset.num_batches(),
-                                               self.num_epochs, self.opt.description, self.dist.world)
+                                               self.num_epochs, self.opt.description, self.dist.world, hashes)
         if self.validator:
             self.metadata.base["ss_num_validation_images"] = str(len(self.validator.dataset.records))
         self._seed_everything(self.seed + self.dist.rank)  # different noise on each rank from here on

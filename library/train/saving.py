@@ -7,6 +7,7 @@ import json
 import logging
 import random
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -61,15 +62,45 @@ def old_step_to_remove(step: int, every: int, keep: int | None) -> int | None:
     return old if old > 0 else None
 
 
+class ModelHashes:
+    """The hashes of the base model and `--vae` for the `ss_*` metadata (`file_hashes`), computed in a background
+    thread started with setup: a full SHA-256 of a 7 GB SDXL file takes seconds (measured: 9 s on 2 cores) that
+    loading and caching hide, as hashlib lets other threads run while it hashes. Nothing when `--no_metadata`."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        files = {} if cfg.no_metadata else {
+            name: Path(path) for name, path in (("model", cfg.pretrained_model_name_or_path), ("vae", cfg.vae))
+            if path and Path(path).is_file()}
+        self._results: dict[str, tuple[str, str] | BaseException] = {}
+        self._thread = threading.Thread(target=self._hash, args=(files,), name="model-hashes", daemon=True)
+        self._thread.start()  # a daemon: a run that stops early does not wait for it
+
+    def _hash(self, files: dict[str, Path]) -> None:
+        for name, path in files.items():
+            try:
+                self._results[name] = file_hashes(path)
+            except OSError as e:
+                self._results[name] = e
+
+    def get(self, name: str) -> tuple[str, str] | None:
+        """(legacy, full) hashes of "model" or "vae"; None when that is not a file (or `--no_metadata`)."""
+        self._thread.join()
+        result = self._results.get(name)
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+
 class MetadataBuilder:
     """Collects the run's `ss_*` values once; `for_save` adds the per-save values (epoch, step, title)."""
 
     def __init__(self, cfg: TrainConfig, family: str, dataset, num_batches: int, num_epochs: int,  # noqa: ANN001
-                 optimizer_description: str, world: int) -> None:
+                 optimizer_description: str, world: int, hashes: ModelHashes | None = None) -> None:
         self.cfg = cfg
         self.family = family
         self.started = time.time()
         self.session_id = random.randint(0, 2 ** 32)
+        self.hashes = hashes or ModelHashes(cfg)
         self.base = self._base(cfg, family, dataset, num_batches, num_epochs, optimizer_description, world)
 
     def _network_args(self) -> dict | None:
@@ -95,13 +126,12 @@ class MetadataBuilder:
         meta.update(self._dataset_meta(a, dataset, world))
         model = Path(a.pretrained_model_name_or_path)
         meta["ss_sd_model_name"] = model.name
-        if model.is_file():
-            meta["ss_sd_model_hash"], meta["ss_new_sd_model_hash"] = file_hashes(model)
+        if hashes := self.hashes.get("model"):
+            meta["ss_sd_model_hash"], meta["ss_new_sd_model_hash"] = hashes
         if a.vae:
-            vae = Path(a.vae)
-            meta["ss_vae_name"] = vae.name
-            if vae.is_file():
-                meta["ss_vae_hash"], meta["ss_new_vae_hash"] = file_hashes(vae)
+            meta["ss_vae_name"] = Path(a.vae).name
+            if hashes := self.hashes.get("vae"):
+                meta["ss_vae_hash"], meta["ss_new_vae_hash"] = hashes
         return {k: str(v) for k, v in meta.items()}
 
     @staticmethod
