@@ -80,6 +80,7 @@ def fp8_weights(model: torch.nn.Module) -> bool:
 
 CHUNK = 1 << 20  # elements widened per pass: the scratch stays small, the passes long enough to stay vectorised
 _HALF_MASK = -16512  # 0xBF80 as int16: sign, then the 7 exponent-and-mantissa bits, of an fp8 shifted left by 7
+_HALF_SCALE = torch.tensor(256.0)  # undoes the 2^-8 of those bits read as fp16 (a float32 0-d tensor: made once)
 _scratch: dict[tuple[str, torch.dtype], torch.Tensor] = {}
 
 
@@ -101,7 +102,6 @@ def widen(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return weight.to(dtype)
     src = weight.contiguous().view(torch.int8).view(-1)
     out = _buffer("out", src.numel(), dtype)
-    scale = torch.tensor(256.0)
     for start in range(0, src.numel(), CHUNK):
         end = min(src.numel(), start + CHUNK)
         bits = _buffer("bits", end - start, torch.int16)
@@ -109,10 +109,10 @@ def widen(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         half = bits.bitwise_left_shift_(7).bitwise_and_(_HALF_MASK).view(torch.float16)
         if dtype is torch.bfloat16:  # fp16 -> bf16 has no fast kernel; fp16 -> fp32 -> bf16 has
             wide = _buffer("f32", end - start, torch.float32)
-            torch.mul(half, scale, out=wide)
+            torch.mul(half, _HALF_SCALE, out=wide)
             out[start:end].copy_(wide)
         else:
-            torch.mul(half, scale, out=out[start:end])
+            torch.mul(half, _HALF_SCALE, out=out[start:end])
     return out.view(weight.shape)
 
 

@@ -116,7 +116,7 @@ def _pooled(te2: torch.nn.Module, last_hidden: torch.Tensor, ids: torch.Tensor, 
     index = (ids == eos).int().argmax(dim=-1).to(last_hidden.device)
     pooled = last_hidden[torch.arange(last_hidden.shape[0], device=last_hidden.device), index]
     proj = te2.text_projection
-    wide = proj.weight.dtype if proj.weight.element_size() > 1 else last_hidden.dtype  # fp8 weights: autocast
+    wide = proj.weight.dtype if proj.weight.element_size() > 1 else last_hidden.dtype  # fp8: computes in that
     return proj(pooled.to(wide)).to(last_hidden.dtype)
 
 
