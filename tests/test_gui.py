@@ -132,7 +132,7 @@ def test_bad_value_shows_the_command_line_error_at_the_field_and_starts_nothing(
     set_field(page, "train_network", "network_dim", "-3")
     runs = gui_server["out"] / "runs"
     before = sorted(runs.iterdir()) if runs.exists() else []
-    page.locator("#start-training").click()
+    page.locator("#start-training").click(timeout=120_000)  # a busy 2-core machine: the page may lag
     with pytest.raises(ToolkitError) as cli:
         parse_training_args(preview(page, "--network_dim -3"))
     line = f"error: {cli.value}"
@@ -151,7 +151,7 @@ def test_bad_value_shows_the_command_line_error_at_the_field_and_starts_nothing(
     set_field(page, "train_network", "max_grad_norm", "x")
     page.locator("#opt-train_network-max_grad_norm").evaluate("e => e.closest('.opt-group').querySelector("
                                                             "'button').click()")  # close its group again
-    page.locator("#start-training").click()
+    page.locator("#start-training").click(timeout=120_000)  # a busy 2-core machine: the page may lag
     note = page.locator("#opt-train_network-max_grad_norm-error")
     note.wait_for(timeout=30_000)
     assert note.inner_text().startswith("error: --max_grad_norm") and note.is_visible()
@@ -185,7 +185,7 @@ def test_start_stop_resume_gives_the_command_lines_lora(gui_page, tmp_path):
                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
                            stderr=subprocess.PIPE, text=True)
     try:
-        page.locator("#start-training").click()
+        page.locator("#start-training").click(timeout=120_000)  # a busy 2-core machine: the page may lag
         # Stop as soon as training started: the trainer stops after its next step and saves a resumable state,
         # however slowly the page follows (Stop acts at once: it waits behind no other event)
         wait_text(page, "#run-status", rf"step \d+/{steps}", 240)
